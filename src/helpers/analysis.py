@@ -1,0 +1,188 @@
+"""Assemble (frequency, performance) rows from the tidy tables and fit them.
+
+One row per concept of a downstream task: its pretraining count (of one count type in one pretraining
+set) and one model's score on it. Joins are on the release name of the concept (``naming``), exactly as
+the authors paired them; a concept that has a count but no score (or the reverse) is counted and reported
+in ``Rows.unmatched``, never dropped silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from helpers import loglinear
+
+# ImageNet-Sketch has ImageNet's classes; where a pretraining set has no ImageNet-Sketch count file for a
+# count type, its ImageNet counts are the same concepts and are used instead (reported in `substituted`).
+COUNT_SUBSTITUTES = {"imagenet-sketch": "imagenet"}
+
+
+@dataclass
+class Rows:
+    data: pd.DataFrame  # columns: dataset, concept, count, score
+    missing_datasets: list[str] = field(default_factory=list)
+    substituted: list[str] = field(default_factory=list)
+    unmatched: int = 0
+
+
+def _counts_for(freq: pd.DataFrame, pretrain: str, count_type: str, datasets: Iterable[str]) -> tuple[pd.DataFrame, list[str], list[str]]:
+    subset = freq[(freq["pretrain"] == pretrain) & (freq["method"] == count_type)]
+    have = set(subset["downstream"].unique())
+    frames, missing, substituted = [], [], []
+    for ds in datasets:
+        source = ds if ds in have else COUNT_SUBSTITUTES.get(ds)
+        if source not in have:
+            missing.append(ds)
+            continue
+        if source != ds:
+            substituted.append(f"{ds}<-{source}")
+        part = subset[subset["downstream"] == source][["concept", "count"]].assign(dataset=ds)
+        frames.append(part)
+    counts = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["concept", "count", "dataset"])
+    return counts, missing, substituted
+
+
+def _join(counts: pd.DataFrame, scores: pd.DataFrame) -> Rows:
+    merged = counts.merge(scores, on=["dataset", "concept"], how="outer", indicator=True)
+    unmatched = int((merged["_merge"] != "both").sum())
+    data = merged[merged["_merge"] == "both"][["dataset", "concept", "count", "score"]]
+    data = data.sort_values(["dataset", "concept"]).reset_index(drop=True)
+    data["count"] = data["count"].astype("int64")
+    return Rows(data=data, unmatched=unmatched)
+
+
+def zero_shot_rows(freq: pd.DataFrame, zero_shot: pd.DataFrame, *, pretrain: str, model: str, prompt: str,
+                   count_type: str, datasets: list[str]) -> Rows:
+    """Per-class (count, accuracy %) rows of one model over the given classification datasets."""
+    counts, missing, substituted = _counts_for(freq, pretrain, count_type, datasets)
+    sel = zero_shot[(zero_shot["model"] == model) & (zero_shot["prompt"] == prompt) & zero_shot["dataset"].isin(datasets)]
+    scores = sel[~sel["dataset"].isin(missing)][["dataset", "concept", "accuracy"]].rename(columns={"accuracy": "score"})
+    rows = _join(counts, scores)
+    rows.missing_datasets, rows.substituted = missing, substituted
+    return rows
+
+
+def retrieval_rows(freq: pd.DataFrame, retrieval: pd.DataFrame, *, pretrain: str, model: str, metric: str,
+                   count_type: str, datasets: list[str]) -> Rows:
+    """Per-concept (count, recall@k in percent points) rows; ``metric`` is e.g. ``i2t_k=1``."""
+    direction, k = metric.split("_k=")
+    counts, missing, substituted = _counts_for(freq, pretrain, count_type, datasets)
+    sel = retrieval[(retrieval["model"] == model) & (retrieval["direction"] == direction) & (retrieval["k"] == int(k))]
+    sel = sel[sel["dataset"].isin(datasets) & ~sel["dataset"].isin(missing)]
+    scores = sel.assign(score=100.0 * sel["recall"])[["dataset", "concept", "score"]]
+    # Concepts that were evaluated but never extracted for counting (one in COCO) are not a data loss:
+    # the authors' analysis iterates over the counted concepts, so keep only those.
+    scores = scores.merge(counts[["dataset", "concept"]], on=["dataset", "concept"], how="inner")
+    rows = _join(counts, scores)
+    rows.missing_datasets, rows.substituted = missing, substituted
+    return rows
+
+
+def t2i_rows(freq: pd.DataFrame, t2i: pd.DataFrame, *, pretrain: str, model: str, metric: str, count_type: str,
+             datasets: list[str], min_prompts: int) -> Rows:
+    """Per-concept (count, mean score over prompts) rows for concepts with at least ``min_prompts`` prompts."""
+    counts, missing, substituted = _counts_for(freq, pretrain, count_type, datasets)
+    sel = t2i[(t2i["model"] == model) & (t2i["metric"] == metric)]
+    per_concept = sel.groupby("concept")["score"].agg(["mean", "size"]).reset_index()
+    per_concept = per_concept[per_concept["size"] >= min_prompts]
+    # The authors intersect the scored and the counted concepts, so only the intersection is analysed.
+    data = counts.merge(per_concept.rename(columns={"mean": "score"}), on="concept", how="inner")
+    data = data[["dataset", "concept", "count", "score"]].sort_values("concept").reset_index(drop=True)
+    return Rows(data=data, missing_datasets=missing, substituted=substituted)
+
+
+def fit_rows(rows: Rows, *, n_edges: int, plotted: tuple[int | None, int | None], resamples: int, seed: int) -> list[dict]:
+    """The fit-table records of one row set: one per zero rule."""
+    counts = rows.data["count"].to_numpy()
+    scores = rows.data["score"].to_numpy(dtype=float)
+    out = []
+    if len(counts) == 0:
+        return out
+    binned = loglinear.binned_statistic(counts, scores, n_edges=n_edges, plotted=plotted)
+    for zero_rule in loglinear.ZERO_RULES:
+        cs = loglinear.concept_statistics(counts, scores, zero_rule=zero_rule, resamples=resamples, seed=seed)
+        out.append(
+            {
+                "zero_rule": zero_rule,
+                "n_rows": cs.n_rows,
+                "n_bins_plotted": len(binned.plotted),
+                "binned_r": binned.r,
+                "binned_p": binned.p,
+                "concept_pearson_r": cs.pearson_r,
+                "concept_pearson_p": cs.pearson_p,
+                "concept_spearman_r": cs.spearman_r,
+                "concept_spearman_p": cs.spearman_p,
+                "slope_per_decade": cs.slope_per_decade,
+                "slope_ci_low": cs.slope_ci_low,
+                "slope_ci_high": cs.slope_ci_high,
+                "intercept": cs.intercept,
+            }
+        )
+    return out
+
+
+def _plotted(spec) -> tuple[int | None, int | None]:
+    start, stop = spec
+    return (start, stop)
+
+
+def release_fits(tables: dict[str, pd.DataFrame], analysis: dict, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every fit of the release analysis, and a log of what was missing or substituted.
+
+    ``tables`` holds the tidy tables (frequencies, zero_shot, retrieval, t2i); ``analysis`` is the
+    ``analysis`` section of params.yaml.
+    """
+    freq = tables["frequencies"]
+    resamples, seed = int(analysis["bootstrap_resamples"]), int(analysis["seed"])
+    records, notes = [], []
+    jobs = []
+    zs = analysis["zero_shot"]
+    for pretrain, spec in zs["pretrains"].items():
+        for model in spec["models"]:
+            for prompt in zs["prompts"]:
+                for count_type in zs["count_types"]:
+                    jobs.append(("zero_shot", pretrain, model, prompt, count_type, "top1", zs["n_edges"], spec["plotted_bins"]))
+    ret = analysis["retrieval"]
+    for pretrain, spec in zs["pretrains"].items():
+        for model in spec["models"]:
+            for metric in ret["metrics"]:
+                for count_type in ret["count_types"]:
+                    jobs.append(("retrieval", pretrain, model, "-", count_type, metric, ret["n_edges"], ret["plotted_bins"]))
+    t2i_spec = analysis["t2i"]
+    for metric in sorted(tables["t2i"]["metric"].unique()):
+        for model in sorted(tables["t2i"]["model"].unique()):
+            for count_type in t2i_spec["count_types"]:
+                jobs.append(("t2i", t2i_spec["pretrain"], model, "-", count_type, metric, t2i_spec["n_edges"], t2i_spec["plotted_bins"]))
+
+    for task, pretrain, model, prompt, count_type, metric, n_edges, plotted in tqdm(jobs, desc="fits", disable=not progress):
+        if task == "zero_shot":
+            rows = zero_shot_rows(freq, tables["zero_shot"], pretrain=pretrain, model=model, prompt=prompt,
+                                  count_type=count_type, datasets=zs["datasets"])
+        elif task == "retrieval":
+            rows = retrieval_rows(freq, tables["retrieval"], pretrain=pretrain, model=model, metric=metric,
+                                  count_type=count_type, datasets=ret["datasets"])
+        else:
+            rows = t2i_rows(freq, tables["t2i"], pretrain=pretrain, model=model, metric=metric, count_type=count_type,
+                            datasets=t2i_spec["datasets"], min_prompts=t2i_spec["min_prompts"])
+        key = {"task": task, "pretrain": pretrain, "model": model, "prompt": prompt, "count_type": count_type, "metric": metric}
+        if rows.missing_datasets or rows.substituted or rows.unmatched:
+            notes.append({**key, "missing_datasets": ",".join(rows.missing_datasets),
+                          "substituted": ",".join(rows.substituted), "unmatched_rows": rows.unmatched})
+        for rec in fit_rows(rows, n_edges=n_edges, plotted=_plotted(plotted), resamples=resamples, seed=seed):
+            records.append({**key, **rec})
+    fits = pd.DataFrame(records)
+    for col in ("n_rows", "n_bins_plotted"):
+        fits[col] = fits[col].astype("int64")
+    columns = ["task", "pretrain", "model", "prompt", "count_type", "metric", "zero_rule", "missing_datasets",
+               "substituted", "unmatched_rows"]
+    return fits, pd.DataFrame(notes, columns=[c for c in columns if c != "zero_rule"])
+
+
+def model_label(model_key: str) -> str:
+    """``backboneViT-B-16_pretrainedcc3m`` -> ``ViT-B-16``."""
+    return model_key.split("_pretrained")[0].removeprefix("backbone")

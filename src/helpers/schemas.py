@@ -1,0 +1,175 @@
+"""Schemas of every table the compendium writes, checked on write and on read.
+
+Tables are Parquet files; a table that does not match its schema is refused with pandera's report
+of the failing column and rows, so a malformed input never reaches an analysis silently.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pandera.pandas as pa
+
+COUNT_KINDS = ["text", "image", "matched"]
+
+_str = pa.Column(str)
+_nonneg_int = pa.Column("int64", pa.Check.ge(0))
+
+FREQUENCIES = pa.DataFrameSchema(
+    {
+        "downstream": _str,
+        "pretrain": _str,
+        "method": _str,
+        "kind": pa.Column(str, pa.Check.isin(COUNT_KINDS)),
+        "threshold": pa.Column(float, pa.Check.in_range(0.0, 1.0), nullable=True),
+        "concept": _str,
+        "count": _nonneg_int,
+    },
+    unique=["downstream", "pretrain", "method", "concept"],
+    strict=True,
+    name="frequencies",
+)
+
+ZERO_SHOT = pa.DataFrameSchema(
+    {
+        "dataset": _str,
+        "prompt": pa.Column(str, pa.Check.isin(["class", "simple", "ensemble"])),
+        "model": _str,
+        "class_name": _str,
+        "concept": _str,
+        "accuracy": pa.Column(float, pa.Check.in_range(0.0, 100.0)),
+    },
+    unique=["dataset", "prompt", "model", "class_name"],
+    strict=True,
+    name="zero_shot",
+)
+
+OVERALL = pa.DataFrameSchema(
+    {
+        "task": _str,
+        "dataset": _str,
+        "variant": _str,
+        "model": _str,
+        "value": pa.Column(float),
+    },
+    unique=["task", "dataset", "variant", "model"],
+    strict=True,
+    name="overall",
+)
+
+RETRIEVAL = pa.DataFrameSchema(
+    {
+        "dataset": _str,
+        "direction": pa.Column(str, pa.Check.isin(["i2t", "t2i"])),
+        "k": pa.Column("int64", pa.Check.gt(0)),
+        "model": _str,
+        "concept": _str,
+        "recall": pa.Column(float, pa.Check.in_range(0.0, 1.0)),
+    },
+    unique=["dataset", "direction", "k", "model", "concept"],
+    strict=True,
+    name="retrieval",
+)
+
+T2I = pa.DataFrameSchema(
+    {
+        "metric": _str,
+        "model": _str,
+        "concept": _str,
+        "prompt_index": pa.Column("int64", pa.Check.ge(0)),
+        "score": pa.Column(float, nullable=False),
+    },
+    unique=["metric", "model", "concept", "prompt_index"],
+    strict=True,
+    name="t2i",
+)
+
+MISALIGNMENT = pa.DataFrameSchema(
+    {
+        "pretrain": _str,
+        "misaligned_samples": _nonneg_int,
+        "degree_extracted_size": pa.Column(float, pa.Check.in_range(0.0, 1.0)),
+        "degree_fixed_size": pa.Column(float, pa.Check.in_range(0.0, 1.0)),
+    },
+    unique=["pretrain"],
+    strict=True,
+    name="misalignment",
+)
+
+LET_IT_WAG = pa.DataFrameSchema(
+    {
+        "model": _str,
+        "class_name": _str,
+        "accuracy": pa.Column(float, pa.Check.in_range(0.0, 100.0)),
+    },
+    unique=["model", "class_name"],
+    strict=True,
+    name="let_it_wag",
+)
+
+IMAGENET_ACCURACY = pa.DataFrameSchema(
+    {
+        "model": _str,
+        "imagenet_top1": pa.Column(float, pa.Check.in_range(0.0, 100.0)),
+        "source": _str,
+    },
+    unique=["model"],
+    strict=True,
+    name="imagenet_accuracy",
+)
+
+CONCEPTS = pa.DataFrameSchema(
+    {
+        "concept_id": pa.Column("int32", pa.Check.ge(0), unique=True),
+        "name": pa.Column(str, unique=True),
+        "key": _str,
+        "sources": pa.Column(object),
+    },
+    strict=True,
+    name="concepts",
+)
+
+FITS = pa.DataFrameSchema(
+    {
+        "task": pa.Column(str, pa.Check.isin(["zero_shot", "retrieval", "t2i"])),
+        "pretrain": _str,
+        "model": _str,
+        "prompt": _str,
+        "count_type": _str,
+        "metric": _str,
+        "zero_rule": pa.Column(str, pa.Check.isin(["to_one", "dropped"])),
+        "n_rows": _nonneg_int,
+        "n_bins_plotted": _nonneg_int,
+        "binned_r": pa.Column(float, nullable=True),
+        "binned_p": pa.Column(float, nullable=True),
+        "concept_pearson_r": pa.Column(float, nullable=True),
+        "concept_pearson_p": pa.Column(float, nullable=True),
+        "concept_spearman_r": pa.Column(float, nullable=True),
+        "concept_spearman_p": pa.Column(float, nullable=True),
+        "slope_per_decade": pa.Column(float, nullable=True),
+        "slope_ci_low": pa.Column(float, nullable=True),
+        "slope_ci_high": pa.Column(float, nullable=True),
+        "intercept": pa.Column(float, nullable=True),
+    },
+    unique=["task", "pretrain", "model", "prompt", "count_type", "metric", "zero_rule"],
+    strict=True,
+    name="log_linear_fits",
+)
+
+
+def write_table(df: pd.DataFrame, schema: pa.DataFrameSchema, path: Path) -> Path:
+    """Validate ``df`` against ``schema`` and write it as Parquet (atomically)."""
+    validated = schema.validate(df, lazy=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    validated.to_parquet(tmp, index=False)
+    tmp.replace(path)
+    return path
+
+
+def read_table(path: Path, schema: pa.DataFrameSchema) -> pd.DataFrame:
+    """Read a Parquet table and check it against ``schema``."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"Table {path} does not exist; run the stage that writes it (`dvc repro`).")
+    return schema.validate(pd.read_parquet(path), lazy=True)
