@@ -22,6 +22,23 @@ from helpers import loglinear
 COUNT_SUBSTITUTES = {"imagenet-sketch": "imagenet"}
 
 
+_GROUPS: list[tuple[pd.DataFrame, tuple[str, ...], dict]] = []
+
+
+def _select(df: pd.DataFrame, **equal: object) -> pd.DataFrame:
+    """Rows of ``df`` whose columns equal the given values, via a cached group-by (the fits and figure loops
+    select thousands of subsets of the same tables; filtering the full table each time dominated their run time)."""
+    keys = tuple(sorted(equal))
+    for cached_df, cached_keys, groups in _GROUPS:
+        if cached_df is df and cached_keys == keys:
+            break
+    else:
+        groups = {k if isinstance(k, tuple) else (k,): g for k, g in df.groupby(list(keys), sort=False)}
+        _GROUPS.append((df, keys, groups))
+        del _GROUPS[:-16]  # keep a handful of tables' indexes alive, not every table ever seen
+    return groups.get(tuple(equal[k] for k in keys), df.iloc[:0])
+
+
 @dataclass
 class Rows:
     data: pd.DataFrame  # columns: dataset, concept, count, score
@@ -31,19 +48,20 @@ class Rows:
 
 
 def _counts_for(freq: pd.DataFrame, pretrain: str, count_type: str, datasets: Iterable[str]) -> tuple[pd.DataFrame, list[str], list[str]]:
-    subset = freq[(freq["pretrain"] == pretrain) & (freq["method"] == count_type)]
+    subset = _select(freq, pretrain=pretrain, method=count_type)
     have = set(subset["downstream"].unique())
-    frames, missing, substituted = [], [], []
+    frames = [subset[subset["downstream"].isin([d for d in datasets if d in have])]]
+    missing, substituted = [], []
     for ds in datasets:
-        source = ds if ds in have else COUNT_SUBSTITUTES.get(ds)
+        if ds in have:
+            continue
+        source = COUNT_SUBSTITUTES.get(ds)
         if source not in have:
             missing.append(ds)
             continue
-        if source != ds:
-            substituted.append(f"{ds}<-{source}")
-        part = subset[subset["downstream"] == source][["concept", "count"]].assign(dataset=ds)
-        frames.append(part)
-    counts = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["concept", "count", "dataset"])
+        substituted.append(f"{ds}<-{source}")
+        frames.append(subset[subset["downstream"] == source].assign(downstream=ds))
+    counts = pd.concat(frames, ignore_index=True)[["downstream", "concept", "count"]].rename(columns={"downstream": "dataset"})
     return counts, missing, substituted
 
 
@@ -60,7 +78,8 @@ def zero_shot_rows(freq: pd.DataFrame, zero_shot: pd.DataFrame, *, pretrain: str
                    count_type: str, datasets: list[str]) -> Rows:
     """Per-class (count, accuracy %) rows of one model over the given classification datasets."""
     counts, missing, substituted = _counts_for(freq, pretrain, count_type, datasets)
-    sel = zero_shot[(zero_shot["model"] == model) & (zero_shot["prompt"] == prompt) & zero_shot["dataset"].isin(datasets)]
+    sel = _select(zero_shot, model=model, prompt=prompt)
+    sel = sel[sel["dataset"].isin(datasets)]
     scores = sel[~sel["dataset"].isin(missing)][["dataset", "concept", "accuracy"]].rename(columns={"accuracy": "score"})
     rows = _join(counts, scores)
     rows.missing_datasets, rows.substituted = missing, substituted
@@ -72,7 +91,7 @@ def retrieval_rows(freq: pd.DataFrame, retrieval: pd.DataFrame, *, pretrain: str
     """Per-concept (count, recall@k in percent points) rows; ``metric`` is e.g. ``i2t_k=1``."""
     direction, k = metric.split("_k=")
     counts, missing, substituted = _counts_for(freq, pretrain, count_type, datasets)
-    sel = retrieval[(retrieval["model"] == model) & (retrieval["direction"] == direction) & (retrieval["k"] == int(k))]
+    sel = _select(retrieval, model=model, direction=direction, k=int(k))
     sel = sel[sel["dataset"].isin(datasets) & ~sel["dataset"].isin(missing)]
     scores = sel.assign(score=100.0 * sel["recall"])[["dataset", "concept", "score"]]
     # Concepts that were evaluated but never extracted for counting (one in COCO) are not a data loss:
@@ -87,13 +106,18 @@ def t2i_rows(freq: pd.DataFrame, t2i: pd.DataFrame, *, pretrain: str, model: str
              datasets: list[str], min_prompts: int) -> Rows:
     """Per-concept (count, mean score over prompts) rows for concepts with at least ``min_prompts`` prompts."""
     counts, missing, substituted = _counts_for(freq, pretrain, count_type, datasets)
-    sel = t2i[(t2i["model"] == model) & (t2i["metric"] == metric)]
+    sel = _select(t2i, model=model, metric=metric)
     per_concept = sel.groupby("concept")["score"].agg(["mean", "size"]).reset_index()
     per_concept = per_concept[per_concept["size"] >= min_prompts]
     # The authors intersect the scored and the counted concepts, so only the intersection is analysed.
     data = counts.merge(per_concept.rename(columns={"mean": "score"}), on="concept", how="inner")
     data = data[["dataset", "concept", "count", "score"]].sort_values("concept").reset_index(drop=True)
     return Rows(data=data, missing_datasets=missing, substituted=substituted)
+
+
+FIT_COLUMNS = ("task", "pretrain", "model", "prompt", "count_type", "metric", "zero_rule", "n_rows", "n_bins_plotted",
+               "binned_r", "binned_p", "concept_pearson_r", "concept_pearson_p", "concept_spearman_r",
+               "concept_spearman_p", "slope_per_decade", "slope_ci_low", "slope_ci_high", "intercept")
 
 
 def fit_rows(rows: Rows, *, n_edges: int, plotted: tuple[int | None, int | None], resamples: int, seed: int) -> list[dict]:
@@ -175,7 +199,7 @@ def release_fits(tables: dict[str, pd.DataFrame], analysis: dict, progress: bool
                           "substituted": ",".join(rows.substituted), "unmatched_rows": rows.unmatched})
         for rec in fit_rows(rows, n_edges=n_edges, plotted=_plotted(plotted), resamples=resamples, seed=seed):
             records.append({**key, **rec})
-    fits = pd.DataFrame(records)
+    fits = pd.DataFrame(records, columns=list(FIT_COLUMNS))
     for col in ("n_rows", "n_bins_plotted"):
         fits[col] = fits[col].astype("int64")
     columns = ["task", "pretrain", "model", "prompt", "count_type", "metric", "zero_rule", "missing_datasets",
@@ -186,3 +210,73 @@ def release_fits(tables: dict[str, pd.DataFrame], analysis: dict, progress: bool
 def model_label(model_key: str) -> str:
     """``backboneViT-B-16_pretrainedcc3m`` -> ``ViT-B-16``."""
     return model_key.split("_pretrained")[0].removeprefix("backbone")
+
+
+COUNT_TYPE_LABELS = {
+    "lowercased": "text (lower-cased)",
+    "lemmatized": "text",
+    "rampp": "image",
+    "integrated_tlemmatized_i": "matched",
+}
+
+
+def count_type_label(count_type: str) -> str:
+    """Readable name of a release count type: ``integrated_tlemmatized_i0.7`` -> ``matched (t=0.7)``."""
+    for prefix, label in sorted(COUNT_TYPE_LABELS.items(), key=lambda kv: -len(kv[0])):
+        if count_type.startswith(prefix):
+            threshold = count_type[len(prefix):]
+            return f"{label} (t={threshold})" if threshold else label
+    return count_type
+
+
+def binned_curves(rows_by_key: Iterable[tuple[dict, Rows]], *, n_edges: int,
+                  plotted: tuple[int | None, int | None]) -> pd.DataFrame:
+    """Binned curves (the authors' figure points) for each (labels, rows) pair, in long format."""
+    frames = []
+    for labels, rows in rows_by_key:
+        if rows.data.empty:
+            continue
+        res = loglinear.binned_statistic(rows.data["count"], rows.data["score"], n_edges=n_edges, plotted=plotted)
+        curve = res.curve().assign(r=res.r, p=res.p, **labels)
+        frames.append(curve)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def zero_shot_curves(freq: pd.DataFrame, zero_shot: pd.DataFrame, *, pretrain: str, spec: dict,
+                     count_types: list[str], prompts: list[str], datasets: list[str], n_edges: int) -> pd.DataFrame:
+    """Zero-shot curves of every model of one pretraining set, per count type and prompt."""
+    def gen():
+        for count_type in count_types:
+            for prompt in prompts:
+                for model in spec["models"]:
+                    rows = zero_shot_rows(freq, zero_shot, pretrain=pretrain, model=model, prompt=prompt,
+                                          count_type=count_type, datasets=datasets)
+                    yield ({"pretrain": pretrain, "model": model_label(model), "prompt": prompt,
+                            "count_type": count_type_label(count_type)}, rows)
+    return binned_curves(gen(), n_edges=n_edges, plotted=tuple(spec["plotted_bins"]))
+
+
+def retrieval_curves(freq: pd.DataFrame, retrieval: pd.DataFrame, *, pretrain: str, models: list[str],
+                     count_type: str, metrics: list[str], datasets: list[str], n_edges: int,
+                     plotted: tuple[int | None, int | None]) -> pd.DataFrame:
+    def gen():
+        for metric in metrics:
+            for model in models:
+                rows = retrieval_rows(freq, retrieval, pretrain=pretrain, model=model, metric=metric,
+                                      count_type=count_type, datasets=datasets)
+                direction, k = metric.split("_k=")
+                yield ({"pretrain": pretrain, "model": model_label(model), "direction": direction, "k": int(k),
+                        "count_type": count_type_label(count_type)}, rows)
+    return binned_curves(gen(), n_edges=n_edges, plotted=plotted)
+
+
+def t2i_curves(freq: pd.DataFrame, t2i: pd.DataFrame, *, pretrain: str, count_type: str, datasets: list[str],
+               n_edges: int, plotted: tuple[int | None, int | None], min_prompts: int) -> pd.DataFrame:
+    def gen():
+        for metric in sorted(t2i["metric"].unique()):
+            for model in sorted(t2i["model"].unique()):
+                rows = t2i_rows(freq, t2i, pretrain=pretrain, model=model, metric=metric, count_type=count_type,
+                                datasets=datasets, min_prompts=min_prompts)
+                yield ({"pretrain": pretrain, "model": model, "metric": metric,
+                        "count_type": count_type_label(count_type)}, rows)
+    return binned_curves(gen(), n_edges=n_edges, plotted=plotted)

@@ -194,31 +194,34 @@ def import_release(
     def fetch_one(entry: ManifestEntry) -> tuple[ManifestEntry, bytes | None]:
         return entry, read(entry)
 
+    pool = ThreadPoolExecutor(max_workers=max(1, workers))
     try:
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            results = pool.map(fetch_one, manifest)
-            for entry, data in tqdm(results, total=len(manifest), desc="release files", disable=not progress):
-                if data is None:
-                    if entry.required:
-                        raise ReleaseError(
-                            f"Required release file {entry.path} is missing from {report.source}. "
-                            "Is this a clone of the pinned commit?"
-                        )
-                    report.missing_optional.append(entry.path)
-                    continue
-                verify_bytes(entry, data)
-                if not entry.sha256:
-                    report.unverified.append(entry.path)
-                target = staging / entry.path
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(data)
-                report.copied.append(entry.path)
+        results = pool.map(fetch_one, manifest)
+        for entry, data in tqdm(results, total=len(manifest), desc="release files", disable=not progress):
+            if data is None:
+                if entry.required:
+                    raise ReleaseError(
+                        f"Required release file {entry.path} is missing from {report.source}. "
+                        "Is this a clone of the pinned commit?"
+                    )
+                report.missing_optional.append(entry.path)
+                continue
+            verify_bytes(entry, data)
+            if not entry.sha256:
+                report.unverified.append(entry.path)
+            target = staging / entry.path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+            report.copied.append(entry.path)
     except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
         shutil.rmtree(staging, ignore_errors=True)
         raise ReleaseError(_no_network_message(repo, commit, err)) from err
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        # fail fast: queued downloads are cancelled instead of each waiting for its time-out
+        pool.shutdown(wait=False, cancel_futures=True)
 
     (staging / REPORT_NAME).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     shutil.rmtree(dest, ignore_errors=True)

@@ -37,9 +37,20 @@ class ReleaseFormatError(ValueError):
 
 def _load_json(path: Path):
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ReleaseFormatError(f"Corrupt JSON in {path}: {err}") from err
+
+
+def _checked_counts(path: Path, counts: object) -> dict[str, int]:
+    """A {concept: count} mapping whose counts are non-negative integers (not floats, strings or booleans)."""
+    if not isinstance(counts, dict):
+        raise ReleaseFormatError(f"{path.name}: expected a {{concept: count}} object")
+    bad = {k: v for k, v in counts.items() if isinstance(v, bool) or not isinstance(v, int) or v < 0}
+    if bad:
+        example = next(iter(bad.items()))
+        raise ReleaseFormatError(f"{path.name}: {len(bad)} counts are not non-negative integers, e.g. {example!r}")
+    return counts
 
 
 def parse_counts_filename(name: str) -> tuple[str, str, str, str, float | None]:
@@ -67,9 +78,7 @@ def frequencies(release: Path, progress: bool = True) -> pd.DataFrame:
         raise ReleaseFormatError(f"No search-count files in {release / 'search_counts'}")
     for path in tqdm(files, desc="search counts", disable=not progress):
         downstream, pretrain, method, kind, threshold = parse_counts_filename(path.name)
-        counts = _load_json(path)
-        if not isinstance(counts, dict):
-            raise ReleaseFormatError(f"{path.name}: expected a {{concept: count}} object")
+        counts = _checked_counts(path, _load_json(path))
         frames.append(
             pd.DataFrame(
                 {

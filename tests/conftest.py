@@ -1,0 +1,87 @@
+"""Shared fixtures: the authors' released artifacts, imported and tidied once per test session.
+
+The release is not part of this repository. Tests that need it find it through, in order:
+
+1. the environment variable ``FDP_RELEASE_LOCAL_COPY`` (the same variable the import stage reads);
+2. ``<repository root>/../shared/paper-release``.
+
+If neither exists those tests are skipped with a reason -- except under ``CI=true``, where a missing
+release is an error, so continuous integration never passes by silently skipping them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+# Never reach the network from tests (Hugging Face hub, DVC telemetry).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RELEASE_ENV = "FDP_RELEASE_LOCAL_COPY"
+DEFAULT_RELEASE_COPY = REPO_ROOT.parent / "shared" / "paper-release"
+
+
+def _on_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() == "true"
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def params() -> dict:
+    """The project's params.yaml, parsed."""
+    return yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+
+
+@pytest.fixture(scope="session")
+def release_copy() -> Path:
+    """Folder holding the authors' released artifacts at the pinned commit."""
+    env = os.environ.get(RELEASE_ENV)
+    if env:
+        candidate, origin = Path(env).expanduser(), f"${RELEASE_ENV}"
+    else:
+        candidate, origin = DEFAULT_RELEASE_COPY, "the default location <repo root>/../shared/paper-release"
+    if candidate.is_dir():
+        return candidate.resolve()
+    reason = (
+        f"The authors' release is not available: {candidate} (from {origin}) is not a folder. "
+        f"Set {RELEASE_ENV} to a clone of the authors' repository at the pinned commit to run these tests."
+    )
+    if _on_ci():
+        pytest.fail(reason + " (CI=true: refusing to skip.)", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def imported_release(release_copy: Path, params: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The release imported (copied and checksum-verified) into a temporary folder."""
+    from helpers import release
+
+    dest = tmp_path_factory.mktemp("raw") / "release"
+    release.import_release(
+        dest,
+        repo=params["release"]["repo"],
+        commit=params["release"]["commit"],
+        local_copy=release_copy,
+        workers=2,
+        progress=False,
+    )
+    return dest
+
+
+@pytest.fixture(scope="session")
+def tidy_tables(imported_release: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder of the tidy Parquet tables built from the imported release."""
+    from helpers import tidy
+
+    out_dir = tmp_path_factory.mktemp("processed") / "release"
+    tidy.build_all(imported_release, out_dir, progress=False)
+    return out_dir
