@@ -43,7 +43,9 @@ def require(value: Any, key: str, expected: type | tuple[type, ...], *, allow_no
     """Check a parameter's type, naming the key in the error."""
     if value is None and allow_none:
         return value
-    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+    expected_types = expected if isinstance(expected, tuple) else (expected,)
+    bool_wanted = bool in expected_types
+    if not isinstance(value, expected) or (isinstance(value, bool) and not bool_wanted):
         names = expected.__name__ if isinstance(expected, type) else " or ".join(t.__name__ for t in expected)
         raise ParamsError(f"params.yaml key '{key}' must be {names}, got {value!r}")
     return value
@@ -51,5 +53,5 @@ def require(value: Any, key: str, expected: type | tuple[type, ...], *, allow_no
 
 def require_choice(value: Any, key: str, choices: list | tuple | set) -> Any:
     if value not in choices:
-        raise ParamsError(f"params.yaml key '{key}' must be one of {sorted(choices)}, got {value!r}")
+        raise ParamsError(f"params.yaml key '{key}' must be one of [{', '.join(sorted(map(repr, choices)))}], got {value!r}")
     return value

@@ -3,6 +3,7 @@ and text vs image vs matched counts."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 from scipy import stats
 
@@ -50,8 +51,8 @@ def pretrain_correlations(freq: pd.DataFrame, *, pretrains: list[str], method: s
     series = {p: concept_counts(freq, pretrain=p, method=method) for p in pretrains}
     series = {p: s for p, s in series.items() if len(s)}
     names = list(series)
-    corr = pd.DataFrame(index=names, columns=names, dtype=float)
-    n = pd.DataFrame(index=names, columns=names, dtype="int64")
+    corr = pd.DataFrame(np.nan, index=names, columns=names)
+    n = pd.DataFrame(0, index=names, columns=names, dtype="int64")
     for a in names:
         for b in names:
             joined = pd.concat([series[a], series[b]], axis=1, join="inner")

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The compendium's two commands (see README.md):
+#   ./run.sh repro [dvc repro args...]   set up the environment if needed, then regenerate everything
+#   ./run.sh test  [pytest args...]      set up the environment if needed, then run every test
+# Both create the virtual environment .venv (Python 3.11 + pip; no conda needed) when it is missing and
+# install the pinned requirements whenever requirements.txt or pyproject.toml changed.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+VENV="${FDP_VENV:-.venv}"
+PYTHON="${PYTHON:-python3.11}"
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+
+setup() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    echo "Creating the virtual environment $VENV with $($PYTHON --version)"
+    "$PYTHON" -m venv "$VENV"
+  fi
+  local stamp="$VENV/.installed-$(cat requirements.txt pyproject.toml | sha256sum | cut -c1-16)"
+  if [ ! -f "$stamp" ]; then
+    echo "Installing pinned requirements into $VENV (first run: several minutes)"
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip
+    "$VENV/bin/python" -m pip install --quiet -r requirements.txt
+    "$VENV/bin/python" -m pip install --quiet --no-deps -e .
+    rm -f "$VENV"/.installed-*
+    touch "$stamp"
+  fi
+  # Headless and offline-friendly defaults; a user's own settings win.
+  export MPLBACKEND="${MPLBACKEND:-Agg}" DVC_NO_ANALYTICS=1 HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
+  export PATH="$PWD/$VENV/bin:$PATH"
+}
+
+case "${1:-}" in
+  repro)
+    shift
+    setup
+    dvc repro "$@"
+    ;;
+  test)
+    shift
+    setup
+    # Unit tests, then every notebook executed on its small default inputs (nbval, outputs not compared),
+    # in a scratch work folder so a user's results are never touched.
+    scratch="$(mktemp -d)"
+    trap 'rm -rf "$scratch"' EXIT
+    pytest "$@"
+    FDP_WORKDIR="$scratch" pytest --nbval-lax -p no:cacheprovider notebooks/ "$@"
+    ;;
+  *)
+    echo "usage: $0 {repro|test} [args...]" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,99 @@
+"""helpers.report.build_index: every figure and table of a build on one page."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from helpers import report  # noqa: E402
+
+
+def _png(path: Path, pdf: bool = False) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(1, 1))
+    ax.plot([0, 1], [0, 1])
+    fig.savefig(path, dpi=20)
+    if pdf:
+        fig.savefig(path.with_suffix(".pdf"))
+    plt.close(fig)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> tuple[Path, str]:
+    reports = tmp_path_factory.mktemp("reports")
+    _png(reports / "figures" / "zero_shot" / "cc3m_matched.png", pdf=True)
+    _png(reports / "figures" / "zero_shot" / "cc12m_matched.png")
+    _png(reports / "figures" / "let_it_wag" / "let_it_wag_vs_imagenet.png")
+    _png(reports / "figures" / "let_it_wag" / "a<b>&c.png")  # a name that needs escaping
+    tables = reports / "tables"
+    tables.mkdir()
+    pd.DataFrame({"model": ["m1", "m2"], "r": [0.123456, 0.9]}).to_csv(tables / "short_fits.csv", index=False)
+    n_long = report.MAX_TABLE_ROWS + 15
+    pd.DataFrame({"concept": [f"c{i}" for i in range(n_long)], "count": range(n_long)}).to_csv(
+        tables / "long_counts.csv", index=False)
+    out = report.build_index(reports, title="Report <draft> & co", intro="Made by <dvc repro>.")
+    return reports, out.read_text()
+
+
+def test_build_index_writes_index_html_in_the_reports_folder(built):
+    reports, text = built
+    assert (reports / "index.html").is_file()
+    assert text.startswith("<!doctype html>") and text.rstrip().endswith("</html>")
+
+
+def test_index_mentions_every_figure_path(built):
+    reports, text = built
+    for fig in (reports / "figures").rglob("*.png"):
+        rel = fig.relative_to(reports).as_posix()
+        assert f"src='{html.escape(rel)}'" in text, rel
+
+
+def test_index_has_one_heading_per_figure_section(built):
+    _, text = built
+    assert "<h2 id='zero_shot'>Zero shot</h2>" in text
+    assert "<h2 id='let_it_wag'>Let it wag</h2>" in text
+    assert "4 figures, 2 tables" in text
+
+
+def test_index_links_the_pdf_only_where_one_exists(built):
+    _, text = built
+    assert "href='figures/zero_shot/cc3m_matched.pdf'" in text
+    assert text.count(">PDF</a>") == 1
+
+
+def test_index_shows_every_table_with_a_link(built):
+    _, text = built
+    for name in ("short_fits", "long_counts"):
+        assert f"<h3>{name}</h3>" in text
+        assert f"href='tables/{name}.csv'" in text
+
+
+def test_long_table_is_truncated_with_a_note_and_short_table_is_not(built):
+    _, text = built
+    n_long = report.MAX_TABLE_ROWS + 15
+    assert f"(first {report.MAX_TABLE_ROWS} of {n_long} rows)" in text
+    assert text.count("(first ") == 1
+    assert f"<td>c{report.MAX_TABLE_ROWS - 1}</td>" in text
+    assert f"<td>c{report.MAX_TABLE_ROWS}</td>" not in text
+    assert "<td>m2</td>" in text
+
+
+def test_index_escapes_html_in_names_title_and_intro(built):
+    _, text = built
+    assert "a<b>&c" not in text
+    assert "a&lt;b&gt;&amp;c" in text
+    assert "<title>Report &lt;draft&gt; &amp; co</title>" in text
+    assert "Made by &lt;dvc repro&gt;." in text
+
+
+def test_build_index_on_an_empty_reports_folder(tmp_path):
+    text = report.build_index(tmp_path, title="Empty").read_text()
+    assert "0 figures, 0 tables" in text
