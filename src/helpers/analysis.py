@@ -17,9 +17,17 @@ from tqdm.auto import tqdm
 
 from helpers import loglinear
 
-# ImageNet-Sketch has ImageNet's classes; where a pretraining set has no ImageNet-Sketch count file for a
-# count type, its ImageNet counts are the same concepts and are used instead (reported in `substituted`).
-COUNT_SUBSTITUTES = {"imagenet-sketch": "imagenet"}
+TEXT_METHODS = ("lemmatized", "lowercased")
+
+
+def zero_shot_datasets(zero_shot: dict, count_type: str) -> list[str]:
+    """The classification datasets analysed for ``count_type``.
+
+    The authors' text-search figures leave ImageNet-Sketch out (no text counts were computed for it on CC-3M
+    and CC-12M); ``zero_shot["text_excluded_datasets"]`` reproduces that, and their legends with it.
+    """
+    excluded = set(zero_shot.get("text_excluded_datasets", [])) if count_type in TEXT_METHODS else set()
+    return [d for d in zero_shot["datasets"] if d not in excluded]
 
 
 _GROUPS: list[tuple[pd.DataFrame, tuple[str, ...], dict]] = []
@@ -43,26 +51,16 @@ def _select(df: pd.DataFrame, **equal: object) -> pd.DataFrame:
 class Rows:
     data: pd.DataFrame  # columns: dataset, concept, count, score
     missing_datasets: list[str] = field(default_factory=list)
-    substituted: list[str] = field(default_factory=list)
     unmatched: int = 0
 
 
-def _counts_for(freq: pd.DataFrame, pretrain: str, count_type: str, datasets: Iterable[str]) -> tuple[pd.DataFrame, list[str], list[str]]:
+def _counts_for(freq: pd.DataFrame, pretrain: str, count_type: str, datasets: Iterable[str]) -> tuple[pd.DataFrame, list[str]]:
+    """Counts of the given downstream datasets, and the datasets that have no count file for this count type."""
     subset = _select(freq, pretrain=pretrain, method=count_type)
     have = set(subset["downstream"].unique())
-    frames = [subset[subset["downstream"].isin([d for d in datasets if d in have])]]
-    missing, substituted = [], []
-    for ds in datasets:
-        if ds in have:
-            continue
-        source = COUNT_SUBSTITUTES.get(ds)
-        if source not in have:
-            missing.append(ds)
-            continue
-        substituted.append(f"{ds}<-{source}")
-        frames.append(subset[subset["downstream"] == source].assign(downstream=ds))
-    counts = pd.concat(frames, ignore_index=True)[["downstream", "concept", "count"]].rename(columns={"downstream": "dataset"})
-    return counts, missing, substituted
+    missing = [d for d in datasets if d not in have]
+    counts = subset[subset["downstream"].isin([d for d in datasets if d in have])]
+    return counts[["downstream", "concept", "count"]].rename(columns={"downstream": "dataset"}), missing
 
 
 def _join(counts: pd.DataFrame, scores: pd.DataFrame) -> Rows:
@@ -77,12 +75,12 @@ def _join(counts: pd.DataFrame, scores: pd.DataFrame) -> Rows:
 def zero_shot_rows(freq: pd.DataFrame, zero_shot: pd.DataFrame, *, pretrain: str, model: str, prompt: str,
                    count_type: str, datasets: list[str]) -> Rows:
     """Per-class (count, accuracy %) rows of one model over the given classification datasets."""
-    counts, missing, substituted = _counts_for(freq, pretrain, count_type, datasets)
+    counts, missing = _counts_for(freq, pretrain, count_type, datasets)
     sel = _select(zero_shot, model=model, prompt=prompt)
     sel = sel[sel["dataset"].isin(datasets)]
     scores = sel[~sel["dataset"].isin(missing)][["dataset", "concept", "accuracy"]].rename(columns={"accuracy": "score"})
     rows = _join(counts, scores)
-    rows.missing_datasets, rows.substituted = missing, substituted
+    rows.missing_datasets = missing
     return rows
 
 
@@ -90,7 +88,7 @@ def retrieval_rows(freq: pd.DataFrame, retrieval: pd.DataFrame, *, pretrain: str
                    count_type: str, datasets: list[str]) -> Rows:
     """Per-concept (count, recall@k in percent points) rows; ``metric`` is e.g. ``i2t_k=1``."""
     direction, k = metric.split("_k=")
-    counts, missing, substituted = _counts_for(freq, pretrain, count_type, datasets)
+    counts, missing = _counts_for(freq, pretrain, count_type, datasets)
     sel = _select(retrieval, model=model, direction=direction, k=int(k))
     sel = sel[sel["dataset"].isin(datasets) & ~sel["dataset"].isin(missing)]
     scores = sel.assign(score=100.0 * sel["recall"])[["dataset", "concept", "score"]]
@@ -98,21 +96,21 @@ def retrieval_rows(freq: pd.DataFrame, retrieval: pd.DataFrame, *, pretrain: str
     # the authors' analysis iterates over the counted concepts, so keep only those.
     scores = scores.merge(counts[["dataset", "concept"]], on=["dataset", "concept"], how="inner")
     rows = _join(counts, scores)
-    rows.missing_datasets, rows.substituted = missing, substituted
+    rows.missing_datasets = missing
     return rows
 
 
 def t2i_rows(freq: pd.DataFrame, t2i: pd.DataFrame, *, pretrain: str, model: str, metric: str, count_type: str,
              datasets: list[str], min_prompts: int) -> Rows:
     """Per-concept (count, mean score over prompts) rows for concepts with at least ``min_prompts`` prompts."""
-    counts, missing, substituted = _counts_for(freq, pretrain, count_type, datasets)
+    counts, missing = _counts_for(freq, pretrain, count_type, datasets)
     sel = _select(t2i, model=model, metric=metric)
     per_concept = sel.groupby("concept")["score"].agg(["mean", "size"]).reset_index()
     per_concept = per_concept[per_concept["size"] >= min_prompts]
     # The authors intersect the scored and the counted concepts, so only the intersection is analysed.
     data = counts.merge(per_concept.rename(columns={"mean": "score"}), on="concept", how="inner")
     data = data[["dataset", "concept", "count", "score"]].sort_values("concept").reset_index(drop=True)
-    return Rows(data=data, missing_datasets=missing, substituted=substituted)
+    return Rows(data=data, missing_datasets=missing)
 
 
 FIT_COLUMNS = ("task", "pretrain", "model", "prompt", "count_type", "metric", "zero_rule", "n_rows", "n_bins_plotted",
@@ -156,7 +154,7 @@ def _plotted(spec) -> tuple[int | None, int | None]:
 
 
 def release_fits(tables: dict[str, pd.DataFrame], analysis: dict, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Every fit of the release analysis, and a log of what was missing or substituted.
+    """Every fit of the release analysis, and a log of count files that were missing or rows that did not pair.
 
     ``tables`` holds the tidy tables (frequencies, zero_shot, retrieval, t2i); ``analysis`` is the
     ``analysis`` section of params.yaml.
@@ -186,7 +184,7 @@ def release_fits(tables: dict[str, pd.DataFrame], analysis: dict, progress: bool
     for task, pretrain, model, prompt, count_type, metric, n_edges, plotted in tqdm(jobs, desc="fits", disable=not progress):
         if task == "zero_shot":
             rows = zero_shot_rows(freq, tables["zero_shot"], pretrain=pretrain, model=model, prompt=prompt,
-                                  count_type=count_type, datasets=zs["datasets"])
+                                  count_type=count_type, datasets=zero_shot_datasets(zs, count_type))
         elif task == "retrieval":
             rows = retrieval_rows(freq, tables["retrieval"], pretrain=pretrain, model=model, metric=metric,
                                   count_type=count_type, datasets=ret["datasets"])
@@ -194,16 +192,15 @@ def release_fits(tables: dict[str, pd.DataFrame], analysis: dict, progress: bool
             rows = t2i_rows(freq, tables["t2i"], pretrain=pretrain, model=model, metric=metric, count_type=count_type,
                             datasets=t2i_spec["datasets"], min_prompts=t2i_spec["min_prompts"])
         key = {"task": task, "pretrain": pretrain, "model": model, "prompt": prompt, "count_type": count_type, "metric": metric}
-        if rows.missing_datasets or rows.substituted or rows.unmatched:
-            notes.append({**key, "missing_datasets": ",".join(rows.missing_datasets),
-                          "substituted": ",".join(rows.substituted), "unmatched_rows": rows.unmatched})
+        if rows.missing_datasets or rows.unmatched:
+            notes.append({**key, "missing_datasets": ",".join(rows.missing_datasets), "unmatched_rows": rows.unmatched})
         for rec in fit_rows(rows, n_edges=n_edges, plotted=_plotted(plotted), resamples=resamples, seed=seed):
             records.append({**key, **rec})
     fits = pd.DataFrame(records, columns=list(FIT_COLUMNS))
     for col in ("n_rows", "n_bins_plotted"):
         fits[col] = fits[col].astype("int64")
     columns = ["task", "pretrain", "model", "prompt", "count_type", "metric", "zero_rule", "missing_datasets",
-               "substituted", "unmatched_rows"]
+               "unmatched_rows"]
     return fits, pd.DataFrame(notes, columns=[c for c in columns if c != "zero_rule"])
 
 
@@ -243,14 +240,16 @@ def binned_curves(rows_by_key: Iterable[tuple[dict, Rows]], *, n_edges: int,
 
 
 def zero_shot_curves(freq: pd.DataFrame, zero_shot: pd.DataFrame, *, pretrain: str, spec: dict,
-                     count_types: list[str], prompts: list[str], datasets: list[str], n_edges: int) -> pd.DataFrame:
-    """Zero-shot curves of every model of one pretraining set, per count type and prompt."""
+                     count_types: list[str], prompts: list[str], params: dict, n_edges: int) -> pd.DataFrame:
+    """Zero-shot curves of every model of one pretraining set, per count type and prompt.
+
+    ``params`` is the ``analysis.zero_shot`` section (which datasets enter, per count type)."""
     def gen():
         for count_type in count_types:
             for prompt in prompts:
                 for model in spec["models"]:
                     rows = zero_shot_rows(freq, zero_shot, pretrain=pretrain, model=model, prompt=prompt,
-                                          count_type=count_type, datasets=datasets)
+                                          count_type=count_type, datasets=zero_shot_datasets(params, count_type))
                     yield ({"pretrain": pretrain, "model": model_label(model), "prompt": prompt,
                             "count_type": count_type_label(count_type)}, rows)
     return binned_curves(gen(), n_edges=n_edges, plotted=tuple(spec["plotted_bins"]))
@@ -280,3 +279,19 @@ def t2i_curves(freq: pd.DataFrame, t2i: pd.DataFrame, *, pretrain: str, count_ty
                 yield ({"pretrain": pretrain, "model": model, "metric": metric,
                         "count_type": count_type_label(count_type)}, rows)
     return binned_curves(gen(), n_edges=n_edges, plotted=plotted)
+
+
+def paper_legend_check(fits: pd.DataFrame) -> pd.DataFrame:
+    """Our binned r beside the r printed in the legends of the authors' zero-shot figures.
+
+    The reference values (``helpers/data/paper_legends.csv``) were read off the PDF figures in the authors'
+    repository at the pinned commit. ``matches`` compares at the two decimals the legends print.
+    """
+    from importlib import resources
+
+    legends = pd.read_csv(resources.files("helpers.data").joinpath("paper_legends.csv"))
+    ours = fits.query("task == 'zero_shot' and zero_rule == 'to_one'")[["pretrain", "count_type", "prompt", "model", "binned_r"]]
+    check = legends.merge(ours, on=["pretrain", "count_type", "prompt", "model"], how="left")
+    check["ours"] = check["binned_r"].round(2)
+    check["matches"] = (check["ours"] - check["r"]).abs() < 0.005
+    return check.drop(columns="binned_r").rename(columns={"r": "paper"})
