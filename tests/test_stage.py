@@ -13,7 +13,34 @@ from helpers import config, stage
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DVC = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())
+PARAMS = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
 STAGES = list(DVC["stages"])
+
+
+def _body(name: str) -> dict:
+    """A stage's definition (the `do` block of a foreach stage)."""
+    spec = DVC["stages"][name]
+    return spec["do"] if "foreach" in spec else spec
+
+
+def _item_name(name: str) -> str | None:
+    cmd = _body(name)["cmd"].split()
+    return cmd[cmd.index("--item") + 1] if "--item" in cmd else None
+
+
+def _calls() -> list[str]:
+    """How each stage is invoked: `name`, or `name@key` for every key of a foreach stage's collection."""
+    calls = []
+    for name, spec in DVC["stages"].items():
+        if "foreach" in spec:
+            collection = spec["foreach"].strip("${} ")
+            calls.extend(f"{name}@{key}" for key in config.get(PARAMS, collection))
+        else:
+            calls.append(name)
+    return calls
+
+
+CALLS = _calls()
 NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))
 
 # Variables a parameters cell may define that are not stage parameters: display knobs with a default that
@@ -28,11 +55,23 @@ def _run_from_the_repository(monkeypatch):
     monkeypatch.chdir(REPO_ROOT)
 
 
-def _declared_keys(name: str) -> list[str]:
+def _declared_keys(call: str) -> list[str]:
+    name, _, key = call.partition("@")
     keys = []
-    for entry in DVC["stages"][name].get("params", []) or []:
+    for entry in _body(name).get("params", []) or []:
         keys.extend(entry if isinstance(entry, dict) else [entry])
-    return keys
+    return [k.replace("${key}", key) for k in keys]
+
+
+def _expected_parameter_names(call: str) -> list[str]:
+    name, _, key = call.partition("@")
+    names = []
+    for dotted in _declared_keys(call):
+        if key and dotted.endswith("." + key):
+            names += [_item_name(name), f"{_item_name(name)}_name"]
+        else:
+            names.append(dotted.split(".")[-1])
+    return names
 
 
 def _parameters_cells(notebook: Path) -> list:
@@ -55,6 +94,10 @@ def _assigned_names(source: str) -> set[str]:
     return names
 
 
+def _stage_parameters(call: str, params=None) -> dict:
+    return stage.stage_parameters(call, params, item=_item_name(call.partition("@")[0]))
+
+
 def _notebook_parameter_names(name: str) -> set[str]:
     cells = _parameters_cells(stage.notebook_for(name))
     assert len(cells) == 1
@@ -68,7 +111,11 @@ def test_dvc_yaml_has_stages():
 
 @pytest.mark.parametrize("name", STAGES)
 def test_stage_cmd_runs_its_own_notebook(name):
-    assert DVC["stages"][name]["cmd"].split() == ["python", "-m", "helpers.stage", name]
+    if "foreach" in DVC["stages"][name]:
+        assert _body(name)["cmd"].split() == ["python", "-m", "helpers.stage", f"{name}@${{key}}", "--item",
+                                              _item_name(name)]
+    else:
+        assert DVC["stages"][name]["cmd"].split() == ["python", "-m", "helpers.stage", name]
 
 
 @pytest.mark.parametrize("name", STAGES)
@@ -77,29 +124,29 @@ def test_notebook_for_finds_exactly_one_notebook_listed_in_the_stage_deps(name):
     assert notebook.is_file()
     assert notebook.parent == (REPO_ROOT / "notebooks").resolve()
     assert notebook.name[:2].isdigit() and notebook.name[2:] == f"_{name}.ipynb"
-    assert f"notebooks/{notebook.name}" in DVC["stages"][name].get("deps", [])
+    assert f"notebooks/{notebook.name}" in _body(name).get("deps", [])
 
 
-@pytest.mark.parametrize("name", STAGES)
+@pytest.mark.parametrize("name", CALLS)
 def test_stage_parameters_are_exactly_the_leaf_names_of_the_declared_params(name, params):
-    keys = _declared_keys(name)
-    got = stage.stage_parameters(name)
-    assert list(got) == [k.split(".")[-1] for k in keys]
-    for key in keys:
-        assert got[key.split(".")[-1]] == config.get(params, key)
+    got = _stage_parameters(name)
+    assert list(got) == _expected_parameter_names(name)
+    for key in _declared_keys(name):
+        value = config.get(params, key)
+        assert value in got.values()
 
 
-@pytest.mark.parametrize("name", STAGES)
+@pytest.mark.parametrize("name", CALLS)
 def test_every_stage_parameter_is_assigned_in_the_notebooks_parameters_cell(name):
-    expected = set(stage.stage_parameters(name))
+    expected = set(_stage_parameters(name))
     assigned = _notebook_parameter_names(name)
     missing = expected - assigned
     assert not missing, f"{stage.notebook_for(name).name}: parameters cell lacks {sorted(missing)}"
 
 
-@pytest.mark.parametrize("name", STAGES)
+@pytest.mark.parametrize("name", CALLS)
 def test_parameters_cell_defines_only_stage_parameters_or_display_knobs(name):
-    extra = _notebook_parameter_names(name) - set(stage.stage_parameters(name)) - NOTEBOOK_ONLY_PARAMETERS
+    extra = _notebook_parameter_names(name) - set(_stage_parameters(name)) - NOTEBOOK_ONLY_PARAMETERS
     assert not extra, (
         f"{stage.notebook_for(name).name}: parameters cell defines {sorted(extra)}, which dvc.yaml's "
         f"stage '{name}' does not pass; add them to its params or to NOTEBOOK_ONLY_PARAMETERS"
@@ -121,6 +168,21 @@ def test_stage_parameters_missing_key_names_it(params):
     del broken["figures"]["let_it_wag_split"]
     with pytest.raises(config.ParamsError, match="figures.let_it_wag_split"):
         stage.stage_parameters("let_it_wag", broken)
+
+
+def test_a_foreach_stage_gets_its_item_and_the_items_name(params):
+    call = next(c for c in CALLS if "@" in c)
+    name, _, key = call.partition("@")
+    item = _item_name(name)
+    got = stage.stage_parameters(call, item=item)
+    assert got[f"{item}_name"] == key
+    assert got[item] == config.get(params, f"{DVC['stages'][name]['foreach'].strip('${} ')}.{key}")
+
+
+def test_a_foreach_stage_called_without_its_key_exits():
+    name = next(n for n in STAGES if "foreach" in DVC["stages"][n])
+    with pytest.raises(SystemExit, match="foreach"):
+        stage.stage_spec(name)
 
 
 def test_unknown_stage_exits_with_a_message_listing_the_stages():

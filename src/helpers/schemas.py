@@ -173,3 +173,34 @@ def read_table(path: Path, schema: pa.DataFrameSchema) -> pd.DataFrame:
     if not Path(path).exists():
         raise FileNotFoundError(f"Table {path} does not exist; run the stage that writes it (`dvc repro`).")
     return schema.validate(pd.read_parquet(path), lazy=True)
+
+
+def _is_str_list(value: object) -> bool:
+    """A list of strings (a tuple or numpy array too: Parquet gives list columns back as arrays)."""
+    if isinstance(value, str) or not hasattr(value, "__iter__") or isinstance(value, dict):
+        return False
+    return all(isinstance(v, str) for v in value)
+
+
+# The unified concept table of the text-search stage (helpers.concepts.build_concept_table): the release's
+# concepts with their ids, then any new downstream concepts; ids are the row positions 0..n-1.
+CONCEPT_TABLE = pa.DataFrameSchema(
+    {
+        "concept_id": pa.Column("int32", pa.Check.ge(0), unique=True),
+        "name": pa.Column(str, pa.Check(lambda s: s.str.len() > 0, error="empty name"), unique=True),
+        "key": _str,
+        "lemmas": pa.Column(object, pa.Check(_is_str_list, element_wise=True, error="not a list of strings")),
+        "sources": pa.Column(
+            object,
+            pa.Check(
+                lambda v: _is_str_list(v) and len(v) > 0, element_wise=True, error="not a non-empty list of strings"
+            ),
+        ),
+    },
+    checks=pa.Check(
+        lambda df: bool((df["concept_id"].to_numpy() == range(len(df))).all()) if len(df) else True,
+        error="concept_id is not 0..n-1 in row order",
+    ),
+    strict=True,
+    name="concept_table",
+)

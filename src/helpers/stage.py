@@ -5,6 +5,10 @@ keys listed under its ``params:`` from params.yaml, and executes ``notebooks/NN_
 into ``reports/notebooks/`` with one papermill parameter per key (named by the key's last part, e.g.
 ``analysis.zero_shot`` -> ``zero_shot``). So dvc.yaml is the single list of what a stage depends on, and
 nested params (dicts, lists) reach the notebook intact, which papermill's ``-p`` on a command line can't do.
+
+Stages fanned out with ``foreach`` (one per corpus, say) run as ``python -m helpers.stage text_search@cc3m
+--item corpus``: the params entry that names the item (``corpora.${key}``) reaches the notebook as
+``corpus``, and the item's key as ``corpus_name``; the executed copy is ``NN_text_search@cc3m.ipynb``.
 """
 
 from __future__ import annotations
@@ -17,41 +21,60 @@ from helpers import config, paths
 
 
 def stage_spec(stage: str) -> dict:
+    """The stage's entry in dvc.yaml; for ``name@key`` the ``do`` block of the foreach stage ``name``."""
     dvc = config.load_yaml(paths.project_root() / "dvc.yaml")
     stages = dvc.get("stages", {})
-    if stage not in stages:
-        raise SystemExit(f"dvc.yaml has no stage '{stage}'. Stages: {', '.join(stages)}")
-    return stages[stage]
+    name = stage.split("@", 1)[0]
+    if name not in stages:
+        raise SystemExit(f"dvc.yaml has no stage '{name}'. Stages: {', '.join(stages)}")
+    spec = stages[name]
+    if ("@" in stage) != ("foreach" in spec):
+        raise SystemExit(f"Stage '{name}' {'is' if 'foreach' in spec else 'is not'} a foreach stage; "
+                         f"call it as {'name@key' if 'foreach' in spec else 'name'}")
+    return spec["do"] if "foreach" in spec else spec
 
 
-def stage_parameters(stage: str, params: dict | None = None) -> dict:
-    """Papermill parameters of ``stage``: one per params key it lists in dvc.yaml."""
+def stage_parameters(stage: str, params: dict | None = None, item: str | None = None) -> dict:
+    """Papermill parameters of ``stage``: one per params key it lists in dvc.yaml.
+
+    For a foreach stage ``name@key``, ``${key}`` in a params entry is replaced by the key, and the entry
+    that ends in the key is passed as ``item`` (with the key itself as ``<item>_name``).
+    """
     params = params if params is not None else config.load_params()
+    key = stage.split("@", 1)[1] if "@" in stage else None
     out: dict = {}
     for entry in stage_spec(stage).get("params", []):
-        keys = list(entry) if isinstance(entry, dict) else [entry]  # `- file.yaml: [keys]` form is not used here
-        for key in keys:
-            name = key.split(".")[-1]
+        keys = list(entry) if isinstance(entry, dict) else [entry]
+        for dotted in keys:
+            if key is not None and dotted.endswith("${key}"):
+                if not item:
+                    raise SystemExit(f"Stage '{stage}': name the item's parameter with --item (e.g. --item corpus)")
+                out[item] = config.get(params, dotted.replace("${key}", key))
+                out[f"{item}_name"] = key
+                continue
+            name = dotted.split(".")[-1]
             if name in out:
                 raise SystemExit(f"Stage '{stage}': two params end in '{name}'; rename one in params.yaml")
-            out[name] = config.get(params, key)
+            out[name] = config.get(params, dotted)
     return out
 
 
 def notebook_for(stage: str) -> Path:
+    stage = stage.split("@", 1)[0]
     matches = sorted(paths.notebooks_dir().glob(f"[0-9][0-9]_{stage}.ipynb"))
     if len(matches) != 1:
         raise SystemExit(f"Expected one notebook notebooks/NN_{stage}.ipynb for stage '{stage}', found {len(matches)}")
     return matches[0]
 
 
-def run(stage: str, extra: dict | None = None) -> Path:
+def run(stage: str, item: str | None = None, extra: dict | None = None) -> Path:
     """Execute the stage's notebook; returns the executed copy's path."""
     import papermill
 
     notebook = notebook_for(stage)
-    parameters = {**stage_parameters(stage), **(extra or {})}
-    out = paths.ensure(paths.reports_dir() / "notebooks") / notebook.name
+    parameters = {**stage_parameters(stage, item=item), **(extra or {})}
+    suffix = f"@{stage.split('@', 1)[1]}" if "@" in stage else ""
+    out = paths.ensure(paths.reports_dir() / "notebooks") / f"{notebook.stem}{suffix}.ipynb"
     papermill.execute_notebook(
         str(notebook), str(out), parameters=parameters, cwd=str(paths.notebooks_dir()), progress_bar=False
     )
@@ -60,9 +83,10 @@ def run(stage: str, extra: dict | None = None) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("stage", help="stage name in dvc.yaml")
+    parser.add_argument("stage", help="stage name in dvc.yaml (name@key for a foreach stage)")
+    parser.add_argument("--item", help="foreach stages: the notebook parameter that receives the item")
     args = parser.parse_args(argv)
-    out = run(args.stage)
+    out = run(args.stage, item=args.item)
     print(f"executed {out.relative_to(paths.workdir())}")
     return 0
 
