@@ -1,0 +1,102 @@
+"""helpers.corpora: corpus entries from params.yaml and the text-search stage's glue."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from helpers import corpora, samples
+from helpers.captions import list_shards
+from helpers.shards import ConfigError
+
+CONCEPTS = ["dog", "mouse", "hot dog", "teddy bear", "knife", "child"]
+SETTINGS = {"mode": "phrase", "unknown_words": None, "executor": "serial", "workers": None, "ray_address": None,
+            "allow_failed_shards": False}
+
+
+@pytest.fixture()
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.setenv("FDP_WORKDIR", str(tmp_path))
+    return tmp_path
+
+
+@pytest.fixture()
+def sample(workdir):
+    configs = samples.write_sample_corpus(workdir / "data" / "raw" / "samples", n_captions=300, n_shards=2, seed=1,
+                                          concept_names=CONCEPTS, relative_to=workdir)
+    return configs
+
+
+def _concepts() -> pd.DataFrame:
+    return pd.DataFrame({"concept_id": pd.array(range(len(CONCEPTS)), dtype="int32"), "name": CONCEPTS})
+
+
+def test_relative_caption_paths_resolve_against_the_work_folder(sample, workdir):
+    source = corpora.caption_source("c", {"data": "x", "captions": sample["tsv"]})
+    assert all(p.startswith(str(workdir)) for p in source.paths)
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"data": "x"}, "corpora.c.captions: missing"),
+        ({"data": "x", "captions": {"format": "tsv", "paths": "a.tsv"}, "colour": 1}, "corpora.c: unknown key(s) colour"),
+        ({"data": "x", "captions": {"format": "xml", "paths": "a.xml"}}, "corpora.c.captions.format"),
+        ({"data": "x", "captions": {"format": "tsv", "paths": "a.tsv", "captoin_column": 1}}, "corpora.c.captions.captoin_column"),
+        ("not a mapping", "corpora.c: expected a mapping"),
+    ],
+)
+def test_wrong_corpus_entries_fail_fast_naming_the_params_key(entry, message, workdir):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        corpora.caption_source("c", entry)
+
+
+def test_unknown_text_search_setting_is_named():
+    with pytest.raises(ConfigError, match="text_search: unknown key"):
+        corpora.check_text_search_settings({**SETTINGS, "modus": "phrase"})
+
+
+def test_search_corpus_counts_match_the_generators_mentions_in_every_format(sample, workdir):
+    expected = sample["expected"]["mentions"]
+    results = {}
+    for fmt in ("tsv", "parquet", "wds", "txt"):
+        result = corpora.search_corpus(f"c_{fmt}", {"data": "x", "captions": sample[fmt]}, _concepts(), SETTINGS,
+                                       progress=False)
+        counts = result.counts.set_index("concept")["count"]
+        results[fmt] = counts
+        assert corpora.text_counts_path(f"c_{fmt}").exists()
+        assert (result.shards["status"] == "ok").all()
+    for fmt, counts in results.items():
+        assert counts.equals(results["tsv"]), fmt
+    # "hot dog" captions also contain "dog": the phrase matcher counts the sample under both concepts.
+    for name, n in expected.items():
+        if name not in ("dog",):
+            assert results["tsv"][name] == n, name
+
+
+def test_rerun_resumes_and_gives_identical_counts(sample, workdir):
+    entry = {"data": "x", "captions": sample["parquet"]}
+    first = corpora.search_corpus("c", entry, _concepts(), SETTINGS, progress=False).counts
+    done = sorted((corpora.text_search_dir("c") / "shards").glob("*"))
+    mtimes = {p: p.stat().st_mtime_ns for p in done}
+    second = corpora.search_corpus("c", entry, _concepts(), SETTINGS, progress=False).counts
+    assert first.equals(second)
+    assert {p: p.stat().st_mtime_ns for p in done} == mtimes  # nothing recomputed
+
+
+def test_a_missing_shard_stops_the_stage_naming_it_unless_allowed(sample, workdir):
+    captions = dict(sample["txt"])
+    shard_paths = [s.path for s in list_shards(corpora.caption_source("c", {"data": "x", "captions": captions}))]
+    captions["paths"] = shard_paths + [str(workdir / "data" / "raw" / "samples" / "txt" / "part-99999.txt")]
+    entry = {"data": "x", "captions": captions}
+    with pytest.raises(RuntimeError, match="part-99999.txt"):
+        corpora.search_corpus("c", entry, _concepts(), SETTINGS, progress=False)
+    result = corpora.search_corpus("c", entry, _concepts(), {**SETTINGS, "allow_failed_shards": True}, progress=False)
+    assert (result.shards["status"] != "ok").sum() == 1
+    assert result.counts["count"].sum() > 0
+
+
+def test_concept_ids_must_be_positions(sample, workdir):
+    shuffled = _concepts().iloc[::-1].reset_index(drop=True)
+    with pytest.raises(ValueError, match="0..n-1"):
+        corpora.search_corpus("c", {"data": "x", "captions": sample["txt"]}, shuffled, SETTINGS, progress=False)
