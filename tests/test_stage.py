@@ -60,7 +60,7 @@ def _declared_keys(call: str) -> list[str]:
     keys = []
     for entry in _body(name).get("params", []) or []:
         keys.extend(entry if isinstance(entry, dict) else [entry])
-    return [k.replace("${key}", key) for k in keys]
+    return [k.replace("${key}", key).replace("${item}", key) for k in keys]
 
 
 def _expected_parameter_names(call: str) -> list[str]:

@@ -22,6 +22,7 @@ JPEGs carry no time stamps), so two calls with the same arguments write identica
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -406,3 +407,43 @@ def write_sample_downstream(
         "captions_per_image": 5,
         "noun_extractor": "lemmas",
     }
+
+
+def write_sample_tagger_set(
+    out_dir: str | os.PathLike,
+    *,
+    n_per_concept: int = 6,
+    seed: int = 0,
+    concept_names: Sequence[str] | None = None,
+    relative_to: str | os.PathLike | None = None,
+) -> dict:
+    """A labelled image set for the ``trained`` tagger backend, drawn like the sample corpus' images.
+
+    Every concept gets ``n_per_concept`` 8x8 images of its colour (as ``write_sample_corpus`` colours the
+    image of a caption whose first concept it is), with small per-image noise so the images differ, plus
+    grey images labelled with no concept. Writes ``images/*.png`` and ``labels.csv`` (columns ``image``,
+    ``concepts``; concepts joined by ``|``) and returns the ``train`` mapping of a ``trained`` tagger config.
+    """
+    from PIL import Image
+
+    names = list(DEFAULT_CONCEPTS if concept_names is None else concept_names)
+    out = Path(out_dir)
+    images = out / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    for stale in images.glob("*.png"):
+        stale.unlink()
+    rng = np.random.default_rng(seed)
+    rows = []
+    for index, name in enumerate([None, *names]):
+        colour = np.array(_colour(None if name is None else index - 1), dtype=float)
+        for k in range(n_per_concept):
+            pixels = np.clip(colour + rng.normal(0, 6, size=(8, 8, 3)), 0, 255).astype(np.uint8)
+            file = images / f"{index:03d}_{k:02d}.png"
+            Image.fromarray(pixels, "RGB").save(file)
+            rows.append((file.relative_to(out).as_posix(), "" if name is None else name))
+    with open(out / "labels.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "concepts"])
+        writer.writerows(rows)
+    # image paths in labels.csv are relative to its folder, where the trained backend looks by default
+    return {"labels": _config_path(out, "labels.csv", relative_to)}

@@ -204,3 +204,18 @@ CONCEPT_TABLE = pa.DataFrameSchema(
     strict=True,
     name="concept_table",
 )
+
+
+CORPUS_FREQUENCIES = pa.DataFrameSchema(
+    {
+        "corpus": _str,
+        "concept_id": pa.Column("int32", pa.Check.ge(0)),
+        "concept": _str,
+        "method": pa.Column(str, pa.Check.isin(COUNT_KINDS)),
+        "threshold": pa.Column(float, pa.Check.in_range(0.0, 1.0), nullable=True),
+        "count": _nonneg_int,
+    },
+    unique=["corpus", "concept_id", "method", "threshold"],
+    strict=True,
+    name="corpus_frequencies",
+)

@@ -37,8 +37,8 @@ def stage_spec(stage: str) -> dict:
 def stage_parameters(stage: str, params: dict | None = None, item: str | None = None) -> dict:
     """Papermill parameters of ``stage``: one per params key it lists in dvc.yaml.
 
-    For a foreach stage ``name@key``, ``${key}`` in a params entry is replaced by the key, and the entry
-    that ends in the key is passed as ``item`` (with the key itself as ``<item>_name``).
+    For a foreach stage ``name@key``, the params entry ending in ``${key}`` (``${item}`` for a foreach over a
+    list of names) is passed as ``item``, with the key itself as ``<item>_name``.
     """
     params = params if params is not None else config.load_params()
     key = stage.split("@", 1)[1] if "@" in stage else None
@@ -46,10 +46,12 @@ def stage_parameters(stage: str, params: dict | None = None, item: str | None = 
     for entry in stage_spec(stage).get("params", []):
         keys = list(entry) if isinstance(entry, dict) else [entry]
         for dotted in keys:
-            if key is not None and dotted.endswith("${key}"):
+            # foreach over a mapping names the entry ${key}; over a list of names, ${item}
+            placeholder = next((p for p in ("${key}", "${item}") if dotted.endswith(p)), None)
+            if key is not None and placeholder:
                 if not item:
                     raise SystemExit(f"Stage '{stage}': name the item's parameter with --item (e.g. --item corpus)")
-                out[item] = config.get(params, dotted.replace("${key}", key))
+                out[item] = config.get(params, dotted.replace(placeholder, key))
                 out[f"{item}_name"] = key
                 continue
             name = dotted.split(".")[-1]

@@ -1,0 +1,169 @@
+"""The image side of a corpus as DVC stages: train the sample tagger, tag a corpus' images, and derive image,
+matched and misalignment frequencies against the caption side of the same corpus.
+
+A corpus whose images are tagged is an entry under ``image_corpora`` in params.yaml, named like its caption
+side under ``corpora`` (the matched counts pair the two by sample id)::
+
+    image_corpora:
+      sample_wds:
+        data: data/raw/samples/wds             # the folder DVC tracks
+        images: {format: wds, paths: "data/raw/samples/wds/*.tar", image_ext: [jpg]}
+
+The tagger and inference settings are the ``image_search`` section (see helpers.imagesearch and
+helpers.tagger_backends).
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from helpers import corpora, paths, schemas
+from helpers.captions import iter_tar_samples
+from helpers.frequencies import frequency_table, misalignment
+from helpers.imagesearch import image_search_dir, image_source, list_image_shards, run_image_search, run_kwargs
+from helpers.shards import ConfigError, read_shard_stats, shard_records
+from helpers.tagger_backends import build_tagger
+from helpers.tagger_trained import read_labels, train_tagger
+
+# keys of a tagger config that hold paths (resolved against the work folder, like corpus paths)
+_PATH_KEYS = ("checkpoint", "label_embedding_cache", "model_config")
+
+
+def _resolve(value: Any, base: Path) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        return [_resolve(v, base) for v in value]
+    text = os.path.expanduser(str(value))
+    return text if os.path.isabs(text) else str(base / text)
+
+
+def resolve_tagger_config(tagger: Mapping[str, Any], base: Path | None = None) -> dict:
+    """The tagger config with its relative file paths resolved against the work folder."""
+    base = base or paths.workdir()
+    out = dict(tagger)
+    for key in _PATH_KEYS:
+        if key in out:
+            out[key] = _resolve(out[key], base)
+    if out.get("descriptions"):
+        out["descriptions"] = _resolve(out["descriptions"], base)
+    if isinstance(out.get("pretrained"), str) and os.sep in out["pretrained"]:
+        out["pretrained"] = _resolve(out["pretrained"], base)
+    if isinstance(out.get("train"), Mapping) and "labels" in out["train"]:
+        out["train"] = {**out["train"], "labels": _resolve(out["train"]["labels"], base)}
+    return out
+
+
+TRAINING_KEYS = {"data", "labels", "image_size", "epochs", "batch_size", "lr", "seed", "checkpoint"}
+
+
+def train_sample_tagger(training: Mapping[str, Any], *, progress: bool = True):
+    """Train the ``trained`` backend on the labelled image set of params ``tagger_training`` and save it.
+
+    Returns the tagger (with ``loss_history``). The checkpoint path is ``training["checkpoint"]``.
+    """
+    unknown = sorted(set(training) - TRAINING_KEYS)
+    if unknown:
+        raise ConfigError(f"tagger_training: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(TRAINING_KEYS))})")
+    for key in ("labels", "checkpoint"):
+        if key not in training:
+            raise ConfigError(f"tagger_training.{key}: missing")
+    labels_path = Path(_resolve(training["labels"], paths.workdir()))
+    if not labels_path.exists():
+        raise ConfigError(f"tagger_training.labels: file not found: {labels_path}")
+    images, labels = read_labels(labels_path)
+    concepts = sorted({c for row in labels for c in row})
+    tagger = train_tagger(
+        images, labels, concepts, image_size=int(training.get("image_size", 32)), epochs=int(training.get("epochs", 10)),
+        batch_size=int(training.get("batch_size", 64)), lr=float(training.get("lr", 1e-3)),
+        seed=int(training.get("seed", 0)), progress=progress,
+    )
+    checkpoint = Path(_resolve(training["checkpoint"], paths.workdir()))
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    tagger.save(checkpoint)
+    return tagger
+
+
+@dataclass
+class ImageSearchResult:
+    frequencies: pd.DataFrame  # corpus, concept_id, concept, method, threshold, count
+    misalignment: pd.DataFrame  # threshold, n_text_and_image, n_misaligned, degree_extracted, degree_fixed
+    shards: pd.DataFrame  # per-shard status and reader stats of the image side
+    image_dir: Path
+
+
+def frequencies_path(name: str) -> Path:
+    return paths.processed_dir() / "corpora" / name / "frequencies.parquet"
+
+
+def image_shard_table(out_dir: Path) -> pd.DataFrame:
+    """One row per image shard: status, error and the reader's counters (corrupt, missing images...)."""
+    return corpora.shard_table(out_dir)
+
+
+def tag_corpus(name: str, entry: Mapping[str, Any], concepts: pd.DataFrame, settings: Mapping[str, Any], *,
+               descriptions: Mapping[str, list[str]] | None = None, progress: bool = True) -> ImageSearchResult:
+    """Tag the images of corpus ``name``, then count image, matched and misalignment frequencies.
+
+    The caption side must have been searched first (``text_search@<name>``). A failed image shard stops the
+    stage naming it unless ``image_search.allow_failed_shards``.
+    """
+    kwargs = run_kwargs(settings)
+    if "tagger" not in settings:
+        raise ConfigError("image_search.tagger: missing (which backend tags the images)")
+    thresholds = [float(t) for t in settings.get("thresholds", [0.7])]
+    source = image_source(name, entry)
+    text_dir = corpora.text_search_dir(name)
+    if not text_dir.exists():
+        raise ConfigError(f"image_corpora.{name}: no caption search for '{name}' at {text_dir}; add it under `corpora`")
+    tagger_config = resolve_tagger_config(settings["tagger"])
+    names = concepts["name"].tolist()
+    factory = functools.partial(build_tagger, tagger_config, names, descriptions=descriptions)
+    image_dir = image_search_dir(name, str(tagger_config.get("backend", "tagger")))
+    run_image_search(source, factory, image_dir, overwrite=True, progress=progress, **kwargs)
+    shards = image_shard_table(image_dir)
+    allow_failed = bool(settings.get("allow_failed_shards", False))
+    failed = shards[shards["status"] != "ok"]
+    if len(failed) and not allow_failed:
+        listing = "; ".join(f"{r.file}: {r.error or r.status}" for r in failed.itertuples())
+        raise RuntimeError(f"image corpus {name}: {len(failed)} shard(s) failed ({listing}). Fix them, or set "
+                           "image_search.allow_failed_shards: true to count the rest.")
+    table = frequency_table(name, text_dir, image_dir, thresholds, concepts[["concept_id", "name"]])
+    mis = misalignment(text_dir, image_dir, thresholds, allow_failed=allow_failed)
+    table = table.assign(concept_id=table["concept_id"].astype("int32"), count=table["count"].astype("int64"))
+    frequencies_path(name).parent.mkdir(parents=True, exist_ok=True)
+    schemas.write_table(table, schemas.CORPUS_FREQUENCIES, frequencies_path(name))
+    return ImageSearchResult(frequencies=table, misalignment=mis, shards=shards, image_dir=image_dir)
+
+
+def qualitative_examples(name: str, entry: Mapping[str, Any], image_dir: Path, concepts: Sequence[str], *,
+                         threshold: float, n: int = 6) -> list[tuple[Image.Image, list[str]]]:
+    """The first ``n`` tagged images of the corpus' first shard with their tags at ``threshold``."""
+    source = image_source(name, entry)
+    shard = list_image_shards(source)[0]
+    scores = pd.read_parquet(image_dir / "shards" / f"{shard.index:06d}.scores.parquet")
+    scores = scores[scores["prob"] >= threshold]
+    tags = scores.groupby("sample_id")["concept_id"].apply(list).to_dict()
+    examples = []
+    for sample in iter_tar_samples(shard.path, set(source.image_ext)):
+        sample_id = (shard.index << 32) | sample.position
+        data = next((sample.files[e] for e in source.image_ext if sample.files.get(e)), None)
+        if data is None:
+            continue
+        try:
+            image = Image.open(io.BytesIO(data)).convert("RGB")
+        except Exception:  # a corrupt image is counted by the stage; here it is just not shown
+            continue
+        examples.append((image, sorted(concepts[c] for c in tags.get(sample_id, []))))
+        if len(examples) >= n:
+            break
+    return examples

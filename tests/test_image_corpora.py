@@ -1,0 +1,91 @@
+"""helpers.image_corpora: the image-search stage's glue, end to end on a small sample corpus."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from helpers import corpora, image_corpora, samples, schemas
+from helpers.shards import ConfigError
+
+CONCEPTS = ["dog", "mouse", "hot dog", "teddy bear", "knife", "child", "zebra"]
+TEXT_SETTINGS = {"mode": "phrase", "executor": "serial"}
+
+
+@pytest.fixture()
+def world(tmp_path, monkeypatch):
+    """A work folder with a sample corpus, its caption search done, and a trained sample tagger."""
+    monkeypatch.setenv("FDP_WORKDIR", str(tmp_path))
+    torch.set_num_threads(1)
+    out = tmp_path / "data" / "raw" / "samples"
+    configs = samples.write_sample_corpus(out, n_captions=240, n_shards=2, seed=3, concept_names=CONCEPTS,
+                                          relative_to=tmp_path)
+    tagger_set = samples.write_sample_tagger_set(out / "tagger", n_per_concept=10, seed=3, concept_names=CONCEPTS,
+                                                 relative_to=tmp_path)
+    concepts = pd.DataFrame({"concept_id": pd.array(range(len(CONCEPTS)), dtype="int32"), "name": CONCEPTS})
+    corpora.search_corpus("toy", {"data": "x", "captions": configs["wds"]}, concepts, TEXT_SETTINGS, progress=False)
+    training = {"labels": tagger_set["labels"], "checkpoint": "data/processed/taggers/trained.pt", "image_size": 16,
+                "epochs": 15, "batch_size": 32, "lr": 0.003, "seed": 0}
+    tagger = image_corpora.train_sample_tagger(training, progress=False)
+    entry = {"data": "x", "images": {"format": "wds", "paths": configs["wds"]["paths"], "image_ext": ["jpg"]}}
+    settings = {"tagger": {"backend": "trained", "checkpoint": "data/processed/taggers/trained.pt",
+                           "unknown_concepts": "zero"},
+                "thresholds": [0.5, 0.7], "prob_floor": 0.5, "batch_size": 32, "executor": "serial"}
+    return {"tmp": tmp_path, "concepts": concepts, "entry": entry, "settings": settings, "tagger": tagger,
+            "configs": configs}
+
+
+def test_training_lowers_the_loss_and_saves_a_checkpoint(world):
+    history = world["tagger"].loss_history
+    assert history[-1] < history[0] * 0.6
+    assert (world["tmp"] / "data" / "processed" / "taggers" / "trained.pt").exists()
+
+
+def test_tag_corpus_writes_image_matched_and_text_counts(world):
+    result = image_corpora.tag_corpus("toy", world["entry"], world["concepts"], world["settings"], progress=False)
+    table = schemas.read_table(image_corpora.frequencies_path("toy"), schemas.CORPUS_FREQUENCIES)
+    assert set(table["method"]) == {"text", "image", "matched"}
+    text = table[table["method"] == "text"].set_index("concept")["count"]
+    wide = table[table["method"] != "text"].pivot_table(index="concept", columns=["method", "threshold"], values="count")
+    wide = wide.reindex(text.index)
+    for t in (0.5, 0.7):
+        matched, image = wide[("matched", t)], wide[("image", t)]
+        assert (matched <= image).all()
+        assert (matched <= text).all()
+    # higher thresholds never count more
+    assert (wide[("image", 0.7)] <= wide[("image", 0.5)]).all()
+    # the sample images show their caption's first concept, so the tagger finds some of them
+    assert wide[("image", 0.5)].sum() > 0
+    assert list(result.misalignment["threshold"]) == [0.5, 0.7]
+    assert (result.shards["status"] == "ok").all()
+
+
+def test_tag_corpus_needs_the_caption_side_and_a_tagger(world):
+    with pytest.raises(ConfigError, match="image_corpora.other: no caption search"):
+        image_corpora.tag_corpus("other", world["entry"], world["concepts"], world["settings"], progress=False)
+    no_tagger = {k: v for k, v in world["settings"].items() if k != "tagger"}
+    with pytest.raises(ConfigError, match="image_search.tagger: missing"):
+        image_corpora.tag_corpus("toy", world["entry"], world["concepts"], no_tagger, progress=False)
+
+
+def test_qualitative_examples_return_images_with_tags(world):
+    result = image_corpora.tag_corpus("toy", world["entry"], world["concepts"], world["settings"], progress=False)
+    examples = image_corpora.qualitative_examples("toy", world["entry"], result.image_dir, CONCEPTS, threshold=0.5, n=4)
+    assert len(examples) == 4
+    assert all(image.size == (8, 8) and isinstance(tags, list) for image, tags in examples)
+
+
+def test_relative_tagger_paths_resolve_against_the_work_folder(tmp_path):
+    config = image_corpora.resolve_tagger_config(
+        {"backend": "trained", "checkpoint": "m/t.pt", "train": {"labels": "l.csv"}}, base=tmp_path)
+    assert config["checkpoint"] == str(tmp_path / "m/t.pt")
+    assert config["train"]["labels"] == str(tmp_path / "l.csv")
+
+
+def test_training_params_are_checked_by_name(tmp_path, monkeypatch):
+    monkeypatch.setenv("FDP_WORKDIR", str(tmp_path))
+    with pytest.raises(ConfigError, match="tagger_training: unknown key"):
+        image_corpora.train_sample_tagger({"labels": "x", "checkpoint": "y", "epoch": 3})
+    with pytest.raises(ConfigError, match="tagger_training.labels: file not found"):
+        image_corpora.train_sample_tagger({"labels": "missing.csv", "checkpoint": "y"})
