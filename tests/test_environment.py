@@ -72,3 +72,13 @@ def test_every_environment_yml_pip_pin_is_in_requirements(environment):
     reqs = set(_requirements())
     extra = [p for p in pip if p not in reqs]
     assert not extra, f"in environment.yml's pip section but not identically in requirements.txt: {extra}"
+
+
+def test_rampp_environment_pins_agree_with_the_main_requirements():
+    main = {r.split("==")[0].lower(): r for r in _requirements()}
+    for raw in (REPO_ROOT / "requirements-rampp.txt").read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if "==" in line:
+            name = line.split("==")[0].lower()
+            assert name in main, f"requirements-rampp.txt pins {name}, which requirements.txt does not"
+            assert main[name] == line, f"{line} differs from requirements.txt's {main[name]}"

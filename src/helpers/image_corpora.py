@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 import pandas as pd
 from PIL import Image
 
@@ -30,7 +29,7 @@ from helpers import corpora, paths, schemas
 from helpers.captions import iter_tar_samples
 from helpers.frequencies import frequency_table, misalignment
 from helpers.imagesearch import image_search_dir, image_source, list_image_shards, run_image_search, run_kwargs
-from helpers.shards import ConfigError, read_shard_stats, shard_records
+from helpers.shards import ConfigError
 from helpers.tagger_backends import build_tagger
 from helpers.tagger_trained import read_labels, train_tagger
 
