@@ -89,3 +89,27 @@ def test_training_params_are_checked_by_name(tmp_path, monkeypatch):
         image_corpora.train_sample_tagger({"labels": "x", "checkpoint": "y", "epoch": 3})
     with pytest.raises(ConfigError, match="tagger_training.labels: file not found"):
         image_corpora.train_sample_tagger({"labels": "missing.csv", "checkpoint": "y"})
+
+
+def test_the_stage_runs_with_the_open_clip_backend_from_a_local_checkpoint(world):
+    """Any backend plugs into the same stage: here a tiny open_clip model saved and loaded by path."""
+    import json
+
+    import open_clip
+
+    config = world["tmp"] / "models" / "stage-test-tiny-vit.json"
+    config.parent.mkdir(parents=True)
+    config.write_text(json.dumps({
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    }))
+    open_clip.add_model_config(config)
+    torch.manual_seed(0)
+    torch.save(open_clip.create_model("stage-test-tiny-vit").state_dict(), world["tmp"] / "models" / "tiny.pt")
+    settings = {**world["settings"], "tagger": {"backend": "open_clip", "model_config": "models/stage-test-tiny-vit.json",
+                                                "pretrained": "models/tiny.pt"}}
+    result = image_corpora.tag_corpus("toy", world["entry"], world["concepts"], settings, progress=False)
+    assert result.image_dir.name == "open_clip"
+    assert set(result.frequencies["method"]) == {"text", "image", "matched"}
+    assert (result.shards["status"] == "ok").all()
