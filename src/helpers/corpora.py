@@ -107,6 +107,15 @@ def shard_table(out_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values("shard").reset_index(drop=True)
 
 
+def require_complete(shards: pd.DataFrame, *, what: str, setting: str, allow_failed: bool) -> None:
+    """Stop a stage whose run has failed or missing shards, naming each, unless ``allow_failed``."""
+    failed = shards[shards["status"] != "ok"]
+    if len(failed) and not allow_failed:
+        listing = "; ".join(f"{r.file}: {r.error or r.status}" for r in failed.itertuples())
+        raise RuntimeError(f"{what}: {len(failed)} shard(s) failed ({listing}). Fix or remove them, or set "
+                           f"{setting}: true to count the rest (the shard table lists them).")
+
+
 def search_corpus(name: str, entry: Mapping[str, Any], concepts: pd.DataFrame, settings: Mapping[str, Any],
                   *, progress: bool = True) -> TextSearchResult:
     """Count the concepts in corpus ``name``'s captions and write its text-counts table.
@@ -129,11 +138,7 @@ def search_corpus(name: str, entry: Mapping[str, Any], concepts: pd.DataFrame, s
     report = run_report(out_dir)
     shards = shard_table(out_dir)
     allow_failed = bool(settings.get("allow_failed_shards", False))
-    failed = shards[shards["status"] != "ok"]
-    if len(failed) and not allow_failed:
-        listing = "; ".join(f"{r.file}: {r.error or r.status}" for r in failed.itertuples())
-        raise RuntimeError(f"corpus {name}: {len(failed)} shard(s) failed ({listing}). Fix or remove them, or set "
-                           "text_search.allow_failed_shards: true to count the rest (the report lists them).")
+    require_complete(shards, what=f"corpus {name}", setting="text_search.allow_failed_shards", allow_failed=allow_failed)
     counts = text_counts(out_dir, allow_failed=allow_failed)
     table = concepts[["concept_id", "name"]].rename(columns={"name": "concept"}).merge(counts, on="concept_id", how="left")
     table["count"] = table["count"].fillna(0).astype("int64")

@@ -131,11 +131,8 @@ def tag_corpus(name: str, entry: Mapping[str, Any], concepts: pd.DataFrame, sett
     run_image_search(source, factory, image_dir, overwrite=True, progress=progress, **kwargs)
     shards = image_shard_table(image_dir)
     allow_failed = bool(settings.get("allow_failed_shards", False))
-    failed = shards[shards["status"] != "ok"]
-    if len(failed) and not allow_failed:
-        listing = "; ".join(f"{r.file}: {r.error or r.status}" for r in failed.itertuples())
-        raise RuntimeError(f"image corpus {name}: {len(failed)} shard(s) failed ({listing}). Fix them, or set "
-                           "image_search.allow_failed_shards: true to count the rest.")
+    corpora.require_complete(shards, what=f"image corpus {name}", setting="image_search.allow_failed_shards",
+                             allow_failed=allow_failed)
     table = frequency_table(name, text_dir, image_dir, thresholds, concepts[["concept_id", "name"]])
     mis = misalignment(text_dir, image_dir, thresholds, allow_failed=allow_failed)
     table = table.assign(concept_id=table["concept_id"].astype("int32"), count=table["count"].astype("int64"))
