@@ -1,0 +1,270 @@
+"""Tests of the synthetic world: its ground truth must be exactly what the pipeline would measure.
+
+Small worlds (a few thousand 16-24 px images) keep the module well under a minute on 2 cores.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from helpers.captions import CaptionSource, iter_tar_samples, list_shards
+from helpers.shards import ConfigError
+from helpers.synthetic import (
+    ADJECTIVES,
+    CONCEPT_NAMES,
+    MANY,
+    NUMBERS,
+    ONE,
+    WorldSpec,
+    folder_name,
+    generate_world,
+    plural,
+)
+from helpers.textsearch import concept_lemmas, match_captions
+
+SMALL = {
+    "n_concepts": 20,
+    "frequency_law": "log_uniform",
+    "decades": 2,
+    "n_samples": 3000,
+    "max_concepts_per_image": 3,
+    "image_size": 24,
+    "misalignment_rate": 0.1,
+    "omission_rate": 0.1,
+    "seed": 3,
+    "shard_size": 1000,
+    "downstream_per_class": 3,
+    "retrieval_images": 25,
+    "tagger_images": 40,
+}
+ZIPF = {
+    "n_concepts": 15,
+    "frequency_law": "zipf",
+    "zipf_exponent": 1.2,
+    "n_samples": 2500,
+    "max_concepts_per_image": 1,
+    "image_size": 16,
+    "misalignment_rate": 0.0,
+    "omission_rate": 0.0,
+    "seed": 11,
+    "shard_size": 800,
+    "downstream_per_class": 1,
+    "retrieval_images": 2,
+    "tagger_images": 2,
+}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> dict:
+    return generate_world(SMALL, tmp_path_factory.mktemp("world"), progress=False)
+
+
+@pytest.fixture(scope="module")
+def pretrain(world) -> pd.DataFrame:
+    """One row per tar sample: id from (shard << 32) | position, key, caption, JPEG bytes."""
+    rows = []
+    shards = list_shards(CaptionSource.from_config(world["pretrain"]["source"]))
+    for shard in shards:
+        for sample in iter_tar_samples(shard.path):
+            rows.append(
+                {
+                    "sample_id": (shard.index << 32) | sample.position,
+                    "key": sample.key,
+                    "caption": sample.files["txt"].decode("utf-8"),
+                    "json": sample.files["json"],
+                    "jpg": sample.files["jpg"],
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _sets(path: str) -> dict[int, set[int]]:
+    table = pd.read_parquet(path)
+    return {int(s): set(g.concept_id.astype(int)) for s, g in table.groupby("sample_id")}
+
+
+def _dir_digest(root: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != "world.json"):
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+# ------------------------------------------------------------------------------ names and config
+
+
+def test_builtin_names_are_matchable_and_disjoint():
+    """Every name, singular and plural, in any spelling, is found as itself and nothing else."""
+    names = list(CONCEPT_NAMES)
+    assert len(names) >= 80 and len(set(names)) == len(names)
+    assert any(" " in n for n in names) and sum(plural(n) != n + "s" for n in names) >= 15
+    lemmas = [concept_lemmas(n) for n in names]
+    for i, a in enumerate(lemmas):  # no name's lemmas occur as a contiguous run inside another's
+        for j, b in enumerate(lemmas):
+            if i != j:
+                assert not any(b[k : k + len(a)] == a for k in range(len(b) - len(a) + 1)), (names[i], names[j])
+    forms = [f for n in names for f in (n, plural(n), n.replace(" ", "-"), plural(n).replace(" ", "_").upper())]
+    expected = [[n] for n in names for _ in range(4)]
+    assert match_captions(forms, names) == expected
+    filler = [*ADJECTIVES, *NUMBERS, *(t.format(x="", X="") for t in (*ONE, *MANY))]
+    assert match_captions(filler, names) == [[] for _ in filler]
+
+
+def test_spec_defaults_and_errors():
+    spec = WorldSpec.from_params({})
+    assert (spec.n_concepts, spec.image_size, spec.decades) == (40, 32, 3.0)
+    with pytest.raises(ConfigError, match=r"synthetic\.colour_depth"):
+        WorldSpec.from_params({"colour_depth": 8})
+    with pytest.raises(ConfigError, match=r"synthetic\.frequency_law"):
+        WorldSpec.from_params({"frequency_law": "pareto"})
+    with pytest.raises(ConfigError, match=r"synthetic\.max_concepts_per_image"):
+        WorldSpec.from_params({"n_concepts": 4, "max_concepts_per_image": 5})
+    with pytest.raises(ConfigError, match=r"synthetic\.misalignment_rate"):
+        WorldSpec.from_params({"misalignment_rate": 1.5})
+    with pytest.raises(ConfigError, match=r"synthetic\.n_concepts"):
+        WorldSpec.from_params({"n_concepts": len(CONCEPT_NAMES) + 1})
+    with pytest.raises(ConfigError, match=r"synthetic\.shard_size"):
+        WorldSpec.from_params({"shard_size": 10_001})
+
+
+# ------------------------------------------------------------------------------- the pretraining side
+
+
+def test_ids_and_truth_match_tar_members(world, pretrain):
+    samples = pd.read_parquet(world["truth"]["samples"])
+    assert len(pretrain) == SMALL["n_samples"] == len(samples)
+    assert pretrain.sample_id.tolist() == samples.sample_id.tolist()
+    assert pretrain.key.tolist() == samples.key.tolist()
+    expected_keys = [f"{sid >> 32:05d}{sid & 0xFFFFFFFF:04d}" for sid in pretrain.sample_id]
+    assert pretrain.key.tolist() == expected_keys
+    ids = set(pretrain.sample_id)
+    for name in ("image_concepts", "caption_concepts"):
+        table = pd.read_parquet(world["truth"][name])
+        assert str(table.sample_id.dtype) == "int64" and str(table.concept_id.dtype) == "int32"
+        assert set(table.sample_id) <= ids
+    shown = _sets(world["truth"]["image_concepts"])
+    assert set(shown) == ids  # every image shows 1..max concepts
+    assert all(1 <= len(c) <= SMALL["max_concepts_per_image"] for c in shown.values())
+
+
+def test_captions_agree_with_truth(world, pretrain):
+    names = world["concepts"]
+    shown = _sets(world["truth"]["image_concepts"])
+    mentioned = _sets(world["truth"]["caption_concepts"])
+    matched = match_captions(pretrain.caption.tolist(), names, mode="phrase")
+    flags = pd.read_parquet(world["truth"]["samples"]).set_index("sample_id")
+    clean = 0
+    for sid, found, meta in zip(pretrain.sample_id, matched, pretrain.json):
+        found_ids = {names.index(n) for n in found}
+        assert found_ids == mentioned.get(sid, set())  # the truth table says exactly what the text search finds
+        if not flags.misaligned[sid] and not flags.omitted[sid]:
+            assert found_ids == shown[sid]
+            clean += 1
+        if flags.misaligned[sid]:
+            assert len(found_ids - shown[sid]) == 1
+        if flags.omitted[sid]:
+            assert len(shown[sid] - found_ids) == 1
+    assert clean > 0.7 * len(pretrain)
+    assert all(b'"caption"' in m and b'"key"' in m for m in pretrain.json)
+
+
+def test_misalignment_and_omission_rates(world):
+    flags = pd.read_parquet(world["truth"]["samples"])
+    assert flags.misaligned.mean() == pytest.approx(SMALL["misalignment_rate"], abs=0.03)
+    assert flags.omitted.mean() == pytest.approx(SMALL["omission_rate"], abs=0.03)
+    concepts = pd.read_parquet(world["truth"]["concepts"])
+    assert concepts.name.tolist() == list(CONCEPT_NAMES[: SMALL["n_concepts"]])
+    image = pd.read_parquet(world["truth"]["image_concepts"])
+    caption = pd.read_parquet(world["truth"]["caption_concepts"])
+    assert concepts.shown_count.tolist() == np.bincount(image.concept_id, minlength=20).tolist()
+    assert concepts.mentioned_count.tolist() == np.bincount(caption.concept_id, minlength=20).tolist()
+
+
+def test_images_decode_with_the_right_size(pretrain):
+    for data in pretrain.jpg.iloc[::97]:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+        assert image.format == "JPEG" and image.size == (24, 24) and image.mode == "RGB"
+
+
+def test_log_uniform_frequencies(world):
+    concepts = pd.read_parquet(world["truth"]["concepts"])
+    logs = np.sort(np.log10(concepts.shown_count.to_numpy()))
+    assert logs.max() - logs.min() == pytest.approx(SMALL["decades"], abs=0.4)
+    # roughly uniform: the sorted log counts lie near an evenly spaced ladder
+    ladder = np.linspace(logs.min(), logs.max(), len(logs))
+    assert np.abs(logs - ladder).max() < 0.35
+    target = np.log10(concepts.target_frequency.to_numpy())
+    assert np.corrcoef(target, np.log10(concepts.shown_count))[0, 1] > 0.97
+
+
+def test_zipf_frequencies_and_determinism(tmp_path):
+    first = generate_world(ZIPF, tmp_path / "a", progress=False)
+    concepts = pd.read_parquet(first["truth"]["concepts"])
+    counts = concepts.sort_values("target_frequency", ascending=False).shown_count.to_numpy()
+    slope = np.polyfit(np.log(np.arange(1, len(counts) + 1)), np.log(counts), 1)[0]
+    assert slope == pytest.approx(-ZIPF["zipf_exponent"], abs=0.15)
+    assert counts.sum() == ZIPF["n_samples"]  # one concept per image
+
+    again = generate_world(ZIPF, tmp_path / "b", progress=False)
+    assert _dir_digest(tmp_path / "a") == _dir_digest(tmp_path / "b")
+    assert again["counts"] == first["counts"]
+    other = generate_world({**ZIPF, "seed": 12}, tmp_path / "c", progress=False)
+    assert _dir_digest(tmp_path / "c") != _dir_digest(tmp_path / "a")
+    assert other["pretrain"]["n_shards"] == 4
+
+
+# ------------------------------------------------------------------------------------- downstream
+
+
+def test_classification_set_is_balanced(world):
+    info = world["downstream"]["classification"]
+    root = Path(info["root"])
+    names = world["concepts"]
+    assert (root / "classes.txt").read_text(encoding="utf-8").splitlines() == names
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir())
+    assert folders == sorted(folder_name(n) for n in names)
+    assert "fire_truck" in folders
+    for name in names:
+        files = sorted((root / folder_name(name)).glob("*.png"))
+        assert len(files) == SMALL["downstream_per_class"]
+        assert Image.open(files[0]).size == (24, 24)
+    assert info["n_images"] == SMALL["downstream_per_class"] * len(names)
+
+
+def test_retrieval_set_has_five_faithful_captions(world):
+    info = world["downstream"]["retrieval"]
+    names = world["concepts"]
+    truth = _sets(info["truth"])
+    seen = 0
+    for shard in list_shards(CaptionSource.from_config(info["source"])):
+        for sample in iter_tar_samples(shard.path):
+            captions = sample.files["txt"].decode("utf-8").split("\n")
+            assert len(captions) == 5
+            sid = (shard.index << 32) | sample.position
+            for found in match_captions(captions, names):
+                assert {names.index(n) for n in found} == truth[sid]
+            Image.open(io.BytesIO(sample.files["jpg"])).load()
+            seen += 1
+    assert seen == SMALL["retrieval_images"]
+
+
+def test_tagger_split(world):
+    root = Path(world["tagger"]["root"])
+    with (root / "labels.csv").open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == SMALL["tagger_images"] and set(rows[0]) == {"image", "concepts"}
+    names = set(world["concepts"])
+    for row in rows:
+        labels = row["concepts"].split("|")
+        assert 1 <= len(labels) <= SMALL["max_concepts_per_image"] and set(labels) <= names
+        assert Image.open(root / row["image"]).size == (24, 24)
