@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from helpers.imagesearch import check_thresholds, image_counts, stored_floor
-from helpers.shards import SHARD_DIR, IncompleteRunError, distinct_pairs, read_run, read_shard_stats, shard_records
+from helpers.shards import SHARD_DIR, check_complete, distinct_pairs, read_run, read_shard_stats
 from helpers.textsearch import text_counts
 
 METHODS = ("text", "image", "matched")
@@ -112,15 +112,7 @@ class _ShardPair:
 
 
 def _complete_records(out_dir: Path, allow_failed: bool) -> tuple[dict, dict[int, dict]]:
-    run, records, missing = shard_records(out_dir)
-    if missing:
-        raise IncompleteRunError(f"{out_dir}: {len(missing)} shard(s) not done (first: {missing[:5]}); rerun to resume")
-    failed = [r for r in records if r["status"] != "ok"]
-    if failed and not allow_failed:
-        details = "; ".join(f"#{r['shard']} {r['path']}: {r['error']}" for r in failed[:5])
-        raise IncompleteRunError(
-            f"{out_dir}: {len(failed)} shard(s) failed ({details}); pass allow_failed=True to use what they kept"
-        )
+    run, records = check_complete(out_dir, allow_failed)
     return run, {r["shard"]: r for r in records}
 
 

@@ -186,7 +186,8 @@ def _colour(concept: int | None) -> tuple[int, int, int]:
     return ((concept * 67 + 40) % 256, (concept * 151 + 90) % 256, (concept * 29 + 170) % 256)
 
 
-def _tar_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+def tar_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    """Add ``data`` as ``name`` with fixed metadata, so generated tars are byte-identical across runs."""
     info = tarfile.TarInfo(name)
     info.size, info.mtime, info.mode = len(data), 0, 0o644
     info.uid = info.gid = 0
@@ -288,10 +289,10 @@ def write_sample_corpus(
         with tarfile.open(folders["wds"] / f"{i:05d}.tar", "w", format=tarfile.PAX_FORMAT) as tar:
             for j, (key, caption, url) in enumerate(zip(keys, shard, urls)):
                 first = mentioned[start + j][0] if mentioned[start + j] else None
-                _tar_member(tar, f"{key}.jpg", _jpeg(_colour(first)))
-                _tar_member(tar, f"{key}.txt", caption.encode("utf-8"))
+                tar_member(tar, f"{key}.jpg", _jpeg(_colour(first)))
+                tar_member(tar, f"{key}.txt", caption.encode("utf-8"))
                 meta = {"caption": caption, "key": key, "url": url}
-                _tar_member(tar, f"{key}.json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))
+                tar_member(tar, f"{key}.json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))
         start += size
 
     last = f"{n_shards - 1:05d}"

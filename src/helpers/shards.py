@@ -497,7 +497,9 @@ def run_report(out_dir: str | os.PathLike) -> dict:
     }
 
 
-def _check_complete(out_dir: Path, allow_failed: bool) -> tuple[dict, list[dict]]:
+def check_complete(out_dir: str | os.PathLike, allow_failed: bool) -> tuple[dict, list[dict]]:
+    """The run and its completion records; raises IncompleteRunError if a shard is not done, or failed
+    (unless ``allow_failed``), naming them."""
     run, records, missing = shard_records(out_dir)
     if missing:
         raise IncompleteRunError(f"{out_dir}: {len(missing)} shard(s) not done (first: {missing[:5]}); rerun to resume")
@@ -505,7 +507,7 @@ def _check_complete(out_dir: Path, allow_failed: bool) -> tuple[dict, list[dict]
     if failed and not allow_failed:
         details = "; ".join(f"#{r['shard']} {r['path']}: {r['error']}" for r in failed[:5])
         raise IncompleteRunError(
-            f"{out_dir}: {len(failed)} shard(s) failed ({details}); pass allow_failed=True to merge anyway"
+            f"{out_dir}: {len(failed)} shard(s) failed ({details}); pass allow_failed=True to use what they kept"
         )
     return run, records
 
@@ -515,7 +517,7 @@ def iter_shard_tables(
 ) -> Generator[tuple[dict, pa.Table], None, None]:
     """(completion record, table) per shard, one shard in memory at a time."""
     out_dir = Path(out_dir)
-    _, records = _check_complete(out_dir, allow_failed)
+    _, records = check_complete(out_dir, allow_failed)
     for record in records:
         info = record["files"].get(table)
         if info is None:

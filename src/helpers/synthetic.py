@@ -59,6 +59,7 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
+from helpers.samples import tar_member
 from helpers.shards import ConfigError
 
 MAX_PER_SHARD = 10_000  # keys are f"{shard:05d}{position:04d}"
@@ -393,14 +394,6 @@ class CaptionWriter:
 # --------------------------------------------------------------------------------------- writing
 
 
-def _tar_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), 0, 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    tar.addfile(info, io.BytesIO(data))
-
-
 def _encode(image: Image.Image, fmt: str, quality: int = 90) -> bytes:
     buffer = io.BytesIO()
     if fmt == "JPEG":
@@ -501,10 +494,10 @@ def generate_world(spec: WorldSpec | Mapping[str, Any], out_dir: str | os.PathLi
                 caption = writer.caption(mentioned, m_counts)
                 key = f"{shard:05d}{pos:04d}"
                 sample_id = (shard << 32) | pos
-                _tar_member(tar, f"{key}.jpg", _encode(image, "JPEG", spec.jpeg_quality))
-                _tar_member(tar, f"{key}.txt", caption.encode("utf-8"))
+                tar_member(tar, f"{key}.jpg", _encode(image, "JPEG", spec.jpeg_quality))
+                tar_member(tar, f"{key}.txt", caption.encode("utf-8"))
                 meta = {"caption": caption, "key": key}
-                _tar_member(tar, f"{key}.json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))
+                tar_member(tar, f"{key}.json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))
                 for c in concepts:
                     img_pairs[0].append(sample_id), img_pairs[1].append(c)
                 for c in mentioned:
@@ -633,10 +626,10 @@ def _write_retrieval(spec: WorldSpec, renderer: Renderer, folder: Path, progress
                     order = rng.permutation(len(concepts))
                     captions.append(writer.caption([concepts[i] for i in order], [counts[i] for i in order]))
                 key = f"{shard:05d}{pos:04d}"
-                _tar_member(tar, f"{key}.jpg", _encode(image, "JPEG", spec.jpeg_quality))
-                _tar_member(tar, f"{key}.txt", "\n".join(captions).encode("utf-8"))
+                tar_member(tar, f"{key}.jpg", _encode(image, "JPEG", spec.jpeg_quality))
+                tar_member(tar, f"{key}.txt", "\n".join(captions).encode("utf-8"))
                 meta = {"captions": captions, "key": key, "concepts": [spec.concept_names[c] for c in concepts]}
-                _tar_member(tar, f"{key}.json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))
+                tar_member(tar, f"{key}.json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))
                 for c in concepts:
                     pairs[0].append((shard << 32) | pos), pairs[1].append(c)
                 index += 1

@@ -73,6 +73,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
+from helpers.taggers import check_batch
 from helpers.tagger_backends import (
     ConfigSection,
     check_concepts,
@@ -256,11 +257,7 @@ class OpenClipTagger:
     @torch.no_grad()
     def image_embeddings(self, images: torch.Tensor) -> torch.Tensor:
         """(B, D) float32 unit vectors for a batch from :meth:`transform`."""
-        if images.ndim != 4 or images.shape[1:] != (3, self.image_size, self.image_size):
-            raise ValueError(
-                f"expected a batch of shape (B, 3, {self.image_size}, {self.image_size}) from transform(), "
-                f"got {tuple(images.shape)}"
-            )
+        check_batch(images, self.image_size)
         feats = self.model.encode_image(images.to(self._device, dtype=self._dtype))
         return F.normalize(feats.float(), dim=-1)
 

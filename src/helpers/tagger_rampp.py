@@ -92,6 +92,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from helpers.shards import ConfigError
+from helpers.taggers import check_batch
 from helpers.tagger_backends import (
     PREFIX,
     ConfigSection,
@@ -213,11 +214,7 @@ class RamPlusTagger:
     @torch.no_grad()
     def scores(self, images: torch.Tensor) -> torch.Tensor:
         """RAM++'s per-concept sigmoid probabilities (B, C), float32 on the CPU (see the module docstring)."""
-        if images.ndim != 4 or images.shape[1:] != (3, self.image_size, self.image_size):
-            raise ValueError(
-                f"expected a batch of shape (B, 3, {self.image_size}, {self.image_size}) from transform(), "
-                f"got {tuple(images.shape)}"
-            )
+        check_batch(images, self.image_size)
         model = self.model
         images = images.to(self._device)
         image_embeds = model.image_proj(model.visual_encoder(images))  # (B, T, dim)

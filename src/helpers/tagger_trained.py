@@ -61,6 +61,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 from tqdm.auto import tqdm
 
+from helpers.taggers import check_batch
 from helpers.tagger_backends import (
     ConfigSection,
     check_concepts,
@@ -179,11 +180,7 @@ class TrainedTagger:
     @torch.no_grad()
     def scores(self, images: torch.Tensor) -> torch.Tensor:
         """Sigmoid probabilities (B, C), float32 on the CPU; unknown concepts (policy ``zero``) score 0."""
-        if images.ndim != 4 or images.shape[1:] != (3, self.image_size, self.image_size):
-            raise ValueError(
-                f"expected a batch of shape (B, 3, {self.image_size}, {self.image_size}) from transform(), "
-                f"got {tuple(images.shape)}"
-            )
+        check_batch(images, self.image_size)
         self.model.eval()
         probs = torch.sigmoid(self.model(images.to(self._device, dtype=torch.float32))).float().cpu()
         if self._columns is None:

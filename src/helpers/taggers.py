@@ -34,3 +34,11 @@ class Tagger(Protocol):
 
     def fingerprint(self) -> dict[str, Any]:
         """Everything the scores depend on (weights id, concept list hash, calibration), JSON-serialisable."""
+
+
+def check_batch(images: torch.Tensor, image_size: int) -> None:
+    """Refuse a batch that ``transform()`` did not produce (wrong size or layout), with a clear message."""
+    if images.ndim != 4 or images.shape[1:] != (3, image_size, image_size):
+        raise ValueError(
+            f"expected a batch of shape (B, 3, {image_size}, {image_size}) from transform(), got {tuple(images.shape)}"
+        )
