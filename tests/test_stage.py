@@ -28,16 +28,42 @@ def _item_name(name: str) -> str | None:
     return cmd[cmd.index("--item") + 1] if "--item" in cmd else None
 
 
+def _notebook_stage(name: str) -> str:
+    """The stage whose notebook ``name`` runs (``--notebook``), else ``name`` itself."""
+    cmd = _body(name)["cmd"].split()
+    return cmd[cmd.index("--notebook") + 1] if "--notebook" in cmd else name
+
+
+def _matrix_axes(name: str) -> dict[str, list[str]]:
+    spec = DVC["stages"][name]
+    return {axis: list(config.get(PARAMS, ref.strip("${} "))) for axis, ref in spec.get("matrix", {}).items()}
+
+
 def _calls() -> list[str]:
-    """How each stage is invoked: `name`, or `name@key` for every key of a foreach stage's collection."""
+    """How each stage is invoked: `name`, `name@key` for every key of a foreach stage's collection, or
+    `name#axis=key,axis=key` for every combination of a matrix stage's axes."""
+    import itertools
+
     calls = []
     for name, spec in DVC["stages"].items():
         if "foreach" in spec:
             collection = spec["foreach"].strip("${} ")
             calls.extend(f"{name}@{key}" for key in config.get(PARAMS, collection))
+        elif "matrix" in spec:
+            axes = _matrix_axes(name)
+            for combo in itertools.product(*axes.values()):
+                calls.append(name + "#" + ",".join(f"{a}={k}" for a, k in zip(axes, combo)))
         else:
             calls.append(name)
     return calls
+
+
+def _split_call(call: str) -> tuple[str, dict[str, str] | None]:
+    """(stage call without matrix part, matrix mapping or None)."""
+    if "#" not in call:
+        return call, None
+    name, _, combo = call.partition("#")
+    return name, dict(part.split("=", 1) for part in combo.split(","))
 
 
 CALLS = _calls()
@@ -56,18 +82,27 @@ def _run_from_the_repository(monkeypatch):
 
 
 def _declared_keys(call: str) -> list[str]:
+    call, matrix = _split_call(call)
     name, _, key = call.partition("@")
     keys = []
     for entry in _body(name).get("params", []) or []:
         keys.extend(entry if isinstance(entry, dict) else [entry])
-    return [k.replace("${key}", key).replace("${item}", key) for k in keys]
+    keys = [k.replace("${key}", key).replace("${item}", key) for k in keys]
+    for axis, value in (matrix or {}).items():
+        keys = [k.replace(f"${{item.{axis}}}", value) for k in keys]
+    return keys
 
 
 def _expected_parameter_names(call: str) -> list[str]:
-    name, _, key = call.partition("@")
+    plain, matrix = _split_call(call)
+    name, _, key = plain.partition("@")
+    raw = [k for entry in _body(name).get("params", []) or [] for k in (entry if isinstance(entry, dict) else [entry])]
     names = []
-    for dotted in _declared_keys(call):
-        if key and dotted.endswith("." + key):
+    for template, dotted in zip(raw, _declared_keys(call)):
+        axis = next((a for a in (matrix or {}) if template.endswith(f"${{item.{a}}}")), None)
+        if axis is not None:
+            names += [axis, f"{axis}_name"]
+        elif key and dotted.endswith("." + key):
             names += [_item_name(name), f"{_item_name(name)}_name"]
         else:
             names.append(dotted.split(".")[-1])
@@ -95,11 +130,12 @@ def _assigned_names(source: str) -> set[str]:
 
 
 def _stage_parameters(call: str, params=None) -> dict:
-    return stage.stage_parameters(call, params, item=_item_name(call.partition("@")[0]))
+    plain, matrix = _split_call(call)
+    return stage.stage_parameters(plain, params, item=_item_name(plain.partition("@")[0]), matrix=matrix)
 
 
 def _notebook_parameter_names(name: str) -> set[str]:
-    cells = _parameters_cells(stage.notebook_for(name))
+    cells = _parameters_cells(stage.notebook_for(_notebook_stage(_split_call(name)[0].partition("@")[0])))
     assert len(cells) == 1
     return _assigned_names(cells[0].source)
 
@@ -111,19 +147,24 @@ def test_dvc_yaml_has_stages():
 
 @pytest.mark.parametrize("name", STAGES)
 def test_stage_cmd_runs_its_own_notebook(name):
+    shared = ["--notebook", _notebook_stage(name)] if _notebook_stage(name) != name else []
     if "foreach" in DVC["stages"][name]:
         assert _body(name)["cmd"].split() == ["python", "-m", "helpers.stage", f"{name}@${{key}}", "--item",
-                                              _item_name(name)]
+                                              _item_name(name), *shared]
+    elif "matrix" in DVC["stages"][name]:
+        axes = [f"{a}=${{item.{a}}}" for a in DVC["stages"][name]["matrix"]]
+        assert DVC["stages"][name]["cmd"].split() == ["python", "-m", "helpers.stage", name,
+                                                      *[t for a in axes for t in ("--matrix", a)], *shared]
     else:
-        assert DVC["stages"][name]["cmd"].split() == ["python", "-m", "helpers.stage", name]
+        assert DVC["stages"][name]["cmd"].split() == ["python", "-m", "helpers.stage", name, *shared]
 
 
 @pytest.mark.parametrize("name", STAGES)
 def test_notebook_for_finds_exactly_one_notebook_listed_in_the_stage_deps(name):
-    notebook = stage.notebook_for(name)
+    notebook = stage.notebook_for(_notebook_stage(name))
     assert notebook.is_file()
     assert notebook.parent == (REPO_ROOT / "notebooks").resolve()
-    assert notebook.name[:2].isdigit() and notebook.name[2:] == f"_{name}.ipynb"
+    assert notebook.name[:2].isdigit() and notebook.name[2:] == f"_{_notebook_stage(name)}.ipynb"
     assert f"notebooks/{notebook.name}" in _body(name).get("deps", [])
 
 
@@ -131,8 +172,9 @@ def test_notebook_for_finds_exactly_one_notebook_listed_in_the_stage_deps(name):
 def test_stage_parameters_are_exactly_the_leaf_names_of_the_declared_params(name, params):
     got = _stage_parameters(name)
     assert list(got) == _expected_parameter_names(name)
-    item = _item_name(name.partition("@")[0])
-    for key, parameter in zip(_declared_keys(name), [n for n in got if not n.endswith("_name") or n[:-5] != item]):
+    plain, matrix = _split_call(name)
+    item_names = {f"{_item_name(plain.partition('@')[0])}_name", *(f"{a}_name" for a in matrix or {})}
+    for key, parameter in zip(_declared_keys(name), [n for n in got if n not in item_names]):
         assert got[parameter] == config.get(params, key), f"{parameter} != params.yaml {key}"
 
 
@@ -144,9 +186,16 @@ def test_every_stage_parameter_is_assigned_in_the_notebooks_parameters_cell(name
     assert not missing, f"{stage.notebook_for(name).name}: parameters cell lacks {sorted(missing)}"
 
 
+def _shared_notebook_parameters(name: str) -> set[str]:
+    """Parameters of the other stages that run the same notebook (``--notebook``)."""
+    own = _notebook_stage(_split_call(name)[0].partition("@")[0])
+    return {p for call in CALLS if _notebook_stage(_split_call(call)[0].partition("@")[0]) == own
+            for p in _stage_parameters(call)}
+
+
 @pytest.mark.parametrize("name", CALLS)
 def test_parameters_cell_defines_only_stage_parameters_or_display_knobs(name):
-    extra = _notebook_parameter_names(name) - set(_stage_parameters(name)) - NOTEBOOK_ONLY_PARAMETERS
+    extra = _notebook_parameter_names(name) - _shared_notebook_parameters(name) - NOTEBOOK_ONLY_PARAMETERS
     assert not extra, (
         f"{stage.notebook_for(name).name}: parameters cell defines {sorted(extra)}, which dvc.yaml's "
         f"stage '{name}' does not pass; add them to its params or to NOTEBOOK_ONLY_PARAMETERS"
@@ -226,3 +275,24 @@ def test_notebook_has_no_committed_outputs_or_execution_counts(notebook):
     dirty = [i for i, c in enumerate(nb.cells)
              if c.cell_type == "code" and (c.get("outputs") or c.get("execution_count") is not None)]
     assert not dirty, f"{notebook.name}: cells {dirty} have outputs or execution counts"
+
+
+def test_a_matrix_stage_gets_each_axis_and_its_key(params):
+    name = next(n for n in STAGES if "matrix" in DVC["stages"][n])
+    axes = _matrix_axes(name)
+    matrix = {axis: keys[0] for axis, keys in axes.items()}
+    got = stage.stage_parameters(name, item=None, matrix=matrix)
+    for axis, key in matrix.items():
+        assert got[f"{axis}_name"] == key
+        assert got[axis] == config.get(params, f"{DVC['stages'][name]['matrix'][axis].strip('${} ')}.{key}")
+
+
+def test_a_matrix_stage_without_all_its_axes_exits():
+    name = next(n for n in STAGES if "matrix" in DVC["stages"][n])
+    with pytest.raises(SystemExit, match="--matrix"):
+        stage.stage_parameters(name, matrix={})
+
+
+def test_main_rejects_a_malformed_matrix_argument():
+    with pytest.raises(SystemExit):
+        stage.main(["evaluate", "--matrix", "no-equals-sign"])

@@ -9,6 +9,11 @@ nested params (dicts, lists) reach the notebook intact, which papermill's ``-p``
 Stages fanned out with ``foreach`` (one per corpus, say) run as ``python -m helpers.stage text_search@cc3m
 --item corpus``: the params entry that names the item (``corpora.${key}``) reaches the notebook as
 ``corpus``, and the item's key as ``corpus_name``; the executed copy is ``NN_text_search@cc3m.ipynb``.
+
+Stages fanned out with ``matrix`` (models x datasets) name each axis: ``python -m helpers.stage
+evaluate --matrix model=<key> --matrix dataset=<key>`` passes the params entry ending in ``${item.model}`` as
+``model`` (and the key as ``model_name``), and so on for each axis. ``--notebook concepts`` runs another
+stage's notebook (two stages that differ only in their dependencies share one notebook).
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ from helpers import config, paths
 
 
 def stage_spec(stage: str) -> dict:
-    """The stage's entry in dvc.yaml; for ``name@key`` the ``do`` block of the foreach stage ``name``."""
+    """The stage's entry in dvc.yaml; for ``name@key`` the ``do`` block of the foreach stage ``name``.
+
+    A ``matrix`` stage is called by its plain name (its axes come with ``--matrix``)."""
     dvc = config.load_yaml(paths.project_root() / "dvc.yaml")
     stages = dvc.get("stages", {})
     name = stage.split("@", 1)[0]
@@ -34,18 +41,31 @@ def stage_spec(stage: str) -> dict:
     return spec["do"] if "foreach" in spec else spec
 
 
-def stage_parameters(stage: str, params: dict | None = None, item: str | None = None) -> dict:
+def stage_parameters(
+    stage: str, params: dict | None = None, item: str | None = None, matrix: dict[str, str] | None = None
+) -> dict:
     """Papermill parameters of ``stage``: one per params key it lists in dvc.yaml.
 
     For a foreach stage ``name@key``, the params entry ending in ``${key}`` (``${item}`` for a foreach over a
-    list of names) is passed as ``item``, with the key itself as ``<item>_name``.
+    list of names) is passed as ``item``, with the key itself as ``<item>_name``. For a matrix stage,
+    ``matrix`` maps each axis to its key: the entry ending in ``${item.<axis>}`` is passed as ``<axis>``,
+    with the key as ``<axis>_name``.
     """
     params = params if params is not None else config.load_params()
     key = stage.split("@", 1)[1] if "@" in stage else None
+    spec = stage_spec(stage)
+    axes = list(spec.get("matrix", {}))
+    if sorted(matrix or {}) != sorted(axes):
+        raise SystemExit(f"Stage '{stage}': give --matrix for exactly its axes {axes}, got {sorted(matrix or {})}")
     out: dict = {}
-    for entry in stage_spec(stage).get("params", []):
+    for entry in spec.get("params", []):
         keys = list(entry) if isinstance(entry, dict) else [entry]
         for dotted in keys:
+            axis = next((a for a in axes if dotted.endswith(f"${{item.{a}}}")), None)
+            if axis is not None:
+                out[axis] = config.get(params, dotted.replace(f"${{item.{axis}}}", matrix[axis]))
+                out[f"{axis}_name"] = matrix[axis]
+                continue
             # foreach over a mapping names the entry ${key}; over a list of names, ${item}
             placeholder = next((p for p in ("${key}", "${item}") if dotted.endswith(p)), None)
             if key is not None and placeholder:
@@ -69,16 +89,30 @@ def notebook_for(stage: str) -> Path:
     return matches[0]
 
 
-def run(stage: str, item: str | None = None, extra: dict | None = None) -> Path:
-    """Execute the stage's notebook; returns the executed copy's path."""
+def run(
+    stage: str,
+    item: str | None = None,
+    extra: dict | None = None,
+    matrix: dict[str, str] | None = None,
+    notebook: str | None = None,
+) -> Path:
+    """Execute the stage's notebook (or the notebook of stage ``notebook``); returns the executed copy's path."""
     import papermill
 
-    notebook = notebook_for(stage)
-    parameters = {**stage_parameters(stage, item=item), **(extra or {})}
-    suffix = f"@{stage.split('@', 1)[1]}" if "@" in stage else ""
-    out = paths.ensure(paths.reports_dir() / "notebooks") / f"{notebook.stem}{suffix}.ipynb"
+    parameters = {**stage_parameters(stage, item=item, matrix=matrix), **(extra or {})}
+    name = stage.split("@", 1)[0]
+    notebook_path = notebook_for(notebook or stage)
+    if "@" in stage:
+        suffix = f"@{stage.split('@', 1)[1]}"
+    elif matrix:
+        suffix = "@" + "-".join(matrix[a] for a in stage_spec(stage)["matrix"])
+    else:
+        suffix = ""
+    if notebook and notebook != name:  # keep the stage's name on the executed copy
+        suffix = f".{name}{suffix}"
+    out = paths.ensure(paths.reports_dir() / "notebooks") / f"{notebook_path.stem}{suffix}.ipynb"
     papermill.execute_notebook(
-        str(notebook), str(out), parameters=parameters, cwd=str(paths.notebooks_dir()), progress_bar=False
+        str(notebook_path), str(out), parameters=parameters, cwd=str(paths.notebooks_dir()), progress_bar=False
     )
     return out
 
@@ -87,8 +121,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("stage", help="stage name in dvc.yaml (name@key for a foreach stage)")
     parser.add_argument("--item", help="foreach stages: the notebook parameter that receives the item")
+    parser.add_argument("--matrix", action="append", default=[], metavar="AXIS=KEY",
+                        help="matrix stages: one per axis, e.g. --matrix model=mymodel --matrix dataset=cifar10")
+    parser.add_argument("--notebook", help="run this stage's notebook instead (e.g. concepts)")
     args = parser.parse_args(argv)
-    out = run(args.stage, item=args.item)
+    matrix = {}
+    for pair in args.matrix:
+        axis, sep, key = pair.partition("=")
+        if not sep or not axis or not key:
+            parser.error(f"--matrix expects AXIS=KEY, got {pair!r}")
+        matrix[axis] = key
+    out = run(args.stage, item=args.item, matrix=matrix or None, notebook=args.notebook)
     print(f"executed {out.relative_to(paths.workdir())}")
     return 0
 
