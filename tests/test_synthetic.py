@@ -268,3 +268,37 @@ def test_tagger_split(world):
         labels = row["concepts"].split("|")
         assert 1 <= len(labels) <= SMALL["max_concepts_per_image"] and set(labels) <= names
         assert Image.open(root / row["image"]).size == (24, 24)
+
+
+# ------------------------------------------------------------------------------------------- stage
+
+
+def test_spec_from_params_takes_the_sizes_keys_over_the_worlds():
+    from helpers.synthetic import spec_from_params
+
+    section = {"size": "ci", "out_dir": "w", "downstream_dir": "d",
+               "world": {"frequency_law": "zipf", "n_concepts": 30, "seed": 4},
+               "sizes": {"ci": {"n_concepts": 6, "n_samples": 50}, "default": {"n_samples": 5000}}}
+    spec = spec_from_params(section)
+    assert (spec.n_concepts, spec.n_samples, spec.frequency_law, spec.seed) == (6, 50, "zipf", 4)
+    assert spec_from_params({**section, "size": "default"}).n_concepts == 30
+    with pytest.raises(ConfigError, match="synthetic.size: 'huge' is not one of the sizes"):
+        spec_from_params({**section, "size": "huge"})
+    with pytest.raises(ConfigError, match="synthetic: unknown key"):
+        spec_from_params({**section, "colour": 1})
+    with pytest.raises(ConfigError, match="synthetic.n_sample: unknown key"):
+        spec_from_params({**section, "sizes": {"ci": {"n_sample": 5}}})
+
+
+def test_downstream_sets_can_live_apart_from_the_corpus(tmp_path):
+    from helpers.synthetic import example_samples
+
+    spec = {**ZIPF, "n_samples": 40, "shard_size": 20, "downstream_per_class": 1, "retrieval_images": 3}
+    world = generate_world(spec, tmp_path / "world", downstream_dir=tmp_path / "eval", progress=False)
+    assert Path(world["downstream"]["classification"]["root"]) == (tmp_path / "eval" / "classification").resolve()
+    assert (tmp_path / "eval" / "classification" / "classes.txt").exists()
+    assert sorted(p.name for p in (tmp_path / "eval" / "retrieval").glob("*.tar")) == ["00000.tar"]
+    assert not (tmp_path / "world" / "downstream").exists()
+    examples = example_samples(tmp_path / "world", n=3)
+    assert len(examples) == 3
+    assert all(image.size == (16, 16) and caption.strip() for image, caption in examples)

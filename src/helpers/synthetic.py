@@ -443,8 +443,17 @@ def folder_name(name: str) -> str:
     return name.replace(" ", "_")
 
 
-def generate_world(spec: WorldSpec | Mapping[str, Any], out_dir: str | os.PathLike, *, progress: bool = True) -> dict:
+def generate_world(
+    spec: WorldSpec | Mapping[str, Any],
+    out_dir: str | os.PathLike,
+    *,
+    downstream_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> dict:
     """Write a synthetic world under ``out_dir`` (layout in the module docstring) and describe it.
+
+    ``downstream_dir`` (default ``out_dir/downstream``) receives the ``classification`` and ``retrieval``
+    test sets, so a pipeline can keep evaluation data apart from the pretraining corpus.
 
     Returns ``{"spec", "out_dir", "concepts", "pretrain": {"source", "n_samples", "n_shards"},
     "truth": {concepts, image_concepts, caption_concepts, samples}, "downstream": {"classification",
@@ -545,8 +554,9 @@ def generate_world(spec: WorldSpec | Mapping[str, Any], out_dir: str | os.PathLi
     ):
         pq.write_table(table, truth[name])
 
-    classification = _write_classification(spec, renderer, out / "downstream" / "classification", progress)
-    retrieval = _write_retrieval(spec, renderer, out / "downstream" / "retrieval", progress)
+    downstream = Path(downstream_dir).resolve() if downstream_dir is not None else out / "downstream"
+    classification = _write_classification(spec, renderer, downstream / "classification", progress)
+    retrieval = _write_retrieval(spec, renderer, downstream / "retrieval", progress)
     tagger = _write_tagger(spec, renderer, out / "tagger", progress)
 
     last = f"{max(n_shards - 1, 0):05d}"
@@ -667,3 +677,53 @@ def _write_tagger(spec: WorldSpec, renderer: Renderer, folder: Path, progress: b
         w.writerow(["image", "concepts"])
         w.writerows(rows)
     return {"root": str(folder), "labels": str(labels), "n_images": spec.tagger_images}
+
+
+# ------------------------------------------------------------------------------------------- stage
+
+#: keys of params.yaml's ``synthetic`` section
+STAGE_KEYS = ("size", "out_dir", "downstream_dir", "world", "sizes")
+
+
+def spec_from_params(section: Mapping[str, Any]) -> WorldSpec:
+    """The WorldSpec of params ``synthetic``: ``world`` overridden by ``sizes[size]`` (``default`` or ``ci``).
+
+    A size holds what scales the run (concepts, samples, test-set sizes); ``world`` holds what does not
+    (frequency law, misalignment rates, image size, seed), so switching sizes keeps the world's nature.
+    """
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"synthetic: expected a mapping, got {section!r}")
+    unknown = sorted(set(section) - set(STAGE_KEYS))
+    if unknown:
+        raise ConfigError(f"synthetic: unknown key(s) {', '.join(unknown)} (known: {', '.join(STAGE_KEYS)})")
+    sizes = section.get("sizes") or {}
+    size = section.get("size", "default")
+    if not isinstance(sizes, Mapping) or size not in sizes:
+        raise ConfigError(f"synthetic.size: {size!r} is not one of the sizes ({', '.join(map(str, sizes)) or 'none'})")
+    world = section.get("world") or {}
+    if not isinstance(world, Mapping) or not isinstance(sizes[size], Mapping):
+        raise ConfigError("synthetic.world and synthetic.sizes.<size>: expected mappings of WorldSpec fields")
+    return WorldSpec.from_params({**world, **sizes[size]})
+
+
+def example_samples(world_dir: str | os.PathLike, n: int = 8) -> list[tuple[Image.Image, str]]:
+    """The first ``n`` pretraining samples of a world (image, caption), for showing what the corpus holds."""
+    first = sorted((Path(world_dir) / "pretrain").glob("*.tar"))
+    out: list[tuple[Image.Image, str]] = []
+    if not first:
+        return out
+    with tarfile.open(first[0]) as tar:
+        members: dict[str, dict[str, bytes]] = {}
+        for member in tar:
+            key, _, ext = member.name.partition(".")
+            if ext in ("jpg", "txt"):
+                members.setdefault(key, {})[ext] = tar.extractfile(member).read()
+            done = [k for k, v in members.items() if len(v) == 2]
+            if len(done) >= n:
+                break
+    for key in sorted(members)[:n]:
+        files = members[key]
+        if len(files) == 2:
+            image = Image.open(io.BytesIO(files["jpg"])).convert("RGB")
+            out.append((image, files["txt"].decode("utf-8")))
+    return out
