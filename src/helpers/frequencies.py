@@ -160,6 +160,17 @@ def _paired_shards(
     return int(n_image or 0), iterate()
 
 
+def paired_shards(
+    text_dir: str | os.PathLike, image_dir: str | os.PathLike, *, allow_failed: bool = False, progress: bool = False
+) -> tuple[int, Iterator[_ShardPair]]:
+    """(n_concepts, iterator over the shards of both runs): text pairs exactly as counted, image score rows.
+
+    The public entry for other modules that need the per-sample view of both sides (e.g. the synthetic
+    validation); the runs are checked to fit together first, as for ``matched_counts``.
+    """
+    return _paired_shards(text_dir, image_dir, allow_failed, progress)
+
+
 def _pair_keys(sample: np.ndarray, concept: np.ndarray, n_concepts: int) -> np.ndarray:
     """One int64 per (sample, concept) of one shard: position * n_concepts + concept (no overflow: checked)."""
     position = np.asarray(sample, dtype=np.int64) & np.int64(0xFFFFFFFF)
@@ -324,4 +335,4 @@ def frequency_table(
     ].reset_index(drop=True)
 
 
-__all__ = ["METHODS", "frequency_table", "matched_counts", "misalignment"]
+__all__ = ["METHODS", "frequency_table", "matched_counts", "misalignment", "paired_shards"]
