@@ -580,3 +580,60 @@ def test_evaluations_parquet_schema(tmp_path) -> None:
         ev.write_evaluations(bad, tmp_path / "bad.parquet")
     with pytest.raises(Exception, match="metric does not fit"):
         ev.write_evaluations(df.assign(metric="top5"), tmp_path / "bad.parquet")
+
+
+# ============================================================================================== stage
+
+
+def test_evaluate_pair_writes_tidy_parquet_and_release_json_with_relative_paths(tiny_files, image_folder, tmp_path):
+    """The stage's unit: paths relative to the work folder, both outputs written, readable by helpers.tidy."""
+    import shutil
+
+    base = tmp_path / "work"
+    (base / "models").mkdir(parents=True)
+    shutil.copy(tiny_files["config"], base / "models" / f"{TINY_NAME}.json")
+    shutil.copy(tiny_files["checkpoint"], base / "models" / "w.pt")
+    shutil.copytree(image_folder, base / "eval" / "imgs")
+    model = {"model_config": f"models/{TINY_NAME}.json", "pretrained": "models/w.pt"}
+    dataset = {"format": "imagefolder", "root": "eval/imgs"}
+    settings = {"cache_dir": "cache", "device": "cpu", "prompts": ["class", "simple"], "batch_size": 4}
+    out = base / "out" / "tiny" / "toy-set"
+    df = ev.evaluate_pair("tiny", model, "toy-set", dataset, settings, out, base=base, progress=False)
+    assert set(df["prompt"]) == {"class", "simple"}
+    assert ev.read_evaluations(out / ev.EVALUATIONS_FILE).equals(df)
+    assert sorted(p.name for p in (out / "zero_shot_evaluations").iterdir()) == [
+        "toy-set_class_results.json", "toy-set_simple_results.json"]
+    tidy_rows, overall = tidy.zero_shot(out)
+    assert set(tidy_rows["model"]) == {"tiny"} and set(tidy_rows["class_name"]) == {"cat", "dog", "red panda"}
+    assert len(overall) == 2
+    assert (base / "cache" / "tiny" / "images" / "toy-set.npy").exists()  # relative cache_dir under the base
+
+
+@pytest.mark.parametrize(
+    ("settings", "field"),
+    [({"prompts": ["fancy"]}, "prompts"), ({"batch_size": 0}, "batch_size"), ({"ks": [0]}, "ks"),
+     ({"num_workers": -1}, "num_workers"), ({"colour": 1}, "unknown")],
+)
+def test_evaluation_settings_errors_name_the_key(settings: dict, field: str) -> None:
+    with pytest.raises(ConfigError, match=f"evaluation.settings.*{field}"):
+        ev._check_settings(settings)
+
+
+def test_resolve_spec_paths_leaves_tags_and_absolute_paths_alone(tmp_path) -> None:
+    model = ev.resolve_spec_paths({"name": "ViT-B-32", "pretrained": "laion2b_s34b_b79k"}, "model", tmp_path)
+    assert model["pretrained"] == "laion2b_s34b_b79k"
+    local = ev.resolve_spec_paths({"pretrained": "m/w.pt", "model_config": "/abs/c.json"}, "model", tmp_path)
+    assert local == {"pretrained": str(tmp_path / "m/w.pt"), "model_config": "/abs/c.json"}
+    data = ev.resolve_spec_paths({"format": "wds", "paths": ["a/*.tar"], "concepts_file": "c.txt"}, "dataset", tmp_path)
+    assert data["paths"] == [str(tmp_path / "a/*.tar")] and data["concepts_file"] == str(tmp_path / "c.txt")
+
+
+def test_imagefolder_names_that_are_the_folders_in_another_order_are_matched_by_name(image_folder) -> None:
+    """A classes file in id order must not label the cat folder 'red panda' by position."""
+    with pytest.warns(UserWarning, match="matched by name"):
+        ds = ev.load_dataset({"format": "imagefolder", "root": str(image_folder),
+                              "class_names": ["red panda", "dog", "cat"]}, _to_tensor)
+    assert ds.class_names == ["cat", "dog", "red panda"]
+    renamed = ev.load_dataset({"format": "imagefolder", "root": str(image_folder),
+                               "class_names": ["tabby", "hound", "panda"]}, _to_tensor)
+    assert renamed.class_names == ["tabby", "hound", "panda"]  # other names: by position, as documented
