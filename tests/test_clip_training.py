@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers.shards import ConfigError
 from helpers.clip_training import (
     cosine_lr,
     count_samples,
@@ -194,3 +195,27 @@ def test_worker_process_gives_the_same_run(corpus: dict, tmp_path: Path) -> None
     assert a.step_losses == b.step_losses
     assert a.n_samples == b.n_samples == 149  # the cap counts the corrupt sample (read, then skipped)
     assert a.skipped == b.skipped == {"bad_image": 1}
+
+
+def test_train_from_params_writes_the_config_under_the_output_folders_name(corpus: dict, tmp_path: Path) -> None:
+    """The stage's entry point: relative paths, the model config named after the output folder."""
+    import shutil
+
+    from helpers.clip_training import train_from_params
+
+    for shard in corpus["shards"]:
+        (tmp_path / "shards").mkdir(exist_ok=True)
+        shutil.copy(shard, tmp_path / "shards")
+    section = {"shards": "shards/*.tar", "out_dir": "models/tiny-world-clip", "epochs": 1, "batch_size": 50,
+               "lr": 5e-3, "seed": 0, "num_threads": 1,
+               "model": {"image_size": 32, "embed_dim": 16, "vision_width": 32, "vision_layers": 1, "text_width": 32,
+                         "text_layers": 1, "patch_size": 8}}
+    result = train_from_params(section, tmp_path, progress=False)
+    assert result.model_config_path == tmp_path / "models" / "tiny-world-clip" / "tiny-world-clip.json"
+    assert result.checkpoint_path.exists() and len(result.epoch_losses) == 1
+    with pytest.raises(ConfigError, match="clip_training: unknown key"):
+        train_from_params({**section, "epoch": 1}, tmp_path)
+    with pytest.raises(ConfigError, match="clip_training.shards: .*matches no files"):
+        train_from_params({**section, "shards": "nothing/*.tar"}, tmp_path)
+    with pytest.raises(ConfigError, match="clip_training.model"):
+        train_from_params({**section, "model": {"image_size": 30, "patch_size": 8}}, tmp_path)

@@ -45,7 +45,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -55,7 +55,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm.auto import tqdm
 
-from helpers.captions import ShardReadError, iter_tar_samples
+from helpers.captions import CaptionSource, ShardReadError, iter_tar_samples, list_shards
+from helpers.shards import ConfigError
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 TEXT_EXTENSION = "txt"
@@ -541,3 +542,52 @@ def result_dict(result: TrainResult) -> dict[str, Any]:
     """A JSON-ready view of a ``TrainResult`` (paths as strings, the model left out)."""
     out = {f.name: getattr(result, f.name) for f in fields(result) if f.name != "model"}
     return {k: str(v) if isinstance(v, Path) else v for k, v in out.items()}
+
+
+# ============================================================================================== stage
+
+#: keys of params.yaml's ``clip_training`` section
+STAGE_KEYS = ("data", "shards", "out_dir", "model", "epochs", "batch_size", "lr", "weight_decay", "warmup_steps",
+              "seed", "device", "num_threads", "num_workers", "max_samples", "augment")  # fmt: skip
+
+
+def train_from_params(section: Mapping[str, Any], base: str | os.PathLike, *, progress: bool = True) -> TrainResult:
+    """Train the CLIP that params ``clip_training`` describes (paths relative to ``base``, the work folder).
+
+    The model config (``tiny_clip_config(**section["model"])``) is written to ``<out_dir>/<out_dir name>.json``,
+    so open_clip registers the model under the output folder's name; evaluation and the open_clip tagger
+    load it from there with ``checkpoint.pt``.
+    """
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"clip_training: expected a mapping, got {section!r}")
+    unknown = sorted(set(section) - set(STAGE_KEYS))
+    if unknown:
+        raise ConfigError(f"clip_training: unknown key(s) {', '.join(unknown)} (known: {', '.join(STAGE_KEYS)})")
+    for key in ("shards", "out_dir", "epochs", "batch_size", "lr"):
+        if section.get(key) is None:
+            raise ConfigError(f"clip_training.{key}: missing")
+    base = Path(base)
+    raw = section["shards"]
+    patterns = [raw] if isinstance(raw, str) else list(raw)
+    patterns = [p if os.path.isabs(p) else str(base / p) for p in patterns]
+    try:
+        shards = [s.path for s in list_shards(CaptionSource(format="wds", paths=patterns))]
+    except ConfigError as err:
+        raise ConfigError(f"clip_training.shards: {err}") from err
+    if not shards:
+        raise ConfigError(f"clip_training.shards: no tar shards match {raw!r}")
+    out_dir = Path(section["out_dir"])
+    out_dir = out_dir if out_dir.is_absolute() else base / out_dir
+    try:
+        config = tiny_clip_config(**dict(section.get("model") or {}))
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"clip_training.model: {err}") from err
+    config_path = write_model_config(out_dir / f"{out_dir.name}.json", config)
+    return train_clip(
+        shards, config_path, out_dir, epochs=int(section["epochs"]), batch_size=int(section["batch_size"]),
+        lr=float(section["lr"]), weight_decay=float(section.get("weight_decay", 0.1)),
+        warmup_steps=int(section.get("warmup_steps", 0)), seed=int(section.get("seed", 0)),
+        device=str(section.get("device") or "cpu"), num_workers=int(section.get("num_workers") or 0),
+        max_samples=section.get("max_samples"), augment=bool(section.get("augment", True)),
+        num_threads=section.get("num_threads"), progress=progress,
+    )  # fmt: skip
