@@ -328,3 +328,13 @@ def test_extract_option_errors():
         extract_caption_concepts([], min_images=0, captions_per_image=5, noun_extractor="lemmas")
     with pytest.raises(ConfigError, match=r"^noun_extractor: expected one of"):
         extract_caption_concepts([], min_images=1, captions_per_image=5, noun_extractor="nouns")
+
+
+def test_without_the_release_the_table_holds_the_downstream_concepts_alone():
+    table = build_concept_table(None, {"toy": {"class_names": ["zebra", "hot dog", "mouse"]}})
+    assert table["concept_id"].tolist() == [0, 1, 2]
+    assert table["name"].tolist() == ["hot dog", "mouse", "zebra"]
+    assert all(sources == ["toy:zero_shot"] for sources in table["sources"])
+    # the entry's `data` key (the folder DVC tracks) is accepted and not read
+    with_data = build_concept_table(None, {"toy": {"data": "anywhere", "class_names": ["mouse"]}})
+    assert with_data["name"].tolist() == ["mouse"]

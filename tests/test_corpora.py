@@ -100,3 +100,23 @@ def test_concept_ids_must_be_positions(sample, workdir):
     shuffled = _concepts().iloc[::-1].reset_index(drop=True)
     with pytest.raises(ValueError, match="0..n-1"):
         corpora.search_corpus("c", {"data": "x", "captions": sample["txt"]}, shuffled, SETTINGS, progress=False)
+
+
+def test_a_corpus_names_its_concept_table_and_the_search_keeps_a_copy(sample, workdir):
+    from helpers import concepts as concept_lib
+    from helpers import schemas
+
+    table = concept_lib.build_concept_table(None, {"toy": {"class_names": CONCEPTS}})
+    schemas.write_table(table, schemas.CONCEPT_TABLE, workdir / "data" / "processed" / "concept_tables" / "toy.parquet")
+    entry = {"data": "x", "concepts": "data/processed/concept_tables/toy.parquet", "captions": sample["tsv"]}
+    loaded = corpora.load_concepts("c", entry)
+    assert loaded["name"].tolist() == sorted(CONCEPTS)
+    corpora.search_corpus("c", entry, loaded, SETTINGS, progress=False)
+    searched = corpora.searched_concepts("c")
+    assert searched.equals(loaded[["concept_id", "name"]])
+    with pytest.raises(ConfigError, match="corpora.c.concepts: missing"):
+        corpora.load_concepts("c", {"data": "x", "captions": sample["tsv"]})
+    with pytest.raises(ConfigError, match="corpora.c.concepts: .*not found"):
+        corpora.load_concepts("c", {**entry, "concepts": "nope.parquet"})
+    with pytest.raises(ConfigError, match="corpora.other: no caption search"):
+        corpora.searched_concepts("other")

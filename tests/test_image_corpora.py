@@ -62,11 +62,29 @@ def test_tag_corpus_writes_image_matched_and_text_counts(world):
 
 
 def test_tag_corpus_needs_the_caption_side_and_a_tagger(world):
-    with pytest.raises(ConfigError, match="image_corpora.other: no caption search"):
+    with pytest.raises(ConfigError, match="image_corpora.other: no caption search for 'other'"):
         image_corpora.tag_corpus("other", world["entry"], world["concepts"], world["settings"], progress=False)
     no_tagger = {k: v for k, v in world["settings"].items() if k != "tagger"}
-    with pytest.raises(ConfigError, match="image_search.tagger: missing"):
+    with pytest.raises(ConfigError, match="image_corpora.toy.tagger: missing"):
         image_corpora.tag_corpus("toy", world["entry"], world["concepts"], no_tagger, progress=False)
+    with pytest.raises(ConfigError, match="image_corpora.toy: unknown key.*taggr"):
+        image_corpora.tag_corpus("toy", {**world["entry"], "taggr": {}}, world["concepts"], no_tagger, progress=False)
+
+
+def test_an_image_corpus_names_its_caption_side_and_its_own_tagger(world):
+    """Two taggers of one corpus: entries with their own names, `corpus` pointing at the caption search."""
+    settings = {k: v for k, v in world["settings"].items() if k != "tagger"}
+    entry = {**world["entry"], "corpus": "toy", "tagger": world["settings"]["tagger"]}
+    result = image_corpora.tag_corpus("toy_trained", entry, world["concepts"], settings, progress=False)
+    assert result.image_dir == image_corpora.image_search_dir("toy_trained", "trained")
+    assert image_corpora.frequencies_path("toy_trained").exists()
+    text = result.frequencies[result.frequencies["method"] == "text"]["count"].sum()
+    assert text == pd.read_parquet(corpora.text_counts_path("toy"))["count"].sum() > 0
+    # the image search reads the concept table the caption search used
+    searched = image_corpora.searched_concepts("toy_trained", entry)
+    assert searched["name"].tolist() == CONCEPTS
+    with pytest.raises(ConfigError, match="image_corpora.x.corpus: no caption search for 'nope'"):
+        image_corpora.searched_concepts("x", {"corpus": "nope"})
 
 
 def test_qualitative_examples_return_images_with_tags(world):
@@ -85,10 +103,10 @@ def test_relative_tagger_paths_resolve_against_the_work_folder(tmp_path):
 
 def test_training_params_are_checked_by_name(tmp_path, monkeypatch):
     monkeypatch.setenv("FDP_WORKDIR", str(tmp_path))
-    with pytest.raises(ConfigError, match="tagger_training: unknown key"):
+    with pytest.raises(ConfigError, match="taggers.sample: unknown key"):
         image_corpora.train_sample_tagger({"labels": "x", "checkpoint": "y", "epoch": 3})
-    with pytest.raises(ConfigError, match="tagger_training.labels: file not found"):
-        image_corpora.train_sample_tagger({"labels": "missing.csv", "checkpoint": "y"})
+    with pytest.raises(ConfigError, match="taggers.world.labels: file not found"):
+        image_corpora.train_sample_tagger({"labels": "missing.csv", "checkpoint": "y"}, name="world")
 
 
 def test_the_stage_runs_with_the_open_clip_backend_from_a_local_checkpoint(world):

@@ -84,6 +84,7 @@ DEFAULT_CAPTIONS_PER_IMAGE = 5
 DEFAULT_NOUN_EXTRACTOR = "spacy"
 MIN_LEMMA_CHARS = 3  # the ``lemmas`` extractor's shortest word
 ENTRY_KEYS = (
+    "data",  # the folder DVC tracks for the entry (not read here)
     "class_names",
     "class_names_file",
     "captions",
@@ -455,7 +456,7 @@ def _release_rows(release_concepts: pd.DataFrame) -> pd.DataFrame:
 
 
 def build_concept_table(
-    release_concepts: pd.DataFrame,
+    release_concepts: pd.DataFrame | None,
     downstream: Mapping[str, Mapping] | None = None,
     *,
     lemma_table: Mapping[str, str] | None = None,
@@ -465,7 +466,8 @@ def build_concept_table(
 ) -> pd.DataFrame:
     """The concept table the text search counts: release concepts first (ids kept), then new ones.
 
-    ``release_concepts``: the release's table (``tidy.concepts``, schema ``CONCEPTS``; ids 0..n-1).
+    ``release_concepts``: the release's table (``tidy.concepts``, schema ``CONCEPTS``; ids 0..n-1), or None
+    for a table of the downstream concepts alone (ids from 0; no release needed, so it works offline).
     ``downstream``: the ``concepts.downstream`` section of ``params.yaml`` (see the module docstring);
     relative paths in it are resolved against ``base_dir`` (default: the working directory). ``nlp``:
     a spaCy-like pipeline for ``noun_extractor: spacy`` entries (loaded from ``spacy_model`` when None).
@@ -476,7 +478,10 @@ def build_concept_table(
     ``schemas.CONCEPT_TABLE``: new concepts are sorted by name; a name already present only gets the new
     sources appended to its row.
     """
-    release = _release_rows(release_concepts)
+    if release_concepts is None:
+        release = pd.DataFrame({"name": pd.Series(dtype=str), "sources": pd.Series(dtype=object)})
+    else:
+        release = _release_rows(release_concepts)
     names: list[str] = [str(n) for n in release["name"]]
     sources: dict[str, list[str]] = {n: [str(s) for s in src] for n, src in zip(names, release["sources"])}
     if downstream is None:

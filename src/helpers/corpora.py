@@ -28,7 +28,7 @@ from helpers.captions import CaptionSource
 from helpers.shards import ConfigError, read_shard_stats, run_report, shard_records
 from helpers.textsearch import run_text_search, text_counts
 
-CORPUS_KEYS = {"data", "captions", "images"}  # `images` is read by the image-search stage
+CORPUS_KEYS = {"data", "concepts", "captions", "images"}  # `images` is read by the image-search stage
 
 TEXT_COUNTS = pa.DataFrameSchema(
     {
@@ -89,6 +89,39 @@ def text_search_dir(name: str) -> Path:
     return paths.interim_dir() / "text_search" / name
 
 
+SEARCHED_CONCEPTS = pa.DataFrameSchema(
+    {"concept_id": pa.Column("int32", pa.Check.ge(0), unique=True), "name": pa.Column(str, unique=True)},
+    checks=pa.Check(lambda df: bool((df["concept_id"].to_numpy() == range(len(df))).all()) if len(df) else True,
+                    error="concept_id is not 0..n-1 in row order"),
+    strict=True,
+    name="searched_concepts",
+)
+
+
+def searched_concepts(name: str) -> pd.DataFrame:
+    """(concept_id, name) of the concepts corpus ``name``'s caption search counted, in id order."""
+    path = concept_table_path(name)
+    if not path.exists():
+        raise ConfigError(f"corpora.{name}: no caption search at {path.parent} (run text_search@{name} first)")
+    return schemas.read_table(path, SEARCHED_CONCEPTS)
+
+
+def concept_table_path(name: str) -> Path:
+    """The concept table a corpus' caption search used (kept beside its shards for the image search)."""
+    return text_search_dir(name) / "concepts.parquet"
+
+
+def load_concepts(name: str, entry: Mapping[str, Any]) -> pd.DataFrame:
+    """The concept table ``corpora.<name>.concepts`` names (a Parquet file from the concepts stages)."""
+    if not isinstance(entry, Mapping) or not entry.get("concepts"):
+        raise ConfigError(f"corpora.{name}.concepts: missing (the concept table to search, e.g. "
+                          "data/processed/concepts.parquet)")
+    path = Path(_resolve(entry["concepts"], paths.workdir()))
+    if not path.is_file():
+        raise ConfigError(f"corpora.{name}.concepts: {path} not found (run its concepts stage first)")
+    return schemas.read_table(path, schemas.CONCEPT_TABLE)
+
+
 def text_counts_path(name: str) -> Path:
     return paths.processed_dir() / "corpora" / name / "text_counts.parquet"
 
@@ -145,4 +178,6 @@ def search_corpus(name: str, entry: Mapping[str, Any], concepts: pd.DataFrame, s
     table.insert(0, "corpus", name)
     table["concept_id"] = table["concept_id"].astype("int32")
     schemas.write_table(table, TEXT_COUNTS, text_counts_path(name))
+    searched = concepts[["concept_id", "name"]].reset_index(drop=True).astype({"concept_id": "int32"})
+    schemas.write_table(searched, SEARCHED_CONCEPTS, concept_table_path(name))
     return TextSearchResult(counts=table, shards=shards, report=report)

@@ -65,20 +65,21 @@ def resolve_tagger_config(tagger: Mapping[str, Any], base: Path | None = None) -
 TRAINING_KEYS = {"data", "labels", "image_size", "epochs", "batch_size", "lr", "seed", "checkpoint"}
 
 
-def train_sample_tagger(training: Mapping[str, Any], *, progress: bool = True):
-    """Train the ``trained`` backend on the labelled image set of params ``tagger_training`` and save it.
+def train_sample_tagger(training: Mapping[str, Any], *, name: str = "sample", progress: bool = True):
+    """Train the ``trained`` backend on the labelled image set of params ``taggers.<name>`` and save it.
 
     Returns the tagger (with ``loss_history``). The checkpoint path is ``training["checkpoint"]``.
     """
+    prefix = f"taggers.{name}"
     unknown = sorted(set(training) - TRAINING_KEYS)
     if unknown:
-        raise ConfigError(f"tagger_training: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(TRAINING_KEYS))})")
+        raise ConfigError(f"{prefix}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(TRAINING_KEYS))})")
     for key in ("labels", "checkpoint"):
         if key not in training:
-            raise ConfigError(f"tagger_training.{key}: missing")
+            raise ConfigError(f"{prefix}.{key}: missing")
     labels_path = Path(_resolve(training["labels"], paths.workdir()))
     if not labels_path.exists():
-        raise ConfigError(f"tagger_training.labels: file not found: {labels_path}")
+        raise ConfigError(f"{prefix}.labels: file not found: {labels_path}")
     images, labels = read_labels(labels_path)
     concepts = sorted({c for row in labels for c in row})
     tagger = train_tagger(
@@ -109,22 +110,46 @@ def image_shard_table(out_dir: Path) -> pd.DataFrame:
     return corpora.shard_table(out_dir)
 
 
+IMAGE_CORPUS_KEYS = {"corpus", "data", "images", "tagger"}
+
+
+def caption_corpus(name: str, entry: Mapping[str, Any]) -> str:
+    """The ``corpora`` entry whose captions pair with image corpus ``name`` (``corpus``, default ``name``)."""
+    unknown = sorted(set(entry) - IMAGE_CORPUS_KEYS) if isinstance(entry, Mapping) else []
+    if unknown:
+        raise ConfigError(f"image_corpora.{name}: unknown key(s) {', '.join(unknown)} "
+                          f"(known: {', '.join(sorted(IMAGE_CORPUS_KEYS))})")
+    return str(entry.get("corpus") or name)
+
+
+def searched_concepts(name: str, entry: Mapping[str, Any]) -> pd.DataFrame:
+    """The concept table the caption search of image corpus ``name``'s caption side used."""
+    corpus = caption_corpus(name, entry)
+    try:
+        return corpora.searched_concepts(corpus)
+    except ConfigError as err:
+        raise ConfigError(f"image_corpora.{name}.corpus: no caption search for '{corpus}' ({err})") from err
+
+
 def tag_corpus(name: str, entry: Mapping[str, Any], concepts: pd.DataFrame, settings: Mapping[str, Any], *,
                descriptions: Mapping[str, list[str]] | None = None, progress: bool = True) -> ImageSearchResult:
     """Tag the images of corpus ``name``, then count image, matched and misalignment frequencies.
 
-    The caption side must have been searched first (``text_search@<name>``). A failed image shard stops the
-    stage naming it unless ``image_search.allow_failed_shards``.
+    The caption side (``image_corpora.<name>.corpus``, default ``name``) must have been searched first with
+    the same ``concepts``. The tagger is ``image_corpora.<name>.tagger`` (``image_search.tagger`` when the
+    entry has none). A failed image shard stops the stage naming it unless ``image_search.allow_failed_shards``.
     """
-    kwargs = run_kwargs(settings)
-    if "tagger" not in settings:
-        raise ConfigError("image_search.tagger: missing (which backend tags the images)")
+    corpus = caption_corpus(name, entry)
+    tagger = entry.get("tagger") or settings.get("tagger")
+    if not tagger:
+        raise ConfigError(f"image_corpora.{name}.tagger: missing (which backend tags the images)")
+    kwargs = run_kwargs({k: v for k, v in settings.items() if k != "tagger"})
     thresholds = [float(t) for t in settings.get("thresholds", [0.7])]
     source = image_source(name, entry)
-    text_dir = corpora.text_search_dir(name)
+    text_dir = corpora.text_search_dir(corpus)
     if not text_dir.exists():
-        raise ConfigError(f"image_corpora.{name}: no caption search for '{name}' at {text_dir}; add it under `corpora`")
-    tagger_config = resolve_tagger_config(settings["tagger"])
+        raise ConfigError(f"image_corpora.{name}: no caption search for '{corpus}' at {text_dir}; add it under `corpora`")
+    tagger_config = resolve_tagger_config(tagger)
     names = concepts["name"].tolist()
     factory = functools.partial(build_tagger, tagger_config, names, descriptions=descriptions)
     image_dir = image_search_dir(name, str(tagger_config.get("backend", "tagger")))
