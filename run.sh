@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The compendium's two commands (see README.md):
 #   ./run.sh repro [dvc repro args...]   set up the environment if needed, then regenerate everything
+#                                        (--keep-going: offline, the release stages fail and the rest,
+#                                        the synthetic world included, is still built)
 #   ./run.sh test  [pytest args...]      set up the environment if needed, then run every test
 # Both create the virtual environment .venv (Python 3.11 + pip; no conda needed) when it is missing and
 # install the pinned requirements whenever requirements.txt or pyproject.toml changed.
@@ -34,7 +36,7 @@ case "${1:-}" in
   repro)
     shift
     setup
-    dvc repro "$@"
+    dvc repro --keep-going "$@"
     ;;
   test)
     shift

@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.shards import ConfigError
 from helpers.clip_training import (
     cosine_lr,
     count_samples,
@@ -26,6 +25,7 @@ from helpers.clip_training import (
     train_clip,
     write_model_config,
 )
+from helpers.shards import ConfigError
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 60, 220), "yellow": (230, 210, 30)}
 SHAPES = ("circle", "square", "triangle")

@@ -391,3 +391,26 @@ def test_fits_on_the_oracle_runs_match_the_true_counts(world, runs, table):
     assert f.loc[("image", "to_one"), stat].tolist() == pytest.approx(f.loc[("true", "to_one"), stat].tolist())
     assert f.loc[("true", "to_one"), "slope_per_decade"] == pytest.approx(10.0)
     assert set(points["concept"]) == set(world["concepts"])
+
+
+def test_spellings_of_one_concept_in_a_broad_table_are_joined_once():
+    """A searched table with the release's spellings ("fire-truck", "Fire Truck") beside the world's name."""
+    names = [*NAMES, "fire-truck", "Fire Truck", "American_Coot", "American coot"]
+    same = np.concatenate([TRUE, [3, 3, 7, 9]])  # equal counts for the fire truck spellings
+    truth = pd.DataFrame({"name": NAMES, "shown_count": TRUE})
+    scores = {n: 10.0 + i for i, n in enumerate(NAMES)}
+    freq = corpus_frequencies(text=same, image=same, matched=same, names=names)
+    fits, points = synthetic_fit_rows(freq, truth, evaluations(scores, retrieval=False), threshold=THRESHOLD,
+                                      n_edges=4, resamples=0, seed=0)
+    assert (points.groupby(["count_type", "concept"]).size() == 1).all()
+    assert points[(points["count_type"] == "text") & (points["concept"] == "fire truck")]["count"].item() == 3
+    differing = np.concatenate([TRUE, [5, 6, 7, 9]])  # spellings disagree: the world's own spelling decides
+    freq = corpus_frequencies(text=differing, image=differing, matched=differing, names=names)
+    _, points = synthetic_fit_rows(freq, truth, evaluations(scores, retrieval=False), threshold=THRESHOLD,
+                                   n_edges=4, resamples=0, seed=0)
+    assert points[(points["count_type"] == "text") & (points["concept"] == "fire truck")]["count"].item() == 3
+    without_world_spelling = [n if n != "fire truck" else "fire_truck" for n in names]
+    freq = corpus_frequencies(text=differing, image=differing, matched=differing, names=without_world_spelling)
+    with pytest.raises(ValueError, match="sharing a concept_key"):
+        synthetic_fit_rows(freq, truth, evaluations(scores, retrieval=False), threshold=THRESHOLD, n_edges=4,
+                           resamples=0, seed=0)

@@ -55,7 +55,12 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm.auto import tqdm
 
-from helpers.captions import CaptionSource, ShardReadError, iter_tar_samples, list_shards
+from helpers.captions import (
+    CaptionSource,
+    ShardReadError,
+    iter_tar_samples,
+    list_shards,
+)
 from helpers.shards import ConfigError
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")

@@ -35,10 +35,9 @@ from scipy import stats
 from helpers import analysis, corpora, paths, schemas
 from helpers.evaluation import EVALUATIONS, EVALUATIONS_FILE, NO_PROMPT, OVERALL
 from helpers.evaluation import read_evaluations as read_evaluations_table
-from helpers.image_corpora import frequencies_path
-from helpers.imagesearch import image_search_dir
 from helpers.frequencies import METHODS, _concept_names, paired_shards
-from helpers.imagesearch import check_thresholds, stored_floor
+from helpers.image_corpora import frequencies_path
+from helpers.imagesearch import check_thresholds, image_search_dir, stored_floor
 from helpers.naming import concept_key
 from helpers.shards import ConfigError, distinct_pairs
 
@@ -273,7 +272,9 @@ def validation_table(
 # --------------------------------------------------------------------------------------------- fits
 
 
-def _count_table(frequencies: pd.DataFrame, truth_concepts: pd.DataFrame, threshold: float) -> pd.DataFrame:
+def _count_table(
+    frequencies: pd.DataFrame, truth_concepts: pd.DataFrame, threshold: float, keys: set[str]
+) -> pd.DataFrame:
     """(count_type, key, count) for the text, image and matched counts at ``threshold`` and the true counts."""
     frequencies = schemas.CORPUS_FREQUENCIES.validate(frequencies, lazy=True)
     corpora = frequencies["corpus"].unique()
@@ -290,6 +291,16 @@ def _count_table(frequencies: pd.DataFrame, truth_concepts: pd.DataFrame, thresh
     parts.append(pd.DataFrame({"count_type": "true", "name": truth_concepts["name"],
                                "count": truth_concepts["shown_count"]}))
     counts = pd.concat(parts, ignore_index=True).assign(key=lambda df: df["name"].map(concept_key))
+    # only the scored concepts are joined: a broader searched table (the release's 4,029 concepts, say) may
+    # hold spellings of other concepts that share a key ("American_Coot", "American coot")
+    world_names = set(truth_concepts["name"])
+    counts = counts[counts["key"].isin(keys)]
+    # Spellings of one concept ("hot dog", "hot-dog") count alike under the phrase search: keep one of them;
+    # if their counts differ, the world's own spelling decides, and without it the join is ambiguous.
+    same = counts.groupby(["count_type", "key"])["count"].transform("nunique") == 1
+    exact = counts["name"].isin(world_names)
+    has_exact = exact.groupby([counts["count_type"], counts["key"]]).transform("any")
+    counts = counts[(same & ~counts.duplicated(["count_type", "key"])) | (~same & exact) | (~same & ~has_exact)]
     clash = counts[counts.duplicated(["count_type", "key"], keep=False)]
     if len(clash):
         raise ValueError(f"counts: names sharing a concept_key cannot be joined: {sorted(set(clash['name']))[:10]}")
@@ -340,8 +351,8 @@ def synthetic_fit_rows(
     warned about and listed in ``fits.attrs["unmatched"]`` (records with task, model, dataset, prompt, metric,
     count_type, concept), never dropped silently.
     """
-    counts = _count_table(frequencies, truth_concepts, threshold)
     scores = _score_groups(evaluations).assign(key=lambda df: df["concept"].map(concept_key))
+    counts = _count_table(frequencies, truth_concepts, threshold, set(scores["key"]))
     group_keys = ["task", "model", "dataset", "prompt", "metric"]
     full = scores.merge(pd.DataFrame({"count_type": COUNT_TYPES}), how="cross")  # every score per count type
     full = full.merge(counts, on=["count_type", "key"], how="left", validate="many_to_one")
@@ -518,16 +529,16 @@ def plot_estimated_vs_true(settings: Mapping[str, Any], base: str | os.PathLike)
 __all__ = [
     "COUNT_TYPES",
     "STAGE_KEYS",
+    "SYNTHETIC_VALIDATION",
+    "estimated_pairs",
     "fits_report",
     "image_run_dir",
     "plot_accuracy_vs_frequency",
     "plot_estimated_vs_true",
     "read_evaluations",
     "release_fit_rows",
-    "validation_report",
-    "SYNTHETIC_VALIDATION",
-    "estimated_pairs",
     "synthetic_fit_rows",
     "true_frequency_table",
+    "validation_report",
     "validation_table",
 ]
