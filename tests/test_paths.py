@@ -112,3 +112,11 @@ def test_package_fallback_finds_the_source_checkout_from_an_unrelated_folder(cle
         pytest.skip("a folder above the temporary directory looks like a project root")
     clean_env.chdir(nowhere)
     assert paths.project_root() == repo_root.resolve()
+
+
+def test_resolve_takes_relative_params_paths_against_the_work_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("FDP_WORKDIR", str(tmp_path))
+    assert paths.resolve("data/x.pt") == str(tmp_path / "data/x.pt")
+    assert paths.resolve(["a", "/abs/b"], tmp_path / "base") == [str(tmp_path / "base" / "a"), "/abs/b"]
+    assert paths.resolve("~/m.pt").startswith(str(Path.home()))
+    assert paths.resolve(None) is None

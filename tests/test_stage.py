@@ -294,5 +294,6 @@ def test_a_matrix_stage_without_all_its_axes_exits():
 
 
 def test_main_rejects_a_malformed_matrix_argument():
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as err:
         stage.main(["evaluate", "--matrix", "no-equals-sign"])
+    assert err.value.code == 2  # argparse's usage error, before any stage runs

@@ -61,6 +61,7 @@ from helpers.captions import (
     iter_tar_samples,
     list_shards,
 )
+from helpers.paths import resolve as resolve_path
 from helpers.shards import ConfigError
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
@@ -574,15 +575,14 @@ def train_from_params(section: Mapping[str, Any], base: str | os.PathLike, *, pr
     base = Path(base)
     raw = section["shards"]
     patterns = [raw] if isinstance(raw, str) else list(raw)
-    patterns = [p if os.path.isabs(p) else str(base / p) for p in patterns]
+    patterns = resolve_path(patterns, base)
     try:
         shards = [s.path for s in list_shards(CaptionSource(format="wds", paths=patterns))]
     except ConfigError as err:
         raise ConfigError(f"clip_training.shards: {err}") from err
     if not shards:
         raise ConfigError(f"clip_training.shards: no tar shards match {raw!r}")
-    out_dir = Path(section["out_dir"])
-    out_dir = out_dir if out_dir.is_absolute() else base / out_dir
+    out_dir = Path(resolve_path(section["out_dir"], base))
     try:
         config = tiny_clip_config(**dict(section.get("model") or {}))
     except (TypeError, ValueError) as err:

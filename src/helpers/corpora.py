@@ -15,7 +15,6 @@ entry fails before any shard is read, with an error naming the params key.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -45,11 +44,6 @@ TEXT_COUNTS = pa.DataFrameSchema(
 TEXT_SEARCH_KEYS = {"mode", "unknown_words", "executor", "workers", "ray_address", "allow_failed_shards"}
 
 
-def _resolve(path: str, base: Path) -> str:
-    expanded = os.path.expanduser(str(path))
-    return expanded if os.path.isabs(expanded) else str(base / expanded)
-
-
 def caption_source(name: str, entry: Mapping[str, Any], base: Path | None = None) -> CaptionSource:
     """The CaptionSource of corpus ``name``; errors name the params key (``corpora.<name>.captions.<key>``)."""
     prefix = f"corpora.{name}"
@@ -64,7 +58,7 @@ def caption_source(name: str, entry: Mapping[str, Any], base: Path | None = None
     base = base or paths.workdir()
     if "paths" in config:
         raw = config["paths"]
-        config["paths"] = [_resolve(p, base) for p in ([raw] if isinstance(raw, str) else raw)]
+        config["paths"] = paths.resolve([raw] if isinstance(raw, str) else raw, base)
     try:
         return CaptionSource.from_config(config)
     except ConfigError as err:
@@ -116,7 +110,7 @@ def load_concepts(name: str, entry: Mapping[str, Any]) -> pd.DataFrame:
     if not isinstance(entry, Mapping) or not entry.get("concepts"):
         raise ConfigError(f"corpora.{name}.concepts: missing (the concept table to search, e.g. "
                           "data/processed/concepts.parquet)")
-    path = Path(_resolve(entry["concepts"], paths.workdir()))
+    path = Path(paths.resolve(entry["concepts"]))
     if not path.is_file():
         raise ConfigError(f"corpora.{name}.concepts: {path} not found (run its concepts stage first)")
     return schemas.read_table(path, schemas.CONCEPT_TABLE)

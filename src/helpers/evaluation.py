@@ -156,6 +156,7 @@ from tqdm.auto import tqdm
 
 from helpers import schemas
 from helpers.captions import CaptionSource, iter_tar_samples, list_shards
+from helpers.paths import resolve as resolve_path
 from helpers.shards import ConfigError
 
 CACHE_VERSION = 1
@@ -1359,13 +1360,6 @@ _DATASET_PATH_KEYS = ("root", "paths", "class_names_file", "concepts_file")
 EVALUATIONS_FILE = "evaluations.parquet"
 
 
-def _resolve_path(value: Any, base: Path) -> Any:
-    if isinstance(value, (list, tuple)):
-        return [_resolve_path(v, base) for v in value]
-    text = os.path.expanduser(str(value))
-    return text if os.path.isabs(text) else str(base / text)
-
-
 def resolve_spec_paths(spec: Mapping[str, Any], kind: str, base: str | os.PathLike) -> dict[str, Any]:
     """A model or dataset entry with its relative file paths resolved against ``base`` (the work folder).
 
@@ -1377,10 +1371,10 @@ def resolve_spec_paths(spec: Mapping[str, Any], kind: str, base: str | os.PathLi
     keys = _MODEL_PATH_KEYS if kind == "model" else _DATASET_PATH_KEYS
     for key in keys:
         if out.get(key) is not None:
-            out[key] = _resolve_path(out[key], base)
+            out[key] = resolve_path(out[key], base)
     pretrained = out.get("pretrained")
     if kind == "model" and isinstance(pretrained, str) and _looks_like_path(pretrained):
-        out["pretrained"] = _resolve_path(pretrained, base)
+        out["pretrained"] = resolve_path(pretrained, base)
     return out
 
 
@@ -1392,9 +1386,8 @@ def _check_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"evaluation.settings: unknown key(s) {', '.join(unknown)} (known: {', '.join(SETTINGS_KEYS)})")
     out = {"device": None, "precision": "fp32", "batch_size": 64, "num_workers": 0, "prompts": list(PROMPT_SETS),
            "ks": list(DEFAULT_KS), "cache_dir": None, **settings}  # fmt: skip
-    for key in ("batch_size",):
-        if isinstance(out[key], bool) or not isinstance(out[key], int) or out[key] < 1:
-            raise ConfigError(f"evaluation.settings.{key}: expected a positive integer, got {out[key]!r}")
+    if isinstance(out["batch_size"], bool) or not isinstance(out["batch_size"], int) or out["batch_size"] < 1:
+        raise ConfigError(f"evaluation.settings.batch_size: expected a positive integer, got {out['batch_size']!r}")
     if isinstance(out["num_workers"], bool) or not isinstance(out["num_workers"], int) or out["num_workers"] < 0:
         raise ConfigError(f"evaluation.settings.num_workers: expected an integer >= 0, got {out['num_workers']!r}")
     prompts = [out["prompts"]] if isinstance(out["prompts"], str) else list(out["prompts"] or [])
@@ -1433,7 +1426,7 @@ def evaluate_pair(
         raise ConfigError(f"evaluation.models.{model_key}: expected a mapping of settings")
     model_spec = resolve_spec_paths({**model_spec, "key": model_key}, "model", base)
     dataset_spec = resolve_spec_paths(dataset_spec, "dataset", base)
-    cache_dir = _resolve_path(settings["cache_dir"], Path(base)) if settings["cache_dir"] else None
+    cache_dir = resolve_path(settings["cache_dir"], Path(base)) if settings["cache_dir"] else None
     model = load_model(model_spec, device=settings["device"], precision=settings["precision"])
     dataset = load_dataset(dataset_spec, model.preprocess, name=dataset_name)
     common = {"cache_dir": cache_dir, "batch_size": settings["batch_size"], "num_workers": settings["num_workers"],

@@ -37,28 +37,19 @@ from helpers.tagger_trained import read_labels, train_tagger
 _PATH_KEYS = ("checkpoint", "label_embedding_cache", "model_config")
 
 
-def _resolve(value: Any, base: Path) -> Any:
-    if value is None:
-        return None
-    if isinstance(value, (list, tuple)):
-        return [_resolve(v, base) for v in value]
-    text = os.path.expanduser(str(value))
-    return text if os.path.isabs(text) else str(base / text)
-
-
 def resolve_tagger_config(tagger: Mapping[str, Any], base: Path | None = None) -> dict:
     """The tagger config with its relative file paths resolved against the work folder."""
     base = base or paths.workdir()
     out = dict(tagger)
     for key in _PATH_KEYS:
         if key in out:
-            out[key] = _resolve(out[key], base)
+            out[key] = paths.resolve(out[key], base)
     if out.get("descriptions"):
-        out["descriptions"] = _resolve(out["descriptions"], base)
+        out["descriptions"] = paths.resolve(out["descriptions"], base)
     if isinstance(out.get("pretrained"), str) and os.sep in out["pretrained"]:
-        out["pretrained"] = _resolve(out["pretrained"], base)
+        out["pretrained"] = paths.resolve(out["pretrained"], base)
     if isinstance(out.get("train"), Mapping) and "labels" in out["train"]:
-        out["train"] = {**out["train"], "labels": _resolve(out["train"]["labels"], base)}
+        out["train"] = {**out["train"], "labels": paths.resolve(out["train"]["labels"], base)}
     return out
 
 
@@ -77,7 +68,7 @@ def train_sample_tagger(training: Mapping[str, Any], *, name: str = "sample", pr
     for key in ("labels", "checkpoint"):
         if key not in training:
             raise ConfigError(f"{prefix}.{key}: missing")
-    labels_path = Path(_resolve(training["labels"], paths.workdir()))
+    labels_path = Path(paths.resolve(training["labels"]))
     if not labels_path.exists():
         raise ConfigError(f"{prefix}.labels: file not found: {labels_path}")
     images, labels = read_labels(labels_path)
@@ -87,7 +78,7 @@ def train_sample_tagger(training: Mapping[str, Any], *, name: str = "sample", pr
         batch_size=int(training.get("batch_size", 64)), lr=float(training.get("lr", 1e-3)),
         seed=int(training.get("seed", 0)), progress=progress,
     )
-    checkpoint = Path(_resolve(training["checkpoint"], paths.workdir()))
+    checkpoint = Path(paths.resolve(training["checkpoint"]))
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     tagger.save(checkpoint)
     return tagger

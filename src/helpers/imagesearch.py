@@ -169,12 +169,7 @@ def image_source(name: str, entry: Mapping[str, Any], base: Path | None = None, 
     base = base or paths.workdir()
     if "paths" in config:
         raw = config["paths"]
-        items = [raw] if isinstance(raw, str) else list(raw or [])
-        resolved = []
-        for p in items:
-            p = os.path.expanduser(str(p))
-            resolved.append(p if os.path.isabs(p) else str(base / p))
-        config["paths"] = resolved
+        config["paths"] = paths.resolve([raw] if isinstance(raw, str) else list(raw or []), base)
     try:
         return ImageSource.from_config(config)
     except ConfigError as err:

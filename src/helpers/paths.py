@@ -92,3 +92,15 @@ def ensure(path: Path) -> Path:
     """Create a folder (and parents) if needed and return it."""
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def resolve(value, base: Path | None = None):
+    """A path from params.yaml made absolute: relative paths (``~`` expanded) are taken against ``base``
+    (default: the work folder), since notebooks run in ``notebooks/``. Lists and tuples are resolved item by
+    item; None stays None. Returns strings, as the readers and open_clip take them."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        return [resolve(v, base) for v in value]
+    text = os.path.expanduser(str(value))
+    return text if os.path.isabs(text) else str((base if base is not None else workdir()) / text)
