@@ -1,4 +1,4 @@
-"""Benchmark of the image search (``helpers.imagesearch``) against a naive one-image-at-a-time baseline.
+"""Benchmark of the image search (``helpers.images.search``) against a naive one-image-at-a-time baseline.
 
 Generates a webdataset tar of N 256x256 JPEGs (seeded: smooth colour fields with noise and shapes, so the
 files are photo-sized, ~10-20 kB), builds a tiny open_clip ViT tagger locally (ViT-Ti/16-like image tower,
@@ -30,8 +30,9 @@ import shutil
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -42,9 +43,10 @@ from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from helpers.captions import iter_tar_samples
-from helpers.imagesearch import ShardImages, decode_image, run_image_search
+from helpers.images.search import run_image_search
+from helpers.images.sources import ShardImages, decode_image
 from helpers.shards import read_shard_stats
+from helpers.text.captions import iter_tar_samples
 
 # ------------------------------------------------------------------------------------------ data
 
@@ -109,7 +111,7 @@ class TinyClipTagger:
     def transform(self) -> Callable[[Image.Image], torch.Tensor]:
         return self._transform
 
-    def to(self, device: str | torch.device) -> "TinyClipTagger":
+    def to(self, device: str | torch.device) -> TinyClipTagger:
         self.model.to(device)
         self.text = self.text.to(device)
         return self
@@ -170,14 +172,19 @@ def decode_only(path: str, transform, batch_size: int, workers: int) -> float:
     return n / (time.perf_counter() - started)
 
 
-def model_only(tagger, batch_size: int, device: str, repeats: int, precision: str = "fp32",
-               channels_last: bool = False) -> float:
+def model_only(
+    tagger, batch_size: int, device: str, repeats: int, precision: str = "fp32", channels_last: bool = False
+) -> float:
     """Images/s of ``Tagger.scores`` on one decoded batch (after a warm-up call)."""
     x = torch.randn(batch_size, 3, tagger.image_size, tagger.image_size, device=device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
-    ctx = (lambda: torch.autocast(device.split(":")[0], dtype=dtype)) if dtype else (lambda: torch.autocast(device.split(":")[0], enabled=False))
+    ctx = (
+        (lambda: torch.autocast(device.split(":")[0], dtype=dtype))
+        if dtype
+        else (lambda: torch.autocast(device.split(":")[0], enabled=False))
+    )
     with torch.inference_mode(), ctx():
         tagger.scores(x)
         if device.startswith("cuda"):
@@ -190,24 +197,46 @@ def model_only(tagger, batch_size: int, device: str, repeats: int, precision: st
     return repeats * batch_size / (time.perf_counter() - started)
 
 
-def pipeline(folder: Path, out: Path, factory, *, batch_size: int, workers: int, device: str = "cpu",
-             precision: str = "fp32", channels_last: bool | None = None, threads: int | None = None) -> dict:
+def pipeline(
+    folder: Path,
+    out: Path,
+    factory,
+    *,
+    batch_size: int,
+    workers: int,
+    device: str = "cpu",
+    precision: str = "fp32",
+    channels_last: bool | None = None,
+    threads: int | None = None,
+) -> dict:
     """``run_image_search`` on the tar; images/s and the shard's decode-wait / model split."""
     shutil.rmtree(out, ignore_errors=True)
     started = time.perf_counter()
     result = run_image_search(
-        {"paths": str(folder / "*.tar")}, factory, out, prob_floor=0.5, batch_size=batch_size,
-        num_workers=workers, device=device, precision=precision, channels_last=channels_last,
-        torch_threads=threads, executor="serial", progress=False,
+        {"paths": str(folder / "*.tar")},
+        factory,
+        out,
+        prob_floor=0.5,
+        batch_size=batch_size,
+        num_workers=workers,
+        device=device,
+        precision=precision,
+        channels_last=channels_last,
+        torch_threads=threads,
+        executor="serial",
+        progress=False,
     )
     total = time.perf_counter() - started
     assert result.ok, result.failed
     stats = read_shard_stats(out, 0)
     seconds = result.records[0]["seconds"]  # the shard's wall time, without building the model
     return {
-        "images": stats["images"], "seconds": seconds, "images_per_s": stats["images"] / seconds,
+        "images": stats["images"],
+        "seconds": seconds,
+        "images_per_s": stats["images"] / seconds,
         "setup_s": total - seconds,
-        "wait_decode_s": stats["seconds_wait_decode"], "model_s": stats["seconds_model"],
+        "wait_decode_s": stats["seconds_wait_decode"],
+        "model_s": stats["seconds_model"],
         "decode_cpu_s": stats["seconds_decode_cpu"],
     }
 
@@ -269,47 +298,60 @@ def main() -> None:
     folder.mkdir(parents=True, exist_ok=True)
     tar_path = folder / "00000.tar"
     size = write_tar(tar_path, args.n)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} intra-op threads, CUDA: {torch.cuda.is_available()}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} intra-op threads, CUDA: {torch.cuda.is_available()}"
+    )
     print(f"data: {args.n} JPEGs 256x256 in one tar, {size / args.n / 1024:.1f} kB per sample")
 
     tagger = TinyClipTagger()
     n_params = sum(p.numel() for p in tagger.model.visual.parameters())
-    print(f"tagger: tiny open_clip ViT (image tower {n_params / 1e6:.1f} M params, 224 px, "
-          f"{len(tagger.concepts)} concepts), CPU fp32, batch {args.batch_size}\n")
+    print(
+        f"tagger: tiny open_clip ViT (image tower {n_params / 1e6:.1f} M params, 224 px, "
+        f"{len(tagger.concepts)} concepts), CPU fp32, batch {args.batch_size}\n"
+    )
 
     for w in args.workers:
-        rate = best_of(lambda: decode_only(str(tar_path), tagger.transform(), args.batch_size, w), args.repeats)
+        rate = best_of(lambda w=w: decode_only(str(tar_path), tagger.transform(), args.batch_size, w), args.repeats)
         print(f"decode only, {w} workers:  {rate:8.1f} images/s")
     for bs in sorted({1, 8, 32, 64, args.batch_size}):
-        rate = best_of(lambda: model_only(tagger, bs, "cpu", max(2, 256 // bs)), args.repeats)
+        rate = best_of(lambda bs=bs: model_only(tagger, bs, "cpu", max(2, 256 // bs)), args.repeats)
         print(f"model only, batch {bs:3d}:  {rate:8.1f} images/s")
     print()
 
     runs = {}
     for w in args.workers:
-        r = runs[w] = pipeline(folder, tmp / f"out_w{w}", tiny_clip_tagger, batch_size=args.batch_size, workers=w,
-                               threads=args.threads)
-        print(f"pipeline, {w} workers: {r['images_per_s']:8.1f} images/s ({r['images']} images in {r['seconds']:.1f} s "
-              f"+ {r['setup_s']:.1f} s model build; "
-              f"waiting for decoded batches {r['wait_decode_s']:.1f} s, model {r['model_s']:.1f} s, "
-              f"decode CPU time in workers {r['decode_cpu_s']:.1f} s)")
+        r = runs[w] = pipeline(
+            folder, tmp / f"out_w{w}", tiny_clip_tagger, batch_size=args.batch_size, workers=w, threads=args.threads
+        )
+        print(
+            f"pipeline, {w} workers: {r['images_per_s']:8.1f} images/s ({r['images']} images in {r['seconds']:.1f} s "
+            f"+ {r['setup_s']:.1f} s model build; "
+            f"waiting for decoded batches {r['wait_decode_s']:.1f} s, model {r['model_s']:.1f} s, "
+            f"decode CPU time in workers {r['decode_cpu_s']:.1f} s)"
+        )
 
     rate, reference, t_decode, t_model = naive(str(tar_path), tagger, args.baseline_n)
-    print(f"\nnaive baseline (1 image at a time, no workers): {rate:8.1f} images/s "
-          f"({len(reference)} images; decode+preprocess {t_decode:.1f} s, model {t_model:.1f} s)")
-    print(f"  where time goes: {100 * t_decode / (t_decode + t_model):.0f}% decoding+preprocessing, "
-          f"{100 * t_model / (t_decode + t_model):.0f}% model")
+    print(
+        f"\nnaive baseline (1 image at a time, no workers): {rate:8.1f} images/s "
+        f"({len(reference)} images; decode+preprocess {t_decode:.1f} s, model {t_model:.1f} s)"
+    )
+    print(
+        f"  where time goes: {100 * t_decode / (t_decode + t_model):.0f}% decoding+preprocessing, "
+        f"{100 * t_model / (t_decode + t_model):.0f}% model"
+    )
     best_w = max(runs, key=lambda w: runs[w]["images_per_s"])
     top = runs[best_w]
     print(f"speed-up of the pipeline ({best_w} workers) over the naive baseline: {top['images_per_s'] / rate:.2f}x")
     diff, flipped = max_prob_difference(tmp / f"out_w{best_w}", reference)
     print(f"batched vs one-at-a-time probabilities: max |diff| {diff:.2e}, pairs on different sides of 0.5: {flipped}")
     waited = top["wait_decode_s"] / max(top["seconds"], 1e-9)
-    print(f"where time goes (pipeline, {best_w} workers): {100 * top['model_s'] / top['seconds']:.0f}% of the wall time "
-          f"in the model, {100 * waited:.0f}% waiting for decoded batches; decoding itself took "
-          f"{top['decode_cpu_s']:.1f} s of CPU time ({100 * top['decode_cpu_s'] / max(top['decode_cpu_s'] + top['model_s'], 1e-9):.0f}% "
-          f"of decode + model time)")
+    print(
+        f"where time goes (pipeline, {best_w} workers): {100 * top['model_s'] / top['seconds']:.0f}% of the wall time "
+        f"in the model, {100 * waited:.0f}% waiting for decoded batches; decoding itself took "
+        f"{top['decode_cpu_s']:.1f} s of CPU time ({100 * top['decode_cpu_s'] / max(top['decode_cpu_s'] + top['model_s'], 1e-9):.0f}% "
+        f"of decode + model time)"
+    )
 
     print()
     if not args.swin_fp16:
@@ -329,14 +371,24 @@ def swin_bench(folder: Path, tmp: Path, args: argparse.Namespace) -> None:
     swin.channels_last()
     gpu = model_only(swin, args.swin_batch_size, "cuda", 20, precision="fp16", channels_last=True)
     dec = decode_only(str(folder / "00000.tar"), swin.transform(), args.swin_batch_size, workers)
-    run = pipeline(folder, tmp / "out_swin", SwinTagger, batch_size=args.swin_batch_size, workers=workers,
-                   device="cuda", precision="fp16", channels_last=True)
+    run = pipeline(
+        folder,
+        tmp / "out_swin",
+        SwinTagger,
+        batch_size=args.swin_batch_size,
+        workers=workers,
+        device="cuda",
+        precision="fp16",
+        channels_last=True,
+    )
     bottleneck = "GPU (model)" if gpu < dec else "decoding (CPU)"
     print(f"Swin-L/384 fp16 channels_last on {torch.cuda.get_device_name()}:")
     print(f"  GPU only, batch {args.swin_batch_size}: {gpu:8.1f} images/s")
     print(f"  decode only at 384 px, {workers} workers: {dec:8.1f} images/s")
-    print(f"  pipeline: {run['images_per_s']:8.1f} images/s (waiting for decoding {run['wait_decode_s']:.1f} s, "
-          f"model {run['model_s']:.1f} s)")
+    print(
+        f"  pipeline: {run['images_per_s']:8.1f} images/s (waiting for decoding {run['wait_decode_s']:.1f} s, "
+        f"model {run['model_s']:.1f} s)"
+    )
     print(f"  bottleneck: {bottleneck}")
 
 

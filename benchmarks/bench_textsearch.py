@@ -1,4 +1,4 @@
-"""Benchmark of the caption search (``helpers.textsearch``, ``phrase`` mode) against a spaCy baseline.
+"""Benchmark of the caption search (``helpers.text.search``, ``phrase`` mode) against a spaCy baseline.
 
 Generates N realistic captions (seeded, templated English mentioning the study's concepts, with regular
 and irregular plurals, hyphenated and underscored multi-word names, mixed case and punctuation) and
@@ -40,12 +40,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from helpers.naming import concept_key, release_name
-from helpers.textsearch import (
-    MATCH_SEMANTICS_VERSION,
-    TextMatcher,
-    lemma_lookup,
-    normalise_caption,
-)
+from helpers.text.matching import MATCH_SEMANTICS_VERSION, TextMatcher, lemma_lookup, normalise_caption
 
 # ------------------------------------------------------------------------------------------ concepts
 

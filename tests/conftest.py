@@ -63,7 +63,7 @@ def release_copy() -> Path:
 @pytest.fixture(scope="session")
 def imported_release(release_copy: Path, params: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The release imported (copied and checksum-verified) into a temporary folder."""
-    from helpers import release
+    from helpers.release import importer as release
 
     dest = tmp_path_factory.mktemp("raw") / "release"
     release.import_release(
@@ -80,7 +80,7 @@ def imported_release(release_copy: Path, params: dict, tmp_path_factory: pytest.
 @pytest.fixture(scope="session")
 def tidy_tables(imported_release: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Folder of the tidy Parquet tables built from the imported release."""
-    from helpers import tidy
+    from helpers.release import tidy
 
     out_dir = tmp_path_factory.mktemp("processed") / "release"
     tidy.build_all(imported_release, out_dir, progress=False)

@@ -8,13 +8,27 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import analysis, loglinear, schemas, tidy
+from helpers import schemas
+from helpers.analysis import fits as analysis
+from helpers.analysis import loglinear
+from helpers.release import tidy
 
 MATCHED = "integrated_tlemmatized_i0.7"
 KEY_COLUMNS = ["task", "pretrain", "model", "prompt", "count_type", "metric"]
 RECORD_COLUMNS = {
-    "zero_rule", "n_rows", "n_bins_plotted", "binned_r", "binned_p", "concept_pearson_r", "concept_pearson_p",
-    "concept_spearman_r", "concept_spearman_p", "slope_per_decade", "slope_ci_low", "slope_ci_high", "intercept",
+    "zero_rule",
+    "n_rows",
+    "n_bins_plotted",
+    "binned_r",
+    "binned_p",
+    "concept_pearson_r",
+    "concept_pearson_p",
+    "concept_spearman_r",
+    "concept_spearman_p",
+    "slope_per_decade",
+    "slope_ci_low",
+    "slope_ci_high",
+    "intercept",
 }
 
 
@@ -30,8 +44,13 @@ def zs_params(params) -> dict:
 
 def _zero_shot_rows(tables, zs_params, *, pretrain, model, count_type=MATCHED, prompt="class"):
     return analysis.zero_shot_rows(
-        tables["frequencies"], tables["zero_shot"], pretrain=pretrain, model=model, prompt=prompt,
-        count_type=count_type, datasets=analysis.zero_shot_datasets(zs_params, count_type),
+        tables["frequencies"],
+        tables["zero_shot"],
+        pretrain=pretrain,
+        model=model,
+        prompt=prompt,
+        count_type=count_type,
+        datasets=analysis.zero_shot_datasets(zs_params, count_type),
     )
 
 
@@ -73,11 +92,20 @@ def test_imagenet_r_is_not_among_the_analysed_datasets(zs_params):
 
 def test_missing_count_files_are_reported_not_dropped_silently(tables, zs_params):
     # YFCC-15M has no lower-cased count files for ten of the datasets.
-    rows = _zero_shot_rows(tables, zs_params, pretrain="yfcc15m", model="backboneRN50_pretrainedyfcc15m",
-                           count_type="lowercased")
+    rows = _zero_shot_rows(
+        tables, zs_params, pretrain="yfcc15m", model="backboneRN50_pretrainedyfcc15m", count_type="lowercased"
+    )
     assert rows.missing_datasets == [
-        "imagenet", "cifar100", "caltech101", "caltech256", "sun397", "country211", "flowers102", "food101",
-        "oxfordpets", "stanfordcars",
+        "imagenet",
+        "cifar100",
+        "caltech101",
+        "caltech256",
+        "sun397",
+        "country211",
+        "flowers102",
+        "food101",
+        "oxfordpets",
+        "stanfordcars",
     ]
     assert not set(rows.data["dataset"]) & set(rows.missing_datasets)
     assert rows.unmatched > 0  # partial count files for the others: counted and reported
@@ -85,8 +113,9 @@ def test_missing_count_files_are_reported_not_dropped_silently(tables, zs_params
 
 
 def test_count_type_absent_for_a_pretrain_reports_all_datasets_missing(tables, zs_params):
-    rows = _zero_shot_rows(tables, zs_params, pretrain="laion400m", model="backboneViT-B-32_pretrainedlaion400m",
-                           count_type="rampp0.55")
+    rows = _zero_shot_rows(
+        tables, zs_params, pretrain="laion400m", model="backboneViT-B-32_pretrainedlaion400m", count_type="rampp0.55"
+    )
     assert rows.missing_datasets == zs_params["datasets"]
     assert rows.data.empty and rows.unmatched == 0
     assert analysis.fit_rows(rows, n_edges=12, plotted=(2, -1), resamples=0, seed=0) == []
@@ -96,18 +125,25 @@ def test_text_counts_leave_imagenet_sketch_out_as_the_authors_figures_do(tables,
     assert "imagenet-sketch" not in analysis.zero_shot_datasets(zs_params, "lemmatized")
     assert "imagenet-sketch" in analysis.zero_shot_datasets(zs_params, "rampp0.7")
     assert "imagenet-sketch" in analysis.zero_shot_datasets(zs_params, MATCHED)
-    rows = _zero_shot_rows(tables, zs_params, pretrain="cc3m", model="backboneRN50_pretrainedcc3m",
-                           count_type="lemmatized")
+    rows = _zero_shot_rows(
+        tables, zs_params, pretrain="cc3m", model="backboneRN50_pretrainedcc3m", count_type="lemmatized"
+    )
     assert rows.missing_datasets == []
     assert "imagenet-sketch" not in set(rows.data["dataset"])
 
 
 def test_paper_legend_check_reproduces_all_but_the_laion400m_text_figure(tables, params):
     a = params["analysis"]
-    small = {**a, "bootstrap_resamples": 0,
-             "retrieval": {**a["retrieval"], "metrics": []},
-             "zero_shot": {**a["zero_shot"], "prompts": ["class"],
-                           "count_types": ["lemmatized", "rampp0.7", "integrated_tlemmatized_i0.7"]}}
+    small = {
+        **a,
+        "bootstrap_resamples": 0,
+        "retrieval": {**a["retrieval"], "metrics": []},
+        "zero_shot": {
+            **a["zero_shot"],
+            "prompts": ["class"],
+            "count_types": ["lemmatized", "rampp0.7", "integrated_tlemmatized_i0.7"],
+        },
+    }
     t2i_empty = {**tables, "t2i": tables["t2i"].iloc[:0]}
     fits, _ = analysis.release_fits(t2i_empty, small, progress=False)
     check = analysis.paper_legend_check(fits)
@@ -126,8 +162,11 @@ def test_zero_shot_rows_are_one_per_class_with_percent_scores(tables, zs_params)
     assert data["count"].dtype == "int64" and (data["count"] >= 0).all()
     assert data["score"].between(0, 100).all()
     zs = tables["zero_shot"]
-    expected = zs[(zs["model"] == "backboneRN50_pretrainedcc3m") & (zs["prompt"] == "class")
-                  & zs["dataset"].isin(zs_params["datasets"])]
+    expected = zs[
+        (zs["model"] == "backboneRN50_pretrainedcc3m")
+        & (zs["prompt"] == "class")
+        & zs["dataset"].isin(zs_params["datasets"])
+    ]
     assert len(data) == len(expected)
     airplane = data[(data["dataset"] == "cifar10") & (data["concept"] == "airplane")]
     assert len(airplane) == 1  # cifar10's "plane" joined through its release name
@@ -137,17 +176,26 @@ def test_zero_shot_rows_are_one_per_class_with_percent_scores(tables, zs_params)
 
 
 def _freq(rows):
-    return pd.DataFrame(rows, columns=["downstream", "pretrain", "method", "concept", "count"]).astype({"count": "int64"})
+    return pd.DataFrame(rows, columns=["downstream", "pretrain", "method", "concept", "count"]).astype(
+        {"count": "int64"}
+    )
 
 
 def test_join_counts_unmatched_rows_on_both_sides():
     freq = _freq([("cifar10", "p", "m", "airplane", 5), ("cifar10", "p", "m", "cat", 0)])
     zs = pd.DataFrame(
-        {"dataset": ["cifar10", "cifar10"], "prompt": ["class"] * 2, "model": ["x"] * 2,
-         "class_name": ["plane", "horse"], "concept": ["airplane", "horse"], "accuracy": [90.0, 10.0]}
+        {
+            "dataset": ["cifar10", "cifar10"],
+            "prompt": ["class"] * 2,
+            "model": ["x"] * 2,
+            "class_name": ["plane", "horse"],
+            "concept": ["airplane", "horse"],
+            "accuracy": [90.0, 10.0],
+        }
     )
-    rows = analysis.zero_shot_rows(freq, zs, pretrain="p", model="x", prompt="class", count_type="m",
-                                   datasets=["cifar10", "dtd"])
+    rows = analysis.zero_shot_rows(
+        freq, zs, pretrain="p", model="x", prompt="class", count_type="m", datasets=["cifar10", "dtd"]
+    )
     assert rows.data.values.tolist() == [["cifar10", "airplane", 5, 90.0]]
     assert rows.unmatched == 2  # "cat" has a count but no score, "horse" a score but no count
     assert rows.missing_datasets == ["dtd"]
@@ -156,11 +204,18 @@ def test_join_counts_unmatched_rows_on_both_sides():
 def test_scores_of_missing_datasets_are_not_counted_as_unmatched():
     freq = _freq([("cifar10", "p", "m", "cat", 3)])
     zs = pd.DataFrame(
-        {"dataset": ["cifar10", "dtd"], "prompt": ["class"] * 2, "model": ["x"] * 2,
-         "class_name": ["cat", "banded"], "concept": ["cat", "banded"], "accuracy": [50.0, 20.0]}
+        {
+            "dataset": ["cifar10", "dtd"],
+            "prompt": ["class"] * 2,
+            "model": ["x"] * 2,
+            "class_name": ["cat", "banded"],
+            "concept": ["cat", "banded"],
+            "accuracy": [50.0, 20.0],
+        }
     )
-    rows = analysis.zero_shot_rows(freq, zs, pretrain="p", model="x", prompt="class", count_type="m",
-                                   datasets=["cifar10", "dtd"])
+    rows = analysis.zero_shot_rows(
+        freq, zs, pretrain="p", model="x", prompt="class", count_type="m", datasets=["cifar10", "dtd"]
+    )
     assert rows.missing_datasets == ["dtd"] and rows.unmatched == 0
     assert rows.data["concept"].tolist() == ["cat"]
 
@@ -171,8 +226,13 @@ def test_scores_of_missing_datasets_are_not_counted_as_unmatched():
 def test_retrieval_rows_basic_shape(tables, params):
     ret_params = params["analysis"]["retrieval"]
     rows = analysis.retrieval_rows(
-        tables["frequencies"], tables["retrieval"], pretrain="cc3m", model="backboneRN50_pretrainedcc3m",
-        metric="i2t_k=1", count_type=MATCHED, datasets=ret_params["datasets"],
+        tables["frequencies"],
+        tables["retrieval"],
+        pretrain="cc3m",
+        model="backboneRN50_pretrainedcc3m",
+        metric="i2t_k=1",
+        count_type=MATCHED,
+        datasets=ret_params["datasets"],
     )
     data = rows.data
     assert rows.missing_datasets == []
@@ -195,13 +255,22 @@ def test_retrieval_rows_basic_shape(tables, params):
 @pytest.mark.parametrize("metric", ["i2t_k=5", "t2i_k=10"])
 def test_retrieval_rows_select_direction_and_k(tables, metric):
     rows = analysis.retrieval_rows(
-        tables["frequencies"], tables["retrieval"], pretrain="cc3m", model="backboneViT-B-16_pretrainedcc3m",
-        metric=metric, count_type="lemmatized", datasets=["coco"],
+        tables["frequencies"],
+        tables["retrieval"],
+        pretrain="cc3m",
+        model="backboneViT-B-16_pretrainedcc3m",
+        metric=metric,
+        count_type="lemmatized",
+        datasets=["coco"],
     )
     direction, k = metric.split("_k=")
     ret = tables["retrieval"]
-    sel = ret[(ret["model"] == "backboneViT-B-16_pretrainedcc3m") & (ret["direction"] == direction)
-              & (ret["k"] == int(k)) & (ret["dataset"] == "coco")].set_index("concept")["recall"]
+    sel = ret[
+        (ret["model"] == "backboneViT-B-16_pretrainedcc3m")
+        & (ret["direction"] == direction)
+        & (ret["k"] == int(k))
+        & (ret["dataset"] == "coco")
+    ].set_index("concept")["recall"]
     got = rows.data.set_index("concept")["score"]
     np.testing.assert_allclose(got, 100 * sel.loc[got.index])
 
@@ -212,8 +281,14 @@ def test_t2i_rows_keep_only_concepts_with_enough_prompts(tables, params):
     t2i = tables["t2i"]
     model, metric = "huggingface_stable-diffusion-v1-5", "human_align"
     rows = analysis.t2i_rows(
-        tables["frequencies"], t2i, pretrain=t2i_params["pretrain"], model=model, metric=metric,
-        count_type=MATCHED, datasets=t2i_params["datasets"], min_prompts=min_prompts,
+        tables["frequencies"],
+        t2i,
+        pretrain=t2i_params["pretrain"],
+        model=model,
+        metric=metric,
+        count_type=MATCHED,
+        datasets=t2i_params["datasets"],
+        min_prompts=min_prompts,
     )
     data = rows.data
     assert list(data.columns) == ["dataset", "concept", "count", "score"]
@@ -224,8 +299,13 @@ def test_t2i_rows_keep_only_concepts_with_enough_prompts(tables, params):
     sizes = sel.groupby("concept")["score"].size()
     means = sel.groupby("concept")["score"].mean()
     freq = tables["frequencies"]
-    counted = set(freq[(freq["pretrain"] == t2i_params["pretrain"]) & (freq["method"] == MATCHED)
-                       & freq["downstream"].isin(t2i_params["datasets"])]["concept"])
+    counted = set(
+        freq[
+            (freq["pretrain"] == t2i_params["pretrain"])
+            & (freq["method"] == MATCHED)
+            & freq["downstream"].isin(t2i_params["datasets"])
+        ]["concept"]
+    )
     expected = {c for c, n in sizes.items() if n >= min_prompts} & counted
     assert len(expected) > 0
     assert set(data["concept"]) == expected
@@ -237,8 +317,9 @@ def test_t2i_min_prompts_boundary_on_tiny_frames():
     freq = _freq([("t2i", "la", "m", c, 10) for c in ["five", "six", "seven"]])
     rows_ = [("human_align", "g", c, i, float(i)) for c, n in [("five", 5), ("six", 6), ("seven", 7)] for i in range(n)]
     t2i = pd.DataFrame(rows_, columns=["metric", "model", "concept", "prompt_index", "score"])
-    rows = analysis.t2i_rows(freq, t2i, pretrain="la", model="g", metric="human_align", count_type="m",
-                             datasets=["t2i"], min_prompts=6)
+    rows = analysis.t2i_rows(
+        freq, t2i, pretrain="la", model="g", metric="human_align", count_type="m", datasets=["t2i"], min_prompts=6
+    )
     assert rows.data["concept"].tolist() == ["seven", "six"]
     assert rows.data.set_index("concept")["score"].to_dict() == {"seven": 3.0, "six": 2.5}
 
@@ -257,8 +338,14 @@ def test_fit_rows_returns_one_record_per_zero_rule_matching_the_fits_schema(tabl
     assert to_one["binned_r"] == dropped["binned_r"]  # the binned statistic has one zero rule (to one)
     assert to_one["n_bins_plotted"] == 10
     assert to_one["slope_ci_low"] < to_one["slope_per_decade"] < to_one["slope_ci_high"]
-    key = {"task": "zero_shot", "pretrain": "cc3m", "model": "backboneRN50_pretrainedcc3m", "prompt": "class",
-           "count_type": MATCHED, "metric": "top1"}
+    key = {
+        "task": "zero_shot",
+        "pretrain": "cc3m",
+        "model": "backboneRN50_pretrainedcc3m",
+        "prompt": "class",
+        "count_type": MATCHED,
+        "metric": "top1",
+    }
     fits = pd.DataFrame([{**key, **r} for r in records]).astype({"n_rows": "int64", "n_bins_plotted": "int64"})
     assert set(fits.columns) == set(schemas.FITS.columns)
     schemas.FITS.validate(fits, lazy=True)

@@ -12,7 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from helpers.captions import (
+from helpers.shards import ConfigError, Shard, make_sample_ids, split_sample_ids
+from helpers.text.captions import (
     CaptionSource,
     ShardReadError,
     ShardStats,
@@ -21,7 +22,6 @@ from helpers.captions import (
     list_shards,
     read_shard,
 )
-from helpers.shards import ConfigError, Shard, make_sample_ids, split_sample_ids
 
 
 def read_all(source: CaptionSource, shard: Shard):

@@ -1,8 +1,8 @@
-"""Tests of helpers.clip_training on a tiny generated webdataset corpus (coloured shapes, one caption each).
+"""Tests of helpers.synthetic.clip_training on a tiny generated webdataset corpus (coloured shapes, one caption each).
 
 The model is a micro config (width 32, 2 layers) so the whole module runs in well under a minute on 2 CPU
 cores; what is checked does not depend on size: the loss falls, a seed repeats a run exactly, the saved
-state dict round-trips through ``torch.load(weights_only=True)`` and ``helpers.evaluation.load_model``, and
+state dict round-trips through ``torch.load(weights_only=True)`` and ``helpers.evaluation.models.load_model``, and
 a corrupt image is skipped and counted.
 """
 
@@ -18,14 +18,14 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.clip_training import (
+from helpers.shards import ConfigError
+from helpers.synthetic.clip_training import (
     cosine_lr,
     count_samples,
     tiny_clip_config,
     train_clip,
     write_model_config,
 )
-from helpers.shards import ConfigError
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 60, 220), "yellow": (230, 210, 30)}
 SHAPES = ("circle", "square", "triangle")
@@ -171,14 +171,12 @@ def test_checkpoint_round_trip(trained) -> None:
 
 
 def test_loads_through_evaluation(trained) -> None:
-    from helpers.evaluation import load_model
+    from helpers.evaluation.models import load_model
 
     loaded = load_model({"model_config": str(trained.model_config_path), "pretrained": str(trained.checkpoint_path)})
     from PIL import Image
 
-    images = torch.stack(
-        [loaded.preprocess(Image.new("RGB", (32, 32), colour)) for colour in COLOURS.values()]
-    )
+    images = torch.stack([loaded.preprocess(Image.new("RGB", (32, 32), colour)) for colour in COLOURS.values()])
     with torch.no_grad():
         expected = trained.model.encode_image(images)
         got = loaded.model.encode_image(images)
@@ -201,15 +199,29 @@ def test_train_from_params_writes_the_config_under_the_output_folders_name(corpu
     """The stage's entry point: relative paths, the model config named after the output folder."""
     import shutil
 
-    from helpers.clip_training import train_from_params
+    from helpers.synthetic.clip_training import train_from_params
 
     for shard in corpus["shards"]:
         (tmp_path / "shards").mkdir(exist_ok=True)
         shutil.copy(shard, tmp_path / "shards")
-    section = {"shards": "shards/*.tar", "out_dir": "models/tiny-world-clip", "epochs": 1, "batch_size": 50,
-               "lr": 5e-3, "seed": 0, "num_threads": 1,
-               "model": {"image_size": 32, "embed_dim": 16, "vision_width": 32, "vision_layers": 1, "text_width": 32,
-                         "text_layers": 1, "patch_size": 8}}
+    section = {
+        "shards": "shards/*.tar",
+        "out_dir": "models/tiny-world-clip",
+        "epochs": 1,
+        "batch_size": 50,
+        "lr": 5e-3,
+        "seed": 0,
+        "num_threads": 1,
+        "model": {
+            "image_size": 32,
+            "embed_dim": 16,
+            "vision_width": 32,
+            "vision_layers": 1,
+            "text_width": 32,
+            "text_layers": 1,
+            "patch_size": 8,
+        },
+    }
     result = train_from_params(section, tmp_path, progress=False)
     assert result.model_config_path == tmp_path / "models" / "tiny-world-clip" / "tiny-world-clip.json"
     assert result.checkpoint_path.exists() and len(result.epoch_losses) == 1

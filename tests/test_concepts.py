@@ -9,9 +9,13 @@ import pandas as pd
 import pytest
 
 from helpers import schemas
-from helpers.concepts import build_concept_table, extract_caption_concepts, read_class_names_file
 from helpers.naming import concept_key
 from helpers.shards import ConfigError
+from helpers.text.concepts import (
+    build_concept_table,
+    extract_caption_concepts,
+    read_class_names_file,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -310,7 +314,11 @@ def test_missing_spacy_model_says_how_to_fix(tmp_path, release):
     assert "noun_extractor: lemmas" in message
     with pytest.raises(ConfigError, match="python -m spacy download no_such_pipeline_xyz"):
         extract_caption_concepts(
-            [("i", "a dog")], min_images=1, captions_per_image=5, noun_extractor="spacy", spacy_model="no_such_pipeline_xyz"
+            [("i", "a dog")],
+            min_images=1,
+            captions_per_image=5,
+            noun_extractor="spacy",
+            spacy_model="no_such_pipeline_xyz",
         )
 
 

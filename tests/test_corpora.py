@@ -1,17 +1,24 @@
-"""helpers.corpora: corpus entries from params.yaml and the text-search stage's glue."""
+"""helpers.text.corpora: corpus entries from params.yaml and the text-search stage's glue."""
 
 from __future__ import annotations
 
 import pandas as pd
 import pytest
 
-from helpers import corpora, samples
-from helpers.captions import list_shards
 from helpers.shards import ConfigError
+from helpers.synthetic import samples
+from helpers.text import corpora
+from helpers.text.captions import list_shards
 
 CONCEPTS = ["dog", "mouse", "hot dog", "teddy bear", "knife", "child"]
-SETTINGS = {"mode": "phrase", "unknown_words": None, "executor": "serial", "workers": None, "ray_address": None,
-            "allow_failed_shards": False}
+SETTINGS = {
+    "mode": "phrase",
+    "unknown_words": None,
+    "executor": "serial",
+    "workers": None,
+    "ray_address": None,
+    "allow_failed_shards": False,
+}
 
 
 @pytest.fixture()
@@ -22,8 +29,14 @@ def workdir(tmp_path, monkeypatch):
 
 @pytest.fixture()
 def sample(workdir):
-    configs = samples.write_sample_corpus(workdir / "data" / "raw" / "samples", n_captions=300, n_shards=2, seed=1,
-                                          concept_names=CONCEPTS, relative_to=workdir)
+    configs = samples.write_sample_corpus(
+        workdir / "data" / "raw" / "samples",
+        n_captions=300,
+        n_shards=2,
+        seed=1,
+        concept_names=CONCEPTS,
+        relative_to=workdir,
+    )
     return configs
 
 
@@ -40,9 +53,15 @@ def test_relative_caption_paths_resolve_against_the_work_folder(sample, workdir)
     ("entry", "message"),
     [
         ({"data": "x"}, "corpora.c.captions: missing"),
-        ({"data": "x", "captions": {"format": "tsv", "paths": "a.tsv"}, "colour": 1}, "corpora.c: unknown key(s) colour"),
+        (
+            {"data": "x", "captions": {"format": "tsv", "paths": "a.tsv"}, "colour": 1},
+            "corpora.c: unknown key(s) colour",
+        ),
         ({"data": "x", "captions": {"format": "xml", "paths": "a.xml"}}, "corpora.c.captions.format"),
-        ({"data": "x", "captions": {"format": "tsv", "paths": "a.tsv", "captoin_column": 1}}, "corpora.c.captions.captoin_column"),
+        (
+            {"data": "x", "captions": {"format": "tsv", "paths": "a.tsv", "captoin_column": 1}},
+            "corpora.c.captions.captoin_column",
+        ),
         ("not a mapping", "corpora.c: expected a mapping"),
     ],
 )
@@ -60,8 +79,9 @@ def test_search_corpus_counts_match_the_generators_mentions_in_every_format(samp
     expected = sample["expected"]["mentions"]
     results = {}
     for fmt in ("tsv", "parquet", "wds", "txt"):
-        result = corpora.search_corpus(f"c_{fmt}", {"data": "x", "captions": sample[fmt]}, _concepts(), SETTINGS,
-                                       progress=False)
+        result = corpora.search_corpus(
+            f"c_{fmt}", {"data": "x", "captions": sample[fmt]}, _concepts(), SETTINGS, progress=False
+        )
         counts = result.counts.set_index("concept")["count"]
         results[fmt] = counts
         assert corpora.text_counts_path(f"c_{fmt}").exists()
@@ -103,8 +123,8 @@ def test_concept_ids_must_be_positions(sample, workdir):
 
 
 def test_a_corpus_names_its_concept_table_and_the_search_keeps_a_copy(sample, workdir):
-    from helpers import concepts as concept_lib
     from helpers import schemas
+    from helpers.text import concepts as concept_lib
 
     table = concept_lib.build_concept_table(None, {"toy": {"class_names": CONCEPTS}})
     schemas.write_table(table, schemas.CONCEPT_TABLE, workdir / "data" / "processed" / "concept_tables" / "toy.parquet")

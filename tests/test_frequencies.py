@@ -15,9 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers.captions import CaptionSource, list_shards, read_shard
-from helpers.frequencies import frequency_table, matched_counts, misalignment
-from helpers.imagesearch import SCORES_SCHEMA, decode_image, image_counts, run_image_search
+from helpers.images.frequencies import frequency_table, matched_counts, misalignment
+from helpers.images.search import SCORES_SCHEMA, image_counts, run_image_search
+from helpers.images.sources import decode_image
 from helpers.shards import (
     ConfigError,
     IncompleteRunError,
@@ -26,7 +26,9 @@ from helpers.shards import (
     make_sample_ids,
     run_shards,
 )
-from helpers.textsearch import match_captions, run_text_search, text_counts
+from helpers.text.captions import CaptionSource, list_shards, read_shard
+from helpers.text.matching import match_captions
+from helpers.text.search import run_text_search, text_counts
 
 # ------------------------------------------------------------------------- hand-built shard outputs
 #
@@ -75,11 +77,24 @@ def build(tmp_path: Path, text=TEXT, image=IMAGE, floor: float = 0.3, n_text: in
     shards = [Shard(i, f"shard{i}.tar") for i in sorted(image)]
     text_shards = [Shard(i, f"shard{i}.tar") for i in sorted(text)]
     tdir, idir = tmp_path / "text", tmp_path / "image"
-    run_shards(text_shards, functools.partial(text_shard, data=text), tdir, fingerprint={"kind": "text_search"},
-               n_concepts=n_text, executor="serial", progress=False)
-    run_shards(shards, functools.partial(image_shard, data=image), idir,
-               fingerprint={"kind": "image_search", "prob_floor": floor}, n_concepts=N, executor="serial",
-               progress=False)
+    run_shards(
+        text_shards,
+        functools.partial(text_shard, data=text),
+        tdir,
+        fingerprint={"kind": "text_search"},
+        n_concepts=n_text,
+        executor="serial",
+        progress=False,
+    )
+    run_shards(
+        shards,
+        functools.partial(image_shard, data=image),
+        idir,
+        fingerprint={"kind": "image_search", "prob_floor": floor},
+        n_concepts=N,
+        executor="serial",
+        progress=False,
+    )
     return tdir, idir
 
 
@@ -131,8 +146,12 @@ def test_hand_built_frequency_table(tmp_path):
     text = table[table["method"] == "text"]
     assert text["threshold"].isna().all() and text["count"].tolist() == [2, 2, 2, 2]
     assert text["concept"].tolist() == names
-    for method, t, expected in [("image", 0.3, [3, 2, 2, 2]), ("image", 0.5, [2, 2, 1, 1]),
-                                ("matched", 0.3, [1, 1, 0, 1]), ("matched", 0.5, [1, 1, 0, 0])]:
+    for method, t, expected in [
+        ("image", 0.3, [3, 2, 2, 2]),
+        ("image", 0.5, [2, 2, 1, 1]),
+        ("matched", 0.3, [1, 1, 0, 1]),
+        ("matched", 0.5, [1, 1, 0, 0]),
+    ]:
         assert counts_of(table[table["method"] == method], t) == expected
     as_table = pd.DataFrame({"concept_id": [3, 2, 1, 0], "name": names[::-1]})
     assert frequency_table("toy", tdir, idir, [0.3, 0.5], as_table).equals(table)
@@ -234,8 +253,10 @@ def brute_force(pattern: str, thresholds, mode: str = "phrase", **options) -> tu
         for batch in read_shard(source, shard):
             ids += batch.sample_ids.tolist()
             captions += batch.captions
-    text = {i: {CONCEPTS.index(c) for c in found}
-            for i, found in zip(ids, match_captions(captions, CONCEPTS, mode, **options))}
+    text = {
+        i: {CONCEPTS.index(c) for c in found}
+        for i, found in zip(ids, match_captions(captions, CONCEPTS, mode, **options))
+    }
     tagger = ColourTagger()
     probs = {}
     for shard in list_shards(source):
@@ -270,10 +291,18 @@ def test_end_to_end_against_brute_force(tmp_path, mode, unknown_words):
     ("polar" occurs in no caption, so "polar bear" is searched as "bear")."""
     pattern = make_tars(tmp_path / "tars")
     tdir, idir = tmp_path / "text", tmp_path / "image"
-    run_text_search({"format": "wds", "paths": pattern}, CONCEPTS, tdir, mode=mode, unknown_words=unknown_words,
-                    executor="serial", progress=False)
-    run_image_search({"paths": pattern}, ColourTagger, idir, prob_floor=0.2, batch_size=4, executor="serial",
-                     progress=False)
+    run_text_search(
+        {"format": "wds", "paths": pattern},
+        CONCEPTS,
+        tdir,
+        mode=mode,
+        unknown_words=unknown_words,
+        executor="serial",
+        progress=False,
+    )
+    run_image_search(
+        {"paths": pattern}, ColourTagger, idir, prob_floor=0.2, batch_size=4, executor="serial", progress=False
+    )
     thresholds = [0.2, 0.5, 0.8]
     options = {"unknown_words": unknown_words} if unknown_words else {}
     matched, mis, n_records = brute_force(pattern, [0.0, *thresholds], mode, **options)
@@ -288,8 +317,9 @@ def test_end_to_end_against_brute_force(tmp_path, mode, unknown_words):
     assert sum(m for _, m in mis.values()) > 0 and sum(sum(c) for c in matched.values()) > 0  # not degenerate
     # at floor 0 every tagged image has every concept: matched = the text hits of the samples with an image,
     # which checks the text side of the join sample by sample (drop mode included)
-    run_image_search({"paths": pattern}, ColourTagger, tmp_path / "all", prob_floor=0.0, executor="serial",
-                     progress=False)
+    run_image_search(
+        {"paths": pattern}, ColourTagger, tmp_path / "all", prob_floor=0.0, executor="serial", progress=False
+    )
     assert matched_counts(tdir, tmp_path / "all", 0.0)["count"].tolist() == matched[0.0]
     text = text_counts(tdir)["count"].to_numpy()
     assert (np.asarray(matched[0.0]) <= text).all() and (np.asarray(matched[0.0]) < text).any()

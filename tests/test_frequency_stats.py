@@ -1,4 +1,4 @@
-"""helpers.frequency_stats on a small hand-built frequencies table, and one check on the release."""
+"""helpers.analysis.frequency_stats on a small hand-built frequencies table, and one check on the release."""
 
 from __future__ import annotations
 
@@ -6,16 +6,26 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import frequency_stats as fs
-from helpers import tidy
+from helpers.analysis import frequency_stats as fs
+from helpers.release import tidy
 
 KIND = {"lemmatized": "text", "rampp0.7": "image", "integrated_tlemmatized_i0.7": "matched"}
 
 
 def _rows(pretrain: str, method: str, downstream: str, counts: dict[str, int]) -> list[dict]:
     threshold = 0.7 if method != "lemmatized" else None
-    return [{"downstream": downstream, "pretrain": pretrain, "method": method, "kind": KIND[method],
-             "threshold": threshold, "concept": c, "count": n} for c, n in counts.items()]
+    return [
+        {
+            "downstream": downstream,
+            "pretrain": pretrain,
+            "method": method,
+            "kind": KIND[method],
+            "threshold": threshold,
+            "concept": c,
+            "count": n,
+        }
+        for c, n in counts.items()
+    ]
 
 
 @pytest.fixture
@@ -61,8 +71,9 @@ def test_long_tail_table_has_one_row_per_concept_for_each_present_pretrain_and_k
 
 def test_tail_summary_hand_checked():
     counts = [0, 0, 1, 5, 9, 10, 20, 50, 100, 805]  # sum 1000
-    table = pd.DataFrame({"pretrain": "p", "kind": "text", "concept": [f"c{i}" for i in range(10)],
-                          "count": counts[::-1]})
+    table = pd.DataFrame(
+        {"pretrain": "p", "kind": "text", "concept": [f"c{i}" for i in range(10)], "count": counts[::-1]}
+    )
     two = pd.DataFrame({"pretrain": "q", "kind": "text", "concept": ["x", "y"], "count": [0, 0]})
     summary = fs.tail_summary(pd.concat([table, two], ignore_index=True)).set_index("pretrain")
     p = summary.loc["p"]
@@ -91,8 +102,10 @@ def test_pretrain_correlations_leave_out_pretrains_without_counts(freq):
 
 
 def test_pretrain_correlations_is_nan_with_fewer_than_three_pairs(freq):
-    two = pd.DataFrame(_rows("a", "lemmatized", "x", {"p": 1, "q": 2, "r": 3})
-                       + _rows("b", "lemmatized", "x", {"p": 1, "q": 2, "s": 3}))
+    two = pd.DataFrame(
+        _rows("a", "lemmatized", "x", {"p": 1, "q": 2, "r": 3})
+        + _rows("b", "lemmatized", "x", {"p": 1, "q": 2, "s": 3})
+    )
     corr, n = fs.pretrain_correlations(two, pretrains=["a", "b"], method="lemmatized")
     assert n.loc["a", "b"] == 2 and np.isnan(corr.loc["a", "b"])
 
@@ -103,8 +116,9 @@ def test_pretrain_correlation_pair_counts_are_integers(freq):
 
 
 def test_count_kinds_wide_joins_the_three_kinds_on_concept(freq):
-    wide = fs.count_kinds_wide(freq, pretrains=["a", "b"], text="lemmatized", image="rampp0.7",
-                               matched="integrated_tlemmatized_i0.7")
+    wide = fs.count_kinds_wide(
+        freq, pretrains=["a", "b"], text="lemmatized", image="rampp0.7", matched="integrated_tlemmatized_i0.7"
+    )
     assert set(wide.columns) == {"concept", "text", "image", "matched", "pretrain"}
     assert set(wide["pretrain"]) == {"a"}  # b has no image or matched counts
     # only concepts with all three counts; each column from its own method, aligned by name
@@ -133,6 +147,5 @@ def test_release_cc3m_and_cc12m_text_counts_agree_by_spearman(release_freq):
 
 
 def test_release_cc3m_and_cc12m_matched_counts_agree_above_0_8(release_freq):
-    corr, _ = fs.pretrain_correlations(release_freq, pretrains=["cc3m", "cc12m"],
-                                       method="integrated_tlemmatized_i0.7")
+    corr, _ = fs.pretrain_correlations(release_freq, pretrains=["cc3m", "cc12m"], method="integrated_tlemmatized_i0.7")
     assert corr.loc["cc3m", "cc12m"] > 0.8

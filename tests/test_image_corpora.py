@@ -1,4 +1,4 @@
-"""helpers.image_corpora: the image-search stage's glue, end to end on a small sample corpus."""
+"""helpers.images.corpora: the image-search stage's glue, end to end on a small sample corpus."""
 
 from __future__ import annotations
 
@@ -6,8 +6,11 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers import corpora, image_corpora, samples, schemas
+from helpers import schemas
+from helpers.images import corpora as image_corpora
 from helpers.shards import ConfigError
+from helpers.synthetic import samples
+from helpers.text import corpora
 
 CONCEPTS = ["dog", "mouse", "hot dog", "teddy bear", "knife", "child", "zebra"]
 TEXT_SETTINGS = {"mode": "phrase", "executor": "serial"}
@@ -19,21 +22,40 @@ def world(tmp_path, monkeypatch):
     monkeypatch.setenv("FDP_WORKDIR", str(tmp_path))
     torch.set_num_threads(1)
     out = tmp_path / "data" / "raw" / "samples"
-    configs = samples.write_sample_corpus(out, n_captions=240, n_shards=2, seed=3, concept_names=CONCEPTS,
-                                          relative_to=tmp_path)
-    tagger_set = samples.write_sample_tagger_set(out / "tagger", n_per_concept=10, seed=3, concept_names=CONCEPTS,
-                                                 relative_to=tmp_path)
+    configs = samples.write_sample_corpus(
+        out, n_captions=240, n_shards=2, seed=3, concept_names=CONCEPTS, relative_to=tmp_path
+    )
+    tagger_set = samples.write_sample_tagger_set(
+        out / "tagger", n_per_concept=10, seed=3, concept_names=CONCEPTS, relative_to=tmp_path
+    )
     concepts = pd.DataFrame({"concept_id": pd.array(range(len(CONCEPTS)), dtype="int32"), "name": CONCEPTS})
     corpora.search_corpus("toy", {"data": "x", "captions": configs["wds"]}, concepts, TEXT_SETTINGS, progress=False)
-    training = {"labels": tagger_set["labels"], "checkpoint": "data/processed/taggers/trained.pt", "image_size": 16,
-                "epochs": 15, "batch_size": 32, "lr": 0.003, "seed": 0}
+    training = {
+        "labels": tagger_set["labels"],
+        "checkpoint": "data/processed/taggers/trained.pt",
+        "image_size": 16,
+        "epochs": 15,
+        "batch_size": 32,
+        "lr": 0.003,
+        "seed": 0,
+    }
     tagger = image_corpora.train_sample_tagger(training, progress=False)
     entry = {"data": "x", "images": {"format": "wds", "paths": configs["wds"]["paths"], "image_ext": ["jpg"]}}
-    settings = {"tagger": {"backend": "trained", "checkpoint": "data/processed/taggers/trained.pt",
-                           "unknown_concepts": "zero"},
-                "thresholds": [0.5, 0.7], "prob_floor": 0.5, "batch_size": 32, "executor": "serial"}
-    return {"tmp": tmp_path, "concepts": concepts, "entry": entry, "settings": settings, "tagger": tagger,
-            "configs": configs}
+    settings = {
+        "tagger": {"backend": "trained", "checkpoint": "data/processed/taggers/trained.pt", "unknown_concepts": "zero"},
+        "thresholds": [0.5, 0.7],
+        "prob_floor": 0.5,
+        "batch_size": 32,
+        "executor": "serial",
+    }
+    return {
+        "tmp": tmp_path,
+        "concepts": concepts,
+        "entry": entry,
+        "settings": settings,
+        "tagger": tagger,
+        "configs": configs,
+    }
 
 
 def test_training_lowers_the_loss_and_saves_a_checkpoint(world):
@@ -47,7 +69,9 @@ def test_tag_corpus_writes_image_matched_and_text_counts(world):
     table = schemas.read_table(image_corpora.frequencies_path("toy"), schemas.CORPUS_FREQUENCIES)
     assert set(table["method"]) == {"text", "image", "matched"}
     text = table[table["method"] == "text"].set_index("concept")["count"]
-    wide = table[table["method"] != "text"].pivot_table(index="concept", columns=["method", "threshold"], values="count")
+    wide = table[table["method"] != "text"].pivot_table(
+        index="concept", columns=["method", "threshold"], values="count"
+    )
     wide = wide.reindex(text.index)
     for t in (0.5, 0.7):
         matched, image = wide[("matched", t)], wide[("image", t)]
@@ -96,7 +120,8 @@ def test_qualitative_examples_return_images_with_tags(world):
 
 def test_relative_tagger_paths_resolve_against_the_work_folder(tmp_path):
     config = image_corpora.resolve_tagger_config(
-        {"backend": "trained", "checkpoint": "m/t.pt", "train": {"labels": "l.csv"}}, base=tmp_path)
+        {"backend": "trained", "checkpoint": "m/t.pt", "train": {"labels": "l.csv"}}, base=tmp_path
+    )
     assert config["checkpoint"] == str(tmp_path / "m/t.pt")
     assert config["train"]["labels"] == str(tmp_path / "l.csv")
 
@@ -117,16 +142,26 @@ def test_the_stage_runs_with_the_open_clip_backend_from_a_local_checkpoint(world
 
     config = world["tmp"] / "models" / "stage-test-tiny-vit.json"
     config.parent.mkdir(parents=True)
-    config.write_text(json.dumps({
-        "embed_dim": 32,
-        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-    }))
+    config.write_text(
+        json.dumps(
+            {
+                "embed_dim": 32,
+                "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+                "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+            }
+        )
+    )
     open_clip.add_model_config(config)
     torch.manual_seed(0)
     torch.save(open_clip.create_model("stage-test-tiny-vit").state_dict(), world["tmp"] / "models" / "tiny.pt")
-    settings = {**world["settings"], "tagger": {"backend": "open_clip", "model_config": "models/stage-test-tiny-vit.json",
-                                                "pretrained": "models/tiny.pt"}}
+    settings = {
+        **world["settings"],
+        "tagger": {
+            "backend": "open_clip",
+            "model_config": "models/stage-test-tiny-vit.json",
+            "pretrained": "models/tiny.pt",
+        },
+    }
     result = image_corpora.tag_corpus("toy", world["entry"], world["concepts"], settings, progress=False)
     assert result.image_dir.name == "open_clip"
     assert set(result.frequencies["method"]) == {"text", "image", "matched"}

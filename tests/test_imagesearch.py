@@ -21,18 +21,17 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers.captions import CaptionSource, ShardStats, list_shards, read_shard
-from helpers.imagesearch import (
-    ImageSource,
-    decode_image,
-    image_counts,
-    image_source,
-    run_image_search,
-    run_kwargs,
-    tagged_ids,
+from helpers.images.search import image_counts, run_image_search, run_kwargs, tagged_ids
+from helpers.images.sources import ImageSource, decode_image, image_source
+from helpers.images.taggers import Tagger
+from helpers.shards import (
+    ConfigError,
+    merge_counts,
+    read_shard_stats,
+    run_report,
+    split_sample_ids,
 )
-from helpers.shards import ConfigError, merge_counts, read_shard_stats, run_report, split_sample_ids
-from helpers.taggers import Tagger
+from helpers.text.captions import CaptionSource, ShardStats, list_shards, read_shard
 
 N_CONCEPTS = 6
 
@@ -212,7 +211,11 @@ def test_scores_equal_direct_tagging(tmp_path):
     write_tar(folder / "a.tar", samples)
     result = run({"paths": str(folder / "a.tar"), "image_ext": ["jpg", "png", "webp"]}, tmp_path / "o", prob_floor=0.3)
     assert result.ok and result.processed == [0]
-    scores, hits, tagged = read(tmp_path / "o", "scores")[0], read(tmp_path / "o", "hits")[0], read(tmp_path / "o", "tagged")[0]
+    scores, hits, tagged = (
+        read(tmp_path / "o", "scores")[0],
+        read(tmp_path / "o", "hits")[0],
+        read(tmp_path / "o", "tagged")[0],
+    )
     assert tagged["sample_id"] == list(range(9))
     expected = []
     for position, (_, files) in enumerate(samples):
@@ -225,8 +228,14 @@ def test_scores_equal_direct_tagging(tmp_path):
     assert list(zip(hits["sample_id"], hits["concept_id"])) == [(s, c) for s, c, _ in expected]
     assert len(expected) > 9  # the example is not degenerate
     assert stats_of(tmp_path / "o", 0) == {
-        "shard": 0, "path": str(folder / "a.tar"), "records": 9, "images": 9, "corrupt": 0, "missing_image": 0,
-        "truncated_tar": 0, "error": None,
+        "shard": 0,
+        "path": str(folder / "a.tar"),
+        "records": 9,
+        "images": 9,
+        "corrupt": 0,
+        "missing_image": 0,
+        "truncated_tar": 0,
+        "error": None,
     }
 
 
@@ -262,7 +271,7 @@ def test_bad_images_and_truncated_tar_counted_and_aligned_with_captions(tmp_path
     assert split_sample_ids(ids0)[1].tolist() == [0, 1, 3, 5, 8, 9]
     assert split_sample_ids(ids1)[1].tolist() == [0, 1, 2, 3, 4]
     scores = {**read(out, "scores")}
-    for shard, table in scores.items():
+    for _shard, table in scores.items():
         for sid, c, p in zip(table["sample_id"], table["concept_id"], table["prob"]):
             number = int(caption_of[sid].split()[1])  # the caption names the sample the image was made for
             assert p == direct_probs(image_bytes(number))[c]
@@ -337,8 +346,15 @@ def test_dataloader_workers_and_process_pool_give_identical_results(tmp_path):
     base = run({"paths": pattern}, tmp_path / "w0", prob_floor=0.3, num_workers=0, batch_size=3)
     par = run({"paths": pattern}, tmp_path / "w2", prob_floor=0.3, num_workers=2, batch_size=3)
     counting = CountingFactory(tmp_path / "builds.txt")
-    pool = run({"paths": pattern}, tmp_path / "p2", prob_floor=0.3, executor="process", workers=2, batch_size=3,
-               factory=counting)
+    pool = run(
+        {"paths": pattern},
+        tmp_path / "p2",
+        prob_floor=0.3,
+        executor="process",
+        workers=2,
+        batch_size=3,
+        factory=counting,
+    )
     assert base.ok and par.ok and pool.ok and pool.processed == [0, 1, 2]
     builds = counting.builds()  # the driver once, then each pool process at most once (3 shards, 2 processes)
     assert builds[0] == os.getpid() and len(builds) == len(set(builds)) <= 3
@@ -359,12 +375,18 @@ def test_ray_actor_pool(tmp_path):
     pythonpath = os.pathsep.join([here, *[p for p in sys.path if p.endswith("src")]])
     if ray.is_initialized():  # a Ray left by another test would not see this module
         ray.shutdown()
-    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
+    ray.init(
+        num_cpus=2,
+        num_gpus=0,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
+    )
     try:
         counting = CountingFactory(tmp_path / "builds.txt")
-        result = run({"paths": pattern}, tmp_path / "ray", prob_floor=0.3, executor="ray", ray_num_actors=2,
-                     factory=counting)
+        result = run(
+            {"paths": pattern}, tmp_path / "ray", prob_floor=0.3, executor="ray", ray_num_actors=2, factory=counting
+        )
         assert result.ok and result.processed == [0, 1, 2]
         builds = counting.builds()  # the driver, then one model per actor
         assert builds[0] == os.getpid() and len(builds) == len(set(builds)) == 3

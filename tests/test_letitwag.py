@@ -1,4 +1,4 @@
-"""helpers.letitwag: the model table and the two least-squares lines below / above the split."""
+"""helpers.analysis.letitwag: the model table and the two least-squares lines below / above the split."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import letitwag, tidy
+from helpers.analysis import letitwag
+from helpers.release import tidy
 
 
 def _table(xs, ys) -> pd.DataFrame:
@@ -47,17 +48,31 @@ def test_split_fits_with_fewer_than_two_models_in_a_group_is_nan(xs):
 
 
 def _overall(models_values: dict[str, float]) -> pd.DataFrame:
-    rows = [{"task": "let_it_wag", "dataset": "let_it_wag", "variant": "ensemble", "model": m, "value": v}
-            for m, v in models_values.items()]
-    rows.append({"task": "zero_shot", "dataset": "imagenet", "variant": "ensemble",
-                 "model": "backboneRN50_pretrainedcc3m", "value": 99.0})  # not a Let It Wag! row
+    rows = [
+        {"task": "let_it_wag", "dataset": "let_it_wag", "variant": "ensemble", "model": m, "value": v}
+        for m, v in models_values.items()
+    ]
+    rows.append(
+        {
+            "task": "zero_shot",
+            "dataset": "imagenet",
+            "variant": "ensemble",
+            "model": "backboneRN50_pretrainedcc3m",
+            "value": 99.0,
+        }
+    )  # not a Let It Wag! row
     return pd.DataFrame(rows)
 
 
 def test_model_table_builds_one_row_per_let_it_wag_model_sorted_by_imagenet():
     overall = _overall({"backboneViT-B-32_pretrainedlaion2b": 50.0, "backboneRN50_pretrainedcc3m": 10.0})
-    imagenet = pd.DataFrame({"model": ["backboneRN50_pretrainedcc3m", "backboneViT-B-32_pretrainedlaion2b", "other"],
-                             "imagenet_top1": [20.0, 66.0, 1.0], "source": "s"})
+    imagenet = pd.DataFrame(
+        {
+            "model": ["backboneRN50_pretrainedcc3m", "backboneViT-B-32_pretrainedlaion2b", "other"],
+            "imagenet_top1": [20.0, 66.0, 1.0],
+            "source": "s",
+        }
+    )
     table = letitwag.model_table(overall, imagenet)
     assert table["model"].tolist() == ["backboneRN50_pretrainedcc3m", "backboneViT-B-32_pretrainedlaion2b"]
     assert table["backbone"].tolist() == ["RN50", "ViT-B-32"]
@@ -67,8 +82,13 @@ def test_model_table_builds_one_row_per_let_it_wag_model_sorted_by_imagenet():
 
 
 def test_model_table_names_the_models_without_an_imagenet_accuracy():
-    overall = _overall({"backboneRN50_pretrainedcc3m": 10.0, "backboneViT-H-14_pretrainedlaion2b": 60.0,
-                        "backboneViT-g-14_pretrainedlaion2b": 61.0})
+    overall = _overall(
+        {
+            "backboneRN50_pretrainedcc3m": 10.0,
+            "backboneViT-H-14_pretrainedlaion2b": 60.0,
+            "backboneViT-g-14_pretrainedlaion2b": 61.0,
+        }
+    )
     imagenet = pd.DataFrame({"model": ["backboneRN50_pretrainedcc3m"], "imagenet_top1": [20.0], "source": "s"})
     with pytest.raises(ValueError) as err:
         letitwag.model_table(overall, imagenet)

@@ -9,8 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import loglinear
-from helpers.loglinear import binned_statistic, bins_sensitivity, concept_statistics
+from helpers.analysis import loglinear
+from helpers.analysis.loglinear import (
+    binned_statistic,
+    bins_sensitivity,
+    concept_statistics,
+)
 
 E = math.e
 
@@ -146,7 +150,9 @@ def _reference_binned(counts, scores, n_edges, plotted, empty_bins):
 
 
 @pytest.mark.parametrize("seed", range(6))
-@pytest.mark.parametrize("n_edges, plotted", [(12, (1, -1)), (12, (2, -1)), (12, (0, -4)), (7, (-4, None)), (30, (1, -1))])
+@pytest.mark.parametrize(
+    "n_edges, plotted", [(12, (1, -1)), (12, (2, -1)), (12, (0, -4)), (7, (-4, None)), (30, (1, -1))]
+)
 @pytest.mark.parametrize("empty_bins", ["zero", "drop"])
 def test_agrees_with_loop_reference_on_random_data(seed, n_edges, plotted, empty_bins):
     rng = np.random.default_rng(seed)
@@ -286,13 +292,21 @@ def test_spearman_sees_monotone_nonlinear_relation():
 
 
 def test_spearman_of_reversed_ranks_is_minus_one():
-    cs = concept_statistics(DECADES, -np.arange(len(DECADES), dtype=float) ** 2, resamples=0)
+    cs = concept_statistics(DECADES, -(np.arange(len(DECADES), dtype=float) ** 2), resamples=0)
     assert cs.spearman_r == pytest.approx(-1.0)
 
 
 def _all_nan(cs) -> bool:
-    fields = ["pearson_r", "pearson_p", "spearman_r", "spearman_p", "slope_per_decade", "intercept",
-              "slope_ci_low", "slope_ci_high"]
+    fields = [
+        "pearson_r",
+        "pearson_p",
+        "spearman_r",
+        "spearman_p",
+        "slope_per_decade",
+        "intercept",
+        "slope_ci_low",
+        "slope_ci_high",
+    ]
     return all(math.isnan(getattr(cs, f)) for f in fields)
 
 

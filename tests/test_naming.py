@@ -7,7 +7,6 @@ import pytest
 from helpers import naming
 from helpers.naming import concept_key, release_name
 
-
 # --- release_name: evaluation class name -> spelling used by the search-count files -------------------
 
 

@@ -1,4 +1,4 @@
-"""helpers.plotting: saving figures and the figure types, on small synthetic frames."""
+"""helpers.analysis.plotting: saving figures and the figure types, on small synthetic frames."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from helpers import plotting  # noqa: E402
+from helpers.analysis import plotting  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -22,9 +22,17 @@ def _close_figures():
 
 def _curve(model: str, *, r: float, p: float, means, ns, **labels) -> pd.DataFrame:
     k = len(means)
-    return pd.DataFrame({
-        "frequency": np.logspace(0, k - 1, k), "mean": means, "n": ns, "r": r, "p": p, "model": model, **labels,
-    })
+    return pd.DataFrame(
+        {
+            "frequency": np.logspace(0, k - 1, k),
+            "mean": means,
+            "n": ns,
+            "r": r,
+            "p": p,
+            "model": model,
+            **labels,
+        }
+    )
 
 
 @pytest.fixture
@@ -33,11 +41,21 @@ def curves() -> pd.DataFrame:
     frames = []
     for prompt in ("class", "simple"):
         for count_type in ("text", "image", "matched"):
-            frames.append(_curve("RN50", r=0.97, p=0.001, means=[10, 20, 30, 40, 50], ns=[5, 5, 5, 5, 5],
-                                 prompt=prompt, count_type=count_type))
+            frames.append(
+                _curve(
+                    "RN50",
+                    r=0.97,
+                    p=0.001,
+                    means=[10, 20, 30, 40, 50],
+                    ns=[5, 5, 5, 5, 5],
+                    prompt=prompt,
+                    count_type=count_type,
+                )
+            )
             ns = [5, 0, 5, 0, 5] if prompt == "simple" else [5, 5, 5, 5, 5]
-            frames.append(_curve("ViT-B-16", r=0.42, p=0.2, means=[12, 0, 25, 0, 45], ns=ns,
-                                 prompt=prompt, count_type=count_type))
+            frames.append(
+                _curve("ViT-B-16", r=0.42, p=0.2, means=[12, 0, 25, 0, 45], ns=ns, prompt=prompt, count_type=count_type)
+            )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -58,8 +76,10 @@ def test_save_figure_writes_png_and_pdf_for_a_stem_with_dots(tmp_path):
     ax.plot([1, 2], [3, 4])
     stem = tmp_path / "new" / "t2i_integrated_tlemmatized_i0.7"
     written = plotting.save_figure(fig, stem, dpi=30)
-    expected = [tmp_path / "new" / "t2i_integrated_tlemmatized_i0.7.png",
-                tmp_path / "new" / "t2i_integrated_tlemmatized_i0.7.pdf"]
+    expected = [
+        tmp_path / "new" / "t2i_integrated_tlemmatized_i0.7.png",
+        tmp_path / "new" / "t2i_integrated_tlemmatized_i0.7.pdf",
+    ]
     assert written == expected
     for path in expected:
         assert path.is_file() and path.stat().st_size > 0
@@ -107,8 +127,7 @@ def test_curve_grid_wraps_columns_when_row_is_none(curves):
 
 
 def test_curve_grid_does_not_draw_empty_bins(curves):
-    fig = plotting.curve_grid(curves, row="prompt", col="count_type",
-                              row_order=["class", "simple"], col_order=["text"])
+    fig = plotting.curve_grid(curves, row="prompt", col="count_type", row_order=["class", "simple"], col_order=["text"])
     class_ax, simple_ax = _visible_axes(fig)
     lengths = {line.get_label().split(",")[0]: len(line.get_xdata()) for line in simple_ax.get_lines()}
     assert lengths == {"RN50": 5, "ViT-B-16": 3}
@@ -136,11 +155,14 @@ def test_curve_grid_legend_outside_puts_one_legend_on_the_figure(curves):
 
 def test_long_tail_returns_a_figure_with_one_panel_per_kind():
     rng = np.random.default_rng(0)
-    counts = pd.DataFrame([
-        {"pretrain": p, "kind": k, "concept": f"c{i}", "count": int(c)}
-        for p in ("cc3m", "cc12m") for k in ("text", "image")
-        for i, c in enumerate(rng.zipf(1.5, size=30) - 1)
-    ])
+    counts = pd.DataFrame(
+        [
+            {"pretrain": p, "kind": k, "concept": f"c{i}", "count": int(c)}
+            for p in ("cc3m", "cc12m")
+            for k in ("text", "image")
+            for i, c in enumerate(rng.zipf(1.5, size=30) - 1)
+        ]
+    )
     fig = plotting.long_tail(counts, hue="pretrain", col="kind")
     assert isinstance(fig, plt.Figure)
     assert [ax.get_title() for ax in fig.axes] == ["text", "image"]
@@ -160,22 +182,26 @@ def test_correlation_heatmaps_returns_a_figure_per_matrix():
 
 
 def test_scatter_grid_returns_a_figure_per_pretrain_with_zero_counts():
-    points = pd.DataFrame({"pretrain": ["a"] * 4 + ["b"] * 4, "text": [0, 1, 10, 100] * 2,
-                           "matched": [0, 0, 5, 80] * 2})
+    points = pd.DataFrame(
+        {"pretrain": ["a"] * 4 + ["b"] * 4, "text": [0, 1, 10, 100] * 2, "matched": [0, 0, 5, 80] * 2}
+    )
     fig = plotting.scatter_grid(points, x="text", y="matched", col="pretrain", x_label="text", y_label="matched")
     assert isinstance(fig, plt.Figure)
     assert len(fig.axes) == 2 and fig.axes[0].get_xscale() == "log"
 
 
 def test_let_it_wag_scatter_draws_each_finite_fit_line():
-    table = pd.DataFrame({
-        "model": [f"m{i}" for i in range(6)],
-        "imagenet_top1": [20.0, 30.0, 40.0, 60.0, 70.0, 80.0],
-        "let_it_wag_top1": [10.0, 15.0, 20.0, 40.0, 55.0, 70.0],
-        "pretraining_data": ["cc3m", "cc3m", "yfcc15m", "laion400m", "laion400m", "laion2b"],
-    })
-    fits = pd.DataFrame({"group": ["below", "above"], "n_models": [3, 3], "slope": [0.5, np.nan],
-                         "intercept": [0.0, np.nan]})
+    table = pd.DataFrame(
+        {
+            "model": [f"m{i}" for i in range(6)],
+            "imagenet_top1": [20.0, 30.0, 40.0, 60.0, 70.0, 80.0],
+            "let_it_wag_top1": [10.0, 15.0, 20.0, 40.0, 55.0, 70.0],
+            "pretraining_data": ["cc3m", "cc3m", "yfcc15m", "laion400m", "laion400m", "laion2b"],
+        }
+    )
+    fits = pd.DataFrame(
+        {"group": ["below", "above"], "n_models": [3, 3], "slope": [0.5, np.nan], "intercept": [0.0, np.nan]}
+    )
     fig = plotting.let_it_wag_scatter(table, fits, 50.0)
     assert isinstance(fig, plt.Figure)
     labels = [line.get_label() for line in fig.axes[0].get_lines()]

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import release
-from helpers.release import LOCAL_COPY_ENV, ManifestEntry, ReleaseError
+from helpers.release import importer as release
+from helpers.release.importer import LOCAL_COPY_ENV, ManifestEntry, ReleaseError
 
 EXPECTED_MISSING_OPTIONAL = {
     "gpt_descriptions/birdsnap_descriptions.json",
@@ -475,7 +475,9 @@ def test_verify_bytes_accepts_non_json_without_parsing():
 
 
 def test_import_report_to_dict_sorts_lists():
-    report = release.ImportReport(source="s", commit="c", copied=["a", "b"], missing_optional=["z", "y"], unverified=["q", "p"])
+    report = release.ImportReport(
+        source="s", commit="c", copied=["a", "b"], missing_optional=["z", "y"], unverified=["q", "p"]
+    )
     assert report.to_dict() == {
         "source": "s",
         "commit": "c",

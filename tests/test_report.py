@@ -1,4 +1,4 @@
-"""helpers.report.build_index: every figure and table of a build on one page."""
+"""helpers.analysis.report.build_index: every figure and table of a build on one page."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from helpers import report  # noqa: E402
+from helpers.analysis import report  # noqa: E402
 
 
 def _png(path: Path, pdf: bool = False) -> None:
@@ -38,7 +38,8 @@ def built(tmp_path_factory) -> tuple[Path, str]:
     pd.DataFrame({"model": ["m1", "m2"], "r": [0.123456, 0.9]}).to_csv(tables / "short_fits.csv", index=False)
     n_long = report.MAX_TABLE_ROWS + 15
     pd.DataFrame({"concept": [f"c{i}" for i in range(n_long)], "count": range(n_long)}).to_csv(
-        tables / "long_counts.csv", index=False)
+        tables / "long_counts.csv", index=False
+    )
     out = report.build_index(reports, title="Report <draft> & co", intro="Made by <dvc repro>.")
     return reports, out.read_text()
 

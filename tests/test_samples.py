@@ -11,11 +11,15 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from helpers.captions import CaptionSource, ShardStats, list_shards, read_shard
-from helpers.concepts import build_concept_table
 from helpers.naming import concept_key
-from helpers.samples import FORMATS, write_sample_corpus, write_sample_downstream
-from helpers.textsearch import match_captions
+from helpers.synthetic.samples import (
+    FORMATS,
+    write_sample_corpus,
+    write_sample_downstream,
+)
+from helpers.text.captions import CaptionSource, ShardStats, list_shards, read_shard
+from helpers.text.concepts import build_concept_table
+from helpers.text.matching import match_captions
 
 N_CAPTIONS, N_SHARDS = 600, 3
 
@@ -138,11 +142,14 @@ def test_deterministic_for_a_seed(tmp_path):
     b = write_sample_corpus(tmp_path / "b", n_captions=80, n_shards=2, seed=7)
     c = write_sample_corpus(tmp_path / "c", n_captions=80, n_shards=2, seed=8)
     assert a["expected"] == b["expected"]
+    assert a["expected"] != c["expected"]  # another seed, other captions
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
     assert len(files) == 8
     for rel in files:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
-    assert (tmp_path / "a" / "txt" / "part-00000.txt").read_bytes() != (tmp_path / "c" / "txt" / "part-00000.txt").read_bytes()
+    assert (tmp_path / "a" / "txt" / "part-00000.txt").read_bytes() != (
+        tmp_path / "c" / "txt" / "part-00000.txt"
+    ).read_bytes()
 
 
 def test_rewrite_with_fewer_shards_leaves_no_stale_files(tmp_path):

@@ -15,7 +15,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers.captions import CaptionSource
 from helpers.shards import (
     ConfigError,
     IncompleteRunError,
@@ -27,7 +26,9 @@ from helpers.shards import (
     run_report,
     run_shards,
 )
-from helpers.textsearch import match_captions, run_text_search, text_counts
+from helpers.text.captions import CaptionSource
+from helpers.text.matching import match_captions
+from helpers.text.search import run_text_search, text_counts
 
 # ------------------------------------------------------------------------- a toy shard function
 # A shard file is JSON: a list of samples, each the list of concept ids found in it. "BOOM" raises,

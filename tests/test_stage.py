@@ -149,12 +149,25 @@ def test_dvc_yaml_has_stages():
 def test_stage_cmd_runs_its_own_notebook(name):
     shared = ["--notebook", _notebook_stage(name)] if _notebook_stage(name) != name else []
     if "foreach" in DVC["stages"][name]:
-        assert _body(name)["cmd"].split() == ["python", "-m", "helpers.stage", f"{name}@${{key}}", "--item",
-                                              _item_name(name), *shared]
+        assert _body(name)["cmd"].split() == [
+            "python",
+            "-m",
+            "helpers.stage",
+            f"{name}@${{key}}",
+            "--item",
+            _item_name(name),
+            *shared,
+        ]
     elif "matrix" in DVC["stages"][name]:
         axes = [f"{a}=${{item.{a}}}" for a in DVC["stages"][name]["matrix"]]
-        assert DVC["stages"][name]["cmd"].split() == ["python", "-m", "helpers.stage", name,
-                                                      *[t for a in axes for t in ("--matrix", a)], *shared]
+        assert DVC["stages"][name]["cmd"].split() == [
+            "python",
+            "-m",
+            "helpers.stage",
+            name,
+            *[t for a in axes for t in ("--matrix", a)],
+            *shared,
+        ]
     else:
         assert DVC["stages"][name]["cmd"].split() == ["python", "-m", "helpers.stage", name, *shared]
 
@@ -189,8 +202,12 @@ def test_every_stage_parameter_is_assigned_in_the_notebooks_parameters_cell(name
 def _shared_notebook_parameters(name: str) -> set[str]:
     """Parameters of the other stages that run the same notebook (``--notebook``)."""
     own = _notebook_stage(_split_call(name)[0].partition("@")[0])
-    return {p for call in CALLS if _notebook_stage(_split_call(call)[0].partition("@")[0]) == own
-            for p in _stage_parameters(call)}
+    return {
+        p
+        for call in CALLS
+        if _notebook_stage(_split_call(call)[0].partition("@")[0]) == own
+        for p in _stage_parameters(call)
+    }
 
 
 @pytest.mark.parametrize("name", CALLS)
@@ -272,8 +289,11 @@ def test_notebook_has_exactly_one_parameters_cell_of_plain_code(notebook):
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_has_no_committed_outputs_or_execution_counts(notebook):
     nb = nbformat.read(notebook, as_version=4)
-    dirty = [i for i, c in enumerate(nb.cells)
-             if c.cell_type == "code" and (c.get("outputs") or c.get("execution_count") is not None)]
+    dirty = [
+        i
+        for i, c in enumerate(nb.cells)
+        if c.cell_type == "code" and (c.get("outputs") or c.get("execution_count") is not None)
+    ]
     assert not dirty, f"{notebook.name}: cells {dirty} have outputs or execution counts"
 
 

@@ -15,9 +15,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from helpers.captions import CaptionSource, iter_tar_samples, list_shards
 from helpers.shards import ConfigError
-from helpers.synthetic import (
+from helpers.synthetic.world import (
     ADJECTIVES,
     CONCEPT_NAMES,
     MANY,
@@ -28,7 +27,8 @@ from helpers.synthetic import (
     generate_world,
     plural,
 )
-from helpers.textsearch import concept_lemmas, match_captions
+from helpers.text.captions import CaptionSource, iter_tar_samples, list_shards
+from helpers.text.matching import concept_lemmas, match_captions
 
 SMALL = {
     "n_concepts": 20,
@@ -163,7 +163,7 @@ def test_captions_agree_with_truth(world, pretrain):
     matched = match_captions(pretrain.caption.tolist(), names, mode="phrase")
     flags = pd.read_parquet(world["truth"]["samples"]).set_index("sample_id")
     clean = 0
-    for sid, found, meta in zip(pretrain.sample_id, matched, pretrain.json):
+    for sid, found, _meta in zip(pretrain.sample_id, matched, pretrain.json):
         found_ids = {names.index(n) for n in found}
         assert found_ids == mentioned.get(sid, set())  # the truth table says exactly what the text search finds
         if not flags.misaligned[sid] and not flags.omitted[sid]:
@@ -274,11 +274,15 @@ def test_tagger_split(world):
 
 
 def test_spec_from_params_takes_the_sizes_keys_over_the_worlds():
-    from helpers.synthetic import spec_from_params
+    from helpers.synthetic.world import spec_from_params
 
-    section = {"size": "ci", "out_dir": "w", "downstream_dir": "d",
-               "world": {"frequency_law": "zipf", "n_concepts": 30, "seed": 4},
-               "sizes": {"ci": {"n_concepts": 6, "n_samples": 50}, "default": {"n_samples": 5000}}}
+    section = {
+        "size": "ci",
+        "out_dir": "w",
+        "downstream_dir": "d",
+        "world": {"frequency_law": "zipf", "n_concepts": 30, "seed": 4},
+        "sizes": {"ci": {"n_concepts": 6, "n_samples": 50}, "default": {"n_samples": 5000}},
+    }
     spec = spec_from_params(section)
     assert (spec.n_concepts, spec.n_samples, spec.frequency_law, spec.seed) == (6, 50, "zipf", 4)
     assert spec_from_params({**section, "size": "default"}).n_concepts == 30
@@ -291,7 +295,7 @@ def test_spec_from_params_takes_the_sizes_keys_over_the_worlds():
 
 
 def test_downstream_sets_can_live_apart_from_the_corpus(tmp_path):
-    from helpers.synthetic import example_samples
+    from helpers.synthetic.world import example_samples
 
     spec = {**ZIPF, "n_samples": 40, "shard_size": 20, "downstream_per_class": 1, "retrieval_images": 3}
     world = generate_world(spec, tmp_path / "world", downstream_dir=tmp_path / "eval", progress=False)

@@ -1,4 +1,4 @@
-"""helpers.synthetic_validation: the pipeline scored against a synthetic world's truth.
+"""helpers.synthetic.validation: the pipeline scored against a synthetic world's truth.
 
 A tiny world (8 concepts, 200 samples) is searched with the real caption search and tagged by fake taggers
 that read the truth: an *oracle* (prob 1 for the shown concepts, by the decoded pixels' digest), an oracle
@@ -20,21 +20,24 @@ import pandera.pandas as pa
 import pytest
 import torch
 
-from helpers import analysis, schemas
-from helpers.captions import CaptionSource, iter_tar_samples, list_shards
-from helpers.evaluation import EVALUATIONS, OVERALL
-from helpers.frequencies import frequency_table, matched_counts, misalignment
-from helpers.imagesearch import decode_image, run_image_search
-from helpers.synthetic import generate_world
-from helpers.synthetic_validation import (
+from helpers import schemas
+from helpers.analysis import fits as analysis
+from helpers.evaluation.specs import OVERALL
+from helpers.evaluation.writers import EVALUATIONS
+from helpers.images.frequencies import frequency_table, matched_counts, misalignment
+from helpers.images.search import run_image_search
+from helpers.images.sources import decode_image
+from helpers.images.taggers import Tagger
+from helpers.synthetic.validation import (
     SYNTHETIC_VALIDATION,
     estimated_pairs,
     synthetic_fit_rows,
     true_frequency_table,
     validation_table,
 )
-from helpers.taggers import Tagger
-from helpers.textsearch import run_text_search, text_counts
+from helpers.synthetic.world import generate_world
+from helpers.text.captions import CaptionSource, iter_tar_samples, list_shards
+from helpers.text.search import run_text_search, text_counts
 
 SPEC = {
     "n_concepts": 8,
@@ -134,8 +137,9 @@ def search(world: dict, shown: dict[int, set[int]], names: list[str], root, tagg
     """Caption search of the world's pretraining tars for ``names``, and one image search per tagger."""
     source = world["pretrain"]["source"]
     run_text_search(source, names, root / "text", mode="phrase", executor="serial", progress=False)
-    world_to_table = [names.index(table_spelling(n)) if table_spelling(n) in names else names.index(n)
-                      for n in world["concepts"]]
+    world_to_table = [
+        names.index(table_spelling(n)) if table_spelling(n) in names else names.index(n) for n in world["concepts"]
+    ]
     truth = {}
     for shard in list_shards(CaptionSource.from_config(source)):
         for sample in iter_tar_samples(shard.path, {"jpg"}):
@@ -145,8 +149,16 @@ def search(world: dict, shown: dict[int, set[int]], names: list[str], root, tagg
     for name, options in taggers.items():
         factory = functools.partial(TruthTagger, names, truth, **options)
         assert isinstance(factory(), Tagger)
-        run_image_search({"paths": source["paths"], "image_ext": ["jpg"]}, factory, root / name, prob_floor=0.1,
-                         batch_size=64, device="cpu", executor="serial", progress=False)
+        run_image_search(
+            {"paths": source["paths"], "image_ext": ["jpg"]},
+            factory,
+            root / name,
+            prob_floor=0.1,
+            batch_size=64,
+            device="cpu",
+            executor="serial",
+            progress=False,
+        )
     return {"text": root / "text", **{name: root / name for name in taggers}, "world_to_table": world_to_table}
 
 
@@ -218,7 +230,8 @@ def test_oracle_tagger_is_perfect_and_text_search_finds_the_mentions(world, orac
     assert t.loc["text", "precision"] >= 0.95 and t.loc["text", "recall"] >= 0.95
     assert t.loc["image", "true_positives"] == len(pd.read_parquet(world["truth"]["image_concepts"]))
     assert t.loc["text", "true_positives"] + t.loc["text", "false_negatives"] == len(
-        pd.read_parquet(world["truth"]["caption_concepts"]))
+        pd.read_parquet(world["truth"]["caption_concepts"])
+    )
     assert t[["estimated", "true"]].iloc[:3].isna().all().all()
     assert t[["precision", "recall"]].loc["misalignment"].isna().all()
 
@@ -311,20 +324,62 @@ TRUE = np.array([1, 3, 10, 30, 100, 1000])
 
 def corpus_frequencies(text, image, matched, names=NAMES, threshold=THRESHOLD) -> pd.DataFrame:
     parts = [("text", np.nan, text), ("image", threshold, image), ("matched", threshold, matched)]
-    frames = [pd.DataFrame({"corpus": "syn", "concept_id": np.arange(len(names), dtype=np.int32), "concept": names,
-                            "method": method, "threshold": t, "count": np.asarray(c, dtype=np.int64)})
-              for method, t, c in parts]
+    frames = [
+        pd.DataFrame(
+            {
+                "corpus": "syn",
+                "concept_id": np.arange(len(names), dtype=np.int32),
+                "concept": names,
+                "method": method,
+                "threshold": t,
+                "count": np.asarray(c, dtype=np.int64),
+            }
+        )
+        for method, t, c in parts
+    ]
     return pd.concat(frames, ignore_index=True)
 
 
 def evaluations(scores: dict[str, float], *, dataset="synthetic-cls", retrieval=True) -> pd.DataFrame:
-    rows = [{"model": "m", "dataset": dataset, "task": "zero_shot", "prompt": "class", "concept": c,
-             "metric": "top1", "value": v, "n": 5} for c, v in scores.items()]
-    rows.append({"model": "m", "dataset": dataset, "task": "zero_shot", "prompt": "class", "concept": OVERALL,
-                 "metric": "top1", "value": 50.0, "n": 30})
+    rows = [
+        {
+            "model": "m",
+            "dataset": dataset,
+            "task": "zero_shot",
+            "prompt": "class",
+            "concept": c,
+            "metric": "top1",
+            "value": v,
+            "n": 5,
+        }
+        for c, v in scores.items()
+    ]
+    rows.append(
+        {
+            "model": "m",
+            "dataset": dataset,
+            "task": "zero_shot",
+            "prompt": "class",
+            "concept": OVERALL,
+            "metric": "top1",
+            "value": 50.0,
+            "n": 30,
+        }
+    )
     if retrieval:
-        rows += [{"model": "m", "dataset": "synthetic-ret", "task": "retrieval", "prompt": "-", "concept": c,
-                  "metric": "i2t_k=1", "value": v / 100, "n": 3} for c, v in scores.items()]
+        rows += [
+            {
+                "model": "m",
+                "dataset": "synthetic-ret",
+                "task": "retrieval",
+                "prompt": "-",
+                "concept": c,
+                "metric": "i2t_k=1",
+                "value": v / 100,
+                "n": 3,
+            }
+            for c, v in scores.items()
+        ]
     return EVALUATIONS.validate(pd.DataFrame(rows).astype({"n": "int64"}))
 
 
@@ -333,14 +388,17 @@ def test_fits_recover_a_known_log_linear_relation():
     scores = {name.replace(" ", "_"): a + b * np.log10(c) for name, c in zip(NAMES, TRUE)}  # class-name spelling
     freq = corpus_frequencies(text=TRUE * 10, image=TRUE[::-1], matched=TRUE)
     truth = pd.DataFrame({"name": NAMES, "shown_count": TRUE})
-    fits, points = synthetic_fit_rows(freq, truth, evaluations(scores), threshold=THRESHOLD, n_edges=4,
-                                      resamples=50, seed=0)
+    fits, points = synthetic_fit_rows(
+        freq, truth, evaluations(scores), threshold=THRESHOLD, n_edges=4, resamples=50, seed=0
+    )
     assert list(fits.columns) == list(analysis.FIT_COLUMNS)
     schemas.FITS.validate(fits)
     assert len(fits) == 2 * 4 * 2  # tasks x count types x zero rules
     assert set(fits["pretrain"]) == {"synthetic"} and set(fits["count_type"]) == {"text", "image", "matched", "true"}
-    assert set(zip(fits["task"], fits["prompt"], fits["metric"])) == {("zero_shot", "class", "top1"),
-                                                                     ("retrieval", "-", "i2t_k=1")}
+    assert set(zip(fits["task"], fits["prompt"], fits["metric"])) == {
+        ("zero_shot", "class", "top1"),
+        ("retrieval", "-", "i2t_k=1"),
+    }
     f = fits.set_index(["task", "count_type", "zero_rule"])
     for task in ("zero_shot", "retrieval"):
         for count_type, intercept in (("true", a), ("matched", a), ("text", a - b)):  # text counts are 10x
@@ -348,8 +406,17 @@ def test_fits_recover_a_known_log_linear_relation():
             assert row["slope_per_decade"] == pytest.approx(b) and row["intercept"] == pytest.approx(intercept)
             assert row["concept_pearson_r"] == pytest.approx(1.0) and row["n_rows"] == len(NAMES)
         assert f.loc[(task, "image", "to_one"), "concept_pearson_r"] < -0.5  # image counts are reversed
-    assert list(points.columns) == ["task", "model", "dataset", "prompt", "metric", "count_type", "concept", "count",
-                                    "score"]
+    assert list(points.columns) == [
+        "task",
+        "model",
+        "dataset",
+        "prompt",
+        "metric",
+        "count_type",
+        "concept",
+        "count",
+        "score",
+    ]
     assert len(points) == 2 * 4 * len(NAMES) and fits.attrs["unmatched"] == []
     assert len(pd.concat([fits, fits])) == 2 * len(fits)  # what attrs hold does not break a concat
     true_points = points[(points["count_type"] == "true") & (points["task"] == "retrieval")]
@@ -361,8 +428,9 @@ def test_fits_report_unmatched_concepts_and_refuse_ambiguous_inputs():
     freq = corpus_frequencies(text=TRUE, image=TRUE, matched=TRUE)
     truth = pd.DataFrame({"name": NAMES[:-1], "shown_count": TRUE[:-1]})  # no true count for "teddy bear"
     with pytest.warns(UserWarning, match="have no count"):
-        fits, points = synthetic_fit_rows(freq, truth, evaluations(scores, retrieval=False), threshold=THRESHOLD,
-                                          n_edges=4, resamples=0, seed=0)
+        fits, points = synthetic_fit_rows(
+            freq, truth, evaluations(scores, retrieval=False), threshold=THRESHOLD, n_edges=4, resamples=0, seed=0
+        )
     unmatched = pd.DataFrame(fits.attrs["unmatched"])
     assert set(unmatched.columns) == {"task", "model", "dataset", "prompt", "metric", "count_type", "concept"}
     assert sorted(unmatched[unmatched["count_type"] == "text"]["concept"]) == ["unicorn"]
@@ -383,8 +451,9 @@ def test_fits_on_the_oracle_runs_match_the_true_counts(world, runs, table):
     scores = {n: float(5 + 10 * np.log10(c)) for n, c in zip(truth["name"], truth["shown_count"])}
     with warnings.catch_warnings():  # counts without a score ("photo", "airplane") are no reason to warn
         warnings.simplefilter("error")
-        fits, points = synthetic_fit_rows(freq, truth, evaluations(scores, retrieval=False), threshold=THRESHOLD,
-                                          n_edges=4, resamples=20, seed=0)
+        fits, points = synthetic_fit_rows(
+            freq, truth, evaluations(scores, retrieval=False), threshold=THRESHOLD, n_edges=4, resamples=20, seed=0
+        )
     assert fits.attrs["unmatched"] == []
     f = fits.set_index(["count_type", "zero_rule"])
     stat = ["n_rows", "concept_pearson_r", "slope_per_decade", "intercept", "binned_r"]
@@ -400,17 +469,20 @@ def test_spellings_of_one_concept_in_a_broad_table_are_joined_once():
     truth = pd.DataFrame({"name": NAMES, "shown_count": TRUE})
     scores = {n: 10.0 + i for i, n in enumerate(NAMES)}
     freq = corpus_frequencies(text=same, image=same, matched=same, names=names)
-    fits, points = synthetic_fit_rows(freq, truth, evaluations(scores, retrieval=False), threshold=THRESHOLD,
-                                      n_edges=4, resamples=0, seed=0)
+    fits, points = synthetic_fit_rows(
+        freq, truth, evaluations(scores, retrieval=False), threshold=THRESHOLD, n_edges=4, resamples=0, seed=0
+    )
     assert (points.groupby(["count_type", "concept"]).size() == 1).all()
     assert points[(points["count_type"] == "text") & (points["concept"] == "fire truck")]["count"].item() == 3
     differing = np.concatenate([TRUE, [5, 6, 7, 9]])  # spellings disagree: the world's own spelling decides
     freq = corpus_frequencies(text=differing, image=differing, matched=differing, names=names)
-    _, points = synthetic_fit_rows(freq, truth, evaluations(scores, retrieval=False), threshold=THRESHOLD,
-                                   n_edges=4, resamples=0, seed=0)
+    _, points = synthetic_fit_rows(
+        freq, truth, evaluations(scores, retrieval=False), threshold=THRESHOLD, n_edges=4, resamples=0, seed=0
+    )
     assert points[(points["count_type"] == "text") & (points["concept"] == "fire truck")]["count"].item() == 3
     without_world_spelling = [n if n != "fire truck" else "fire_truck" for n in names]
     freq = corpus_frequencies(text=differing, image=differing, matched=differing, names=without_world_spelling)
     with pytest.raises(ValueError, match="sharing a concept_key"):
-        synthetic_fit_rows(freq, truth, evaluations(scores, retrieval=False), threshold=THRESHOLD, n_edges=4,
-                           resamples=0, seed=0)
+        synthetic_fit_rows(
+            freq, truth, evaluations(scores, retrieval=False), threshold=THRESHOLD, n_edges=4, resamples=0, seed=0
+        )

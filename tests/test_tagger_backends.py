@@ -1,4 +1,4 @@
-"""Tagger backends (helpers.tagger_backends and the three backend modules).
+"""Tagger backends (helpers.images.backends and the three backend modules).
 
 Everything runs offline on a CPU: the open_clip backend loads a tiny ViT config registered from a JSON
 file and a checkpoint saved here, the trained backend trains on synthetic coloured shapes, and the RAM++
@@ -27,9 +27,9 @@ from PIL import Image, ImageDraw
 from torch import nn
 from torchvision import transforms as T
 
+from helpers.images.backends import build_tagger, load_descriptions, match_descriptions
+from helpers.images.taggers import Tagger
 from helpers.shards import ConfigError
-from helpers.tagger_backends import build_tagger, load_descriptions, match_descriptions
-from helpers.taggers import Tagger
 
 CONCEPTS = ["red", "green", "blue", "yellow"]
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (40, 50, 230), "yellow": (235, 220, 40)}
@@ -117,7 +117,7 @@ def clip_factory(tiny_clip):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> dict:
-    from helpers.tagger_trained import train_tagger
+    from helpers.images.tagger_trained import train_tagger
 
     images, labels = shapes_dataset(240, seed=0)
     test_images, test_labels = shapes_dataset(80, seed=1)
@@ -211,7 +211,7 @@ def fake_ram(monkeypatch) -> types.SimpleNamespace:
     ram.utils.build_openset_llm_label_embedding = build_openset_llm_label_embedding
     for name, module in (("ram", ram), ("ram.models", ram.models), ("ram.utils", ram.utils)):
         monkeypatch.setitem(sys.modules, name, module)
-    from helpers import tagger_rampp
+    from helpers.images import tagger_rampp
 
     monkeypatch.setattr(tagger_rampp, "_EMBEDDINGS", {})  # each test starts without embeddings in memory
     return types.SimpleNamespace(calls=calls)
@@ -295,7 +295,7 @@ def test_backend_contract(factory_name, request, sample_images):
 
 @pytest.mark.parametrize("factory_name", FACTORIES)
 def test_scores_the_way_the_runner_calls_them(factory_name, request, sample_images):
-    """helpers.imagesearch calls scores() under inference_mode and, with precision bf16/fp16, autocast."""
+    """helpers.images.search calls scores() under inference_mode and, with precision bf16/fp16, autocast."""
     tagger = request.getfixturevalue(factory_name)(CONCEPTS)
     batch = batch_of(tagger, sample_images)
     with torch.inference_mode(), torch.autocast(device_type="cpu", dtype=torch.bfloat16):
@@ -467,7 +467,7 @@ def test_training_reduces_loss_and_beats_chance(trained):
 
 
 def test_trained_save_load_round_trip(trained, sample_images):
-    from helpers.tagger_trained import load_trained_tagger, sidecar_path
+    from helpers.images.tagger_trained import load_trained_tagger, sidecar_path
 
     tagger, checkpoint = trained["tagger"], trained["checkpoint"]
     loaded = load_trained_tagger(checkpoint)
@@ -559,7 +559,7 @@ def test_rampp_ragged_descriptions_and_fallback(fake_ram, ram_checkpoint, sample
 
 
 def test_rampp_label_embedding_cache(fake_ram, ram_checkpoint, tmp_path, sample_images):
-    from helpers import tagger_rampp
+    from helpers.images import tagger_rampp
 
     config = rampp_config(ram_checkpoint, label_embedding_cache=str(tmp_path / "cache"))
     first = build_tagger(config, CONCEPTS)

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers.shards import ConfigError
-from helpers.textsearch import (
+from helpers.text.matching import (
     MATCH_SEMANTICS_VERSION,
     MODES,
     TextMatcher,

@@ -11,9 +11,10 @@ import pandas as pd
 import pandera.errors
 import pytest
 
-from helpers import schemas, tidy
+from helpers import schemas
 from helpers.naming import NORMALISATION_VERSION, concept_key
-from helpers.tidy import ReleaseFormatError, parse_counts_filename
+from helpers.release import tidy
+from helpers.release.tidy import ReleaseFormatError, parse_counts_filename
 
 ALL_METHODS = {
     "lemmatized",
@@ -51,7 +52,10 @@ ALL_METHODS = {
             "t2i_laion_aesthetics_integrated_tlemmatized_i0.7_search_counts.json",
             ("t2i", "laion_aesthetics", "integrated_tlemmatized_i0.7", "matched", 0.7),
         ),
-        ("t2icoco_laion_aesthetics_lemmatized_search_counts.json", ("t2icoco", "laion_aesthetics", "lemmatized", "text", None)),
+        (
+            "t2icoco_laion_aesthetics_lemmatized_search_counts.json",
+            ("t2icoco", "laion_aesthetics", "lemmatized", "text", None),
+        ),
         ("imagenet-r_laion400m_lowercased_search_counts.json", ("imagenet-r", "laion400m", "lowercased", "text", None)),
     ],
 )
@@ -112,7 +116,10 @@ def make_fake_release(root: Path) -> Path:
         root / "retrieval_evaluations" / "coco_i2t_k=5_results.json",
         {"m1": {"full": 0.5, "conceptwise": {"dog": 0.25}}},
     )
-    _write_json(root / "t2i_evaluations" / "t2i_human_align.json", {"g1": {"full": 3.0, "classwise": {"dog": [1, 2, 3], "cat": 4}}})
+    _write_json(
+        root / "t2i_evaluations" / "t2i_human_align.json",
+        {"g1": {"full": 3.0, "classwise": {"dog": [1, 2, 3], "cat": 4}}},
+    )
     _write_json(
         root / "misalignment_metrics" / "cc3m_misalignment_degree.json",
         {
@@ -141,8 +148,15 @@ def test_build_all_on_fake_release(fake_release, tmp_path):
     out = tmp_path / "tables"
     written = tidy.build_all(fake_release, out, progress=False)
     assert set(written) == {
-        "frequencies", "zero_shot", "retrieval", "t2i", "overall", "misalignment", "let_it_wag",
-        "imagenet_accuracy", "concepts",
+        "frequencies",
+        "zero_shot",
+        "retrieval",
+        "t2i",
+        "overall",
+        "misalignment",
+        "let_it_wag",
+        "imagenet_accuracy",
+        "concepts",
     }
     assert all(p.exists() for p in written.values())
     assert (out / "NORMALISATION_VERSION").read_text().strip() == str(NORMALISATION_VERSION)
@@ -161,7 +175,10 @@ def test_build_all_on_fake_release(fake_release, tmp_path):
 
     t2i = tidy.load(out, "t2i").sort_values(["concept", "prompt_index"])
     assert t2i[["concept", "prompt_index", "score"]].values.tolist() == [
-        ["cat", 0, 4.0], ["dog", 0, 1.0], ["dog", 1, 2.0], ["dog", 2, 3.0],
+        ["cat", 0, 4.0],
+        ["dog", 0, 1.0],
+        ["dog", 1, 2.0],
+        ["dog", 2, 3.0],
     ]
 
     ret = tidy.load(out, "retrieval")
@@ -175,7 +192,9 @@ def test_build_all_on_fake_release(fake_release, tmp_path):
     assert imagenet[["model", "imagenet_top1"]].values.tolist() == [["m1", 61.5]]
 
     concepts = tidy.load(out, "concepts")
-    assert concepts["name"].tolist() == sorted(["airplane", "cat", "great white shark", "tench", "dog", "zebra crossing"])
+    assert concepts["name"].tolist() == sorted(
+        ["airplane", "cat", "great white shark", "tench", "dog", "zebra crossing"]
+    )
     assert concepts["concept_id"].tolist() == list(range(6))
     row = concepts.set_index("name").loc["dog"]
     assert list(row["sources"]) == ["ram_tag_list_for_retrieval_tasks_non_overlapping_with_zs_concepts:retrieval"]
@@ -211,7 +230,9 @@ def test_corrupt_json_is_reported_naming_the_file(fake_release, tmp_path, rel_pa
 
 
 def test_non_utf8_json_is_reported_as_release_format_error(fake_release, tmp_path):
-    (fake_release / "search_counts" / "cifar10_cc3m_lemmatized_search_counts.json").write_bytes(b'{"cat": 1, "\xff": 2}')
+    (fake_release / "search_counts" / "cifar10_cc3m_lemmatized_search_counts.json").write_bytes(
+        b'{"cat": 1, "\xff": 2}'
+    )
     with pytest.raises(ReleaseFormatError, match="cifar10_cc3m_lemmatized_search_counts.json"):
         tidy.frequencies(fake_release, progress=False)
 
@@ -376,8 +397,17 @@ def test_read_table_of_missing_file_says_which_stage_to_run(tmp_path):
 
 @pytest.fixture(scope="module")
 def real(tidy_tables) -> dict[str, pd.DataFrame]:
-    names = ["frequencies", "zero_shot", "retrieval", "t2i", "overall", "misalignment", "let_it_wag",
-             "imagenet_accuracy", "concepts"]
+    names = [
+        "frequencies",
+        "zero_shot",
+        "retrieval",
+        "t2i",
+        "overall",
+        "misalignment",
+        "let_it_wag",
+        "imagenet_accuracy",
+        "concepts",
+    ]
     return {name: tidy.load(tidy_tables, name) for name in names}
 
 
@@ -406,7 +436,13 @@ def test_real_frequencies_have_expected_kinds_and_methods(real):
     assert freq.loc[freq["kind"] == "text", "threshold"].isna().all()
     assert sorted(freq["threshold"].dropna().unique()) == [0.5, 0.55, 0.6, 0.65, 0.7]
     assert set(freq["pretrain"]) == {
-        "cc3m", "cc12m", "yfcc15m", "laion400m", "laion200m_train_test_sim_normalized", "synthci30m", "laion_aesthetics",
+        "cc3m",
+        "cc12m",
+        "yfcc15m",
+        "laion400m",
+        "laion200m_train_test_sim_normalized",
+        "synthci30m",
+        "laion_aesthetics",
     }
     assert (freq["count"] >= 0).all()
 

@@ -53,5 +53,7 @@ def require(value: Any, key: str, expected: type | tuple[type, ...], *, allow_no
 
 def require_choice(value: Any, key: str, choices: list | tuple | set) -> Any:
     if value not in choices:
-        raise ParamsError(f"params.yaml key '{key}' must be one of [{', '.join(sorted(map(repr, choices)))}], got {value!r}")
+        raise ParamsError(
+            f"params.yaml key '{key}' must be one of [{', '.join(sorted(map(repr, choices)))}], got {value!r}"
+        )
     return value

@@ -182,7 +182,7 @@ def _is_str_list(value: object) -> bool:
     return all(isinstance(v, str) for v in value)
 
 
-# The unified concept table of the text-search stage (helpers.concepts.build_concept_table): the release's
+# The unified concept table of the text-search stage (helpers.text.concepts.build_concept_table): the release's
 # concepts with their ids, then any new downstream concepts; ids are the row positions 0..n-1.
 CONCEPT_TABLE = pa.DataFrameSchema(
     {

@@ -1,6 +1,6 @@
 """Sharded, resumable execution of a per-shard function, and the merge of its hits into counts.
 
-Generic on purpose: the caption search (``helpers.textsearch``) and the image side both map a *shard
+Generic on purpose: the caption search (``helpers.text.search``) and the image side both map a *shard
 function* over the shards of a corpus and count, per concept, the distinct samples it was found in.
 
 Shard function
@@ -32,7 +32,7 @@ one shard's hits at a time, so peak memory does not grow with the corpus.
 
 Sample ids: ``sample_id = (shard_index << 32) | position``, where ``shard_index`` is the shard's position in
 the sorted shard list of the corpus and ``position`` counts every record of the shard in order, bad ones
-included; see ``helpers.captions``.
+included; see ``helpers.text.captions``.
 """
 
 from __future__ import annotations

@@ -36,8 +36,10 @@ def stage_spec(stage: str) -> dict:
         raise SystemExit(f"dvc.yaml has no stage '{name}'. Stages: {', '.join(stages)}")
     spec = stages[name]
     if ("@" in stage) != ("foreach" in spec):
-        raise SystemExit(f"Stage '{name}' {'is' if 'foreach' in spec else 'is not'} a foreach stage; "
-                         f"call it as {'name@key' if 'foreach' in spec else 'name'}")
+        raise SystemExit(
+            f"Stage '{name}' {'is' if 'foreach' in spec else 'is not'} a foreach stage; "
+            f"call it as {'name@key' if 'foreach' in spec else 'name'}"
+        )
     return spec["do"] if "foreach" in spec else spec
 
 
@@ -121,8 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("stage", help="stage name in dvc.yaml (name@key for a foreach stage)")
     parser.add_argument("--item", help="foreach stages: the notebook parameter that receives the item")
-    parser.add_argument("--matrix", action="append", default=[], metavar="AXIS=KEY",
-                        help="matrix stages: one per axis, e.g. --matrix model=mymodel --matrix dataset=cifar10")
+    parser.add_argument(
+        "--matrix",
+        action="append",
+        default=[],
+        metavar="AXIS=KEY",
+        help="matrix stages: one per axis, e.g. --matrix model=mymodel --matrix dataset=cifar10",
+    )
     parser.add_argument("--notebook", help="run this stage's notebook instead (e.g. concepts)")
     args = parser.parse_args(argv)
     matrix = {}

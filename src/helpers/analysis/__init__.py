@@ -1,0 +1,1 @@
+"""The study's statistics: log-linear fits, frequency statistics, figures and the report."""

@@ -1,0 +1,442 @@
+"""Evaluation datasets (imagefolder, webdataset, torchvision) and the prompt templates of zero-shot classification."""
+
+from __future__ import annotations
+
+import inspect
+import io
+import os
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
+from tqdm.auto import tqdm
+
+from helpers.evaluation.specs import (
+    ANNOTATION_KEYS,
+    DATASET_FORMATS,
+    DATASET_KEYS,
+    FOLDER_IMAGE_SUFFIXES,
+    IMAGE_EXTS,
+    PLACEHOLDER,
+    PROMPT_SETS,
+    SIMPLE_TEMPLATE,
+    TASKS,
+    Section,
+    check_templates,
+    digest,
+    read_lines,
+)
+from helpers.shards import ConfigError
+from helpers.text.captions import CaptionSource, iter_tar_samples, list_shards
+
+# =========================================================================================== datasets
+
+
+@dataclass
+class EvalDataset:
+    """A downstream dataset: images (a torch Dataset yielding ``(index, tensor)``) and their annotations.
+
+    Zero-shot datasets have ``labels`` (int64, one per image) and ``class_names``; retrieval datasets have
+    ``captions`` (one list of captions per image) and optionally ``concepts``. ``fingerprint`` identifies
+    the data for the embedding cache. ``images`` yields the dataset index with each tensor so that batches
+    may arrive in any order (several loader workers over tar shards).
+    """
+
+    name: str
+    images: Dataset
+    n: int
+    task: str = "zero_shot"
+    labels: np.ndarray | None = None
+    class_names: list[str] | None = None
+    captions: list[list[str]] | None = None
+    concepts: list[str] | None = None
+    templates: tuple[str, ...] | None = None
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+    stats: dict[str, int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def image_fingerprint(self) -> dict[str, Any]:
+        """The part of ``fingerprint`` that identifies the images (the image cache's key).
+
+        Labels, class names and captions do not change an image embedding, so renaming a class or fixing
+        a caption reuses the cached images.
+        """
+        return {k: v for k, v in self.fingerprint.items() if k not in ANNOTATION_KEYS}
+
+
+def dataset_specs(section: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The ``evaluation.datasets`` mapping (name -> spec), checked to be a mapping of mappings."""
+    datasets = section.get("datasets") if isinstance(section, Mapping) else None
+    if not isinstance(datasets, Mapping) or not datasets:
+        raise ConfigError("evaluation.datasets: expected a non-empty mapping {dataset_name: {format, ...}}")
+    for name, spec in datasets.items():
+        if not isinstance(spec, Mapping):
+            raise ConfigError(f"evaluation.datasets.{name}: expected a mapping of settings")
+    return {str(k): dict(v) for k, v in datasets.items()}
+
+
+def _open_rgb(data: bytes | str | os.PathLike, what: str) -> Image.Image:
+    try:
+        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
+            return img.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise ValueError(f"cannot decode image {what}: {err}") from err
+
+
+class _FileImages(Dataset):
+    """Image files, preprocessed on access."""
+
+    def __init__(self, paths: Sequence[str], preprocess: Callable) -> None:
+        self.paths, self.preprocess = list(paths), preprocess
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor]:
+        return i, self.preprocess(_open_rgb(self.paths[i], self.paths[i]))
+
+
+class _TorchvisionImages(Dataset):
+    """A torchvision dataset whose ``transform`` is the model's preprocessing; yields (index, tensor)."""
+
+    def __init__(self, base: Any) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor]:
+        return i, self.base[i][0]
+
+
+class _TarImages(IterableDataset):
+    """Images of webdataset tars, streamed; loader worker ``w`` of ``W`` reads shards ``w, w+W, ...``.
+
+    ``index[(shard, position)]`` is the dataset index of each kept sample (from the metadata pass).
+    """
+
+    def __init__(self, shards: Sequence[str], index: Mapping[tuple[int, int], tuple[int, str]], preprocess: Callable):
+        self.shards, self.index, self.preprocess = list(shards), dict(index), preprocess
+        self.n = len(self.index)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[tuple[int, torch.Tensor]]:
+        info = get_worker_info()
+        worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        exts = {ext for _, ext in self.index.values()}
+        for s in range(worker, len(self.shards), n_workers):
+            for sample in iter_tar_samples(self.shards[s], exts):
+                entry = self.index.get((s, sample.position))
+                if entry is not None:
+                    i, ext = entry
+                    what = f"{sample.key}.{ext} in {self.shards[s]}"
+                    yield i, self.preprocess(_open_rgb(sample.files[ext], what))
+
+
+def _class_names_from(
+    section: Section, spec: Mapping[str, Any], n_expected: int | None, folders: list[str] | None = None
+) -> list[str] | None:
+    """``class_names`` (list, or {folder: name} for imagefolder) or ``class_names_file``; None when neither."""
+    given, file_ = spec.get("class_names"), section.existing_path("class_names_file")
+    if given is not None and file_ is not None:
+        raise section.error("class_names", "give class_names or class_names_file, not both")
+    if file_ is not None:
+        names = read_lines(file_)
+        key = "class_names_file"
+    elif isinstance(given, Mapping) and folders is not None:
+        missing = [f for f in folders if f not in given]
+        if missing:
+            raise section.error("class_names", f"no name for folder(s) {missing[:5]}")
+        names, key = [str(given[f]) for f in folders], "class_names"
+    elif given is not None:
+        names, key = section.str_list("class_names"), "class_names"
+    else:
+        return None
+    if len(set(names)) != len(names):
+        raise section.error(key, "class names are not unique")
+    if n_expected is not None and len(names) != n_expected:
+        raise section.error(key, f"{len(names)} class names for {n_expected} classes")
+    return names
+
+
+def _fingerprint_files(paths: Iterable[str], root: str | None = None) -> list[list[Any]]:
+    """(relative name, size) of each file: cheap and stable under copies (see the module docstring)."""
+    out = []
+    for p in paths:
+        name = os.path.relpath(p, root) if root else os.path.basename(p)
+        out.append([name.replace(os.sep, "/"), os.path.getsize(p) if os.path.exists(p) else None])
+    return out
+
+
+def load_dataset(spec: Mapping[str, Any], preprocess: Callable, *, name: str | None = None) -> EvalDataset:
+    """Open a downstream dataset from an ``evaluation.datasets`` entry (formats in the module docstring)."""
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"evaluation.datasets.{name}: expected a mapping of settings")
+    fmt = spec.get("format")
+    label = name or "?"
+    if fmt not in DATASET_FORMATS:
+        raise ConfigError(
+            f"evaluation.datasets.{label}.format: expected one of {', '.join(DATASET_FORMATS)}, got {fmt!r}"
+        )
+    section = Section(f"evaluation.datasets.{label}", spec, DATASET_KEYS[fmt])
+    task = spec.get("task", "zero_shot")
+    if task not in TASKS or (task == "retrieval" and fmt != "wds"):
+        allowed = TASKS if fmt == "wds" else ("zero_shot",)
+        raise section.error("task", f"expected one of {', '.join(allowed)} for format {fmt}, got {task!r}")
+    templates = check_templates(section, section.str_list("templates"))
+    if fmt == "imagefolder":
+        ds = _load_imagefolder(section, spec, preprocess, name)
+    elif fmt == "torchvision":
+        ds = _load_torchvision(section, spec, preprocess, name)
+    else:
+        ds = _load_wds(section, spec, preprocess, name, task)
+    ds.templates = templates
+    ds.fingerprint["format"] = fmt
+    return ds
+
+
+def _load_imagefolder(section: Section, spec: Mapping[str, Any], preprocess: Callable, name: str | None) -> EvalDataset:
+    root = section.existing_path("root", required=True, kind="folder")
+    folders = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not folders:
+        raise section.error("root", f"{str(root)!r} has no class sub-folders")
+    from_folders = [f.replace("_", " ") for f in folders]
+    class_names = _class_names_from(section, spec, len(folders), folders) or from_folders
+    if class_names != from_folders and sorted(class_names) == sorted(from_folders):
+        # The given names are exactly the folders' names in another order (e.g. a classes.txt in id order):
+        # read by position they would label every folder with another folder's name, so match by name.
+        warnings.warn(
+            f"{section.prefix}: class names are the folder names in another order; matched by name, not by position",
+            stacklevel=3,
+        )
+        class_names = from_folders
+    paths, labels = [], []
+    for label_i, folder in enumerate(folders):
+        files = sorted(
+            str(p) for p in (root / folder).rglob("*") if p.is_file() and p.suffix.lower() in FOLDER_IMAGE_SUFFIXES
+        )
+        paths.extend(files)
+        labels.extend([label_i] * len(files))
+    if not paths:
+        raise section.error("root", f"no image files under {str(root)!r}")
+    labels_arr = np.asarray(labels, dtype=np.int64)
+    fingerprint = {
+        "files": digest(_fingerprint_files(paths, str(root))),
+        "labels": digest(labels_arr.tolist()),
+        "class_names": class_names,
+    }
+    return EvalDataset(
+        name or root.name, _FileImages(paths, preprocess), len(paths), "zero_shot", labels_arr, class_names,
+        fingerprint=fingerprint,
+    )  # fmt: skip
+
+
+def _torchvision_labels(base: Any) -> np.ndarray:
+    """The labels without decoding images where the dataset exposes them (else one pass over it)."""
+    for attr in ("targets", "_labels", "labels", "y", "_samples"):
+        value = getattr(base, attr, None)
+        if value is None:
+            continue
+        if attr == "_samples":
+            value = [s[1] for s in value]
+        arr = np.asarray(value)
+        if arr.ndim == 1 and len(arr) == len(base) and np.issubdtype(arr.dtype, np.integer):
+            return arr.astype(np.int64)
+    transform, base.transform = base.transform, None
+    try:
+        return np.asarray([int(base[i][1]) for i in tqdm(range(len(base)), desc="labels", leave=False)], dtype=np.int64)
+    finally:
+        base.transform = transform
+
+
+def _load_torchvision(section: Section, spec: Mapping[str, Any], preprocess: Callable, name: str | None) -> EvalDataset:
+    import torchvision.datasets as tvd
+
+    cls_name = section.get_str("name", required=True)
+    cls = getattr(tvd, cls_name, None)
+    if not inspect.isclass(cls):
+        raise section.error("name", f"{cls_name!r} is not a torchvision.datasets class")
+    root = section.get_str("root", required=True)
+    split = section.get_str("split", "test")
+    params = inspect.signature(cls.__init__).parameters
+    kwargs: dict[str, Any] = {"transform": preprocess}
+    if "split" in params:
+        kwargs["split"] = split
+    elif "train" in params:
+        if split not in ("train", "test"):
+            raise section.error("split", f"{cls_name} has only train/test, got {split!r}")
+        kwargs["train"] = split == "train"
+    elif "split" in spec:
+        raise section.error("split", f"{cls_name} has no splits; remove `split`")
+    else:
+        split = None
+    if "download" in params:
+        kwargs["download"] = False
+    try:
+        base = cls(root, **kwargs)
+    except (RuntimeError, FileNotFoundError, OSError) as err:
+        raise section.error(
+            "root", f"{cls_name} ({split}) is not in {root!r} and is never downloaded here; put it there first ({err})"
+        ) from err
+    except ValueError as err:
+        raise section.error("split", f"{cls_name}: {err}") from err
+    labels = _torchvision_labels(base)
+    own = list(getattr(base, "classes", None) or []) or None
+    n_classes = len(own) if own else int(labels.max()) + 1
+    class_names = _class_names_from(section, spec, n_classes)
+    if class_names is None:
+        if own is None:
+            raise section.error("class_names", f"{cls_name} has no `classes`; give class_names or class_names_file")
+        class_names = [str(c) for c in own]
+    fingerprint = {
+        "torchvision": cls_name, "split": split, "n": len(base), "labels": digest(labels.tolist()),
+        "class_names": class_names,
+    }  # fmt: skip
+    return EvalDataset(
+        name or cls_name.lower(), _TorchvisionImages(base), len(base), "zero_shot", labels, class_names,
+        fingerprint=fingerprint,
+    )  # fmt: skip
+
+
+def _load_wds(
+    section: Section, spec: Mapping[str, Any], preprocess: Callable, name: str | None, task: str
+) -> EvalDataset:
+    paths = spec.get("paths")
+    if paths is None:
+        raise section.error("paths", "missing")
+    try:
+        shards = [s.path for s in list_shards(CaptionSource(format="wds", paths=paths))]
+    except ConfigError as err:
+        raise section.error("paths", str(err).removeprefix("paths: ")) from err
+    missing = [p for p in shards if not os.path.isfile(p)]
+    if missing:
+        raise section.error("paths", f"{len(missing)} shard(s) missing, e.g. {missing[0]!r}")
+    image_exts = spec.get("image_ext", list(IMAGE_EXTS))
+    image_exts = [image_exts] if isinstance(image_exts, str) else image_exts
+    if not image_exts or not all(isinstance(e, str) for e in image_exts):
+        raise section.error("image_ext", f"expected an extension or a list of them, got {image_exts!r}")
+    image_exts = [e.lower().lstrip(".") for e in image_exts]
+    if task == "zero_shot":
+        meta_ext = section.get_str("label_key", "cls").lower().lstrip(".")
+        class_names = _class_names_from(section, spec, None)
+        if class_names is None:
+            raise section.error("class_names", "missing (give class_names or class_names_file)")
+        for key in ("caption_ext", "max_captions", "concepts", "concepts_file"):
+            if key in spec:
+                raise section.error(key, "only used with task: retrieval")
+    else:
+        meta_ext = section.get_str("caption_ext", "txt").lower().lstrip(".")
+        max_captions = spec.get("max_captions")
+        positive = isinstance(max_captions, int) and not isinstance(max_captions, bool) and max_captions >= 1
+        if max_captions is not None and not positive:
+            raise section.error("max_captions", f"expected a positive integer, got {max_captions!r}")
+        class_names = None
+        for key in ("label_key", "class_names", "class_names_file"):
+            if key in spec:
+                raise section.error(key, "only used with task: zero_shot")
+
+    index: dict[tuple[int, int], tuple[int, str]] = {}
+    labels: list[int] = []
+    captions: list[list[str]] = []
+    keys: list[str] = []
+    stats = {"samples": 0, "no_image": 0, "no_annotation": 0}
+    lookup = {c: i for i, c in enumerate(class_names or [])}
+    for s, shard in enumerate(tqdm(shards, desc="dataset metadata", leave=False, disable=len(shards) < 4)):
+        for sample in iter_tar_samples(shard, {meta_ext}):
+            stats["samples"] += 1
+            ext = next((e for e in image_exts if e in sample.files), None)
+            data = sample.files.get(meta_ext)
+            if ext is None:
+                stats["no_image"] += 1
+                continue
+            text = data.decode("utf-8", errors="replace").strip() if data is not None else ""
+            if task == "zero_shot":
+                if not text:
+                    stats["no_annotation"] += 1
+                    continue
+                try:
+                    label = int(text)
+                except ValueError:
+                    if text not in lookup:
+                        raise ValueError(
+                            f"{shard}: sample {sample.key!r} has label {text!r}, not an index or class name"
+                        ) from None
+                    label = lookup[text]
+                if not 0 <= label < len(lookup):
+                    raise ValueError(f"{shard}: sample {sample.key!r} has label {label}, outside 0..{len(lookup) - 1}")
+                labels.append(label)
+            else:
+                lines = [line.strip() for line in text.splitlines() if line.strip()]
+                if not lines:
+                    stats["no_annotation"] += 1
+                    continue
+                captions.append(lines[:max_captions])
+            index[(s, sample.position)] = (len(keys), ext)
+            keys.append(f"{s}/{sample.key}")
+    if not keys:
+        raise section.error("paths", f"no usable samples in {len(shards)} shard(s) ({stats})")
+    if stats["no_image"] or stats["no_annotation"]:
+        warnings.warn(f"{section.prefix}: left out samples without an image or {meta_ext} file: {stats}", stacklevel=3)
+    stats["kept"] = len(keys)
+    fingerprint: dict[str, Any] = {
+        "shards": digest(_fingerprint_files(shards)),
+        "keys": digest(keys),
+        "image_ext": image_exts,
+        "task": task,
+    }
+    concepts = None
+    if task == "zero_shot":
+        labels_arr = np.asarray(labels, dtype=np.int64)
+        fingerprint.update(labels=digest(labels_arr.tolist()), class_names=class_names)
+    else:
+        labels_arr = None
+        fingerprint["captions"] = digest(captions)
+        given, file_ = section.str_list("concepts"), section.existing_path("concepts_file")
+        if given is not None and file_ is not None:
+            raise section.error("concepts", "give concepts or concepts_file, not both")
+        concepts = given if given is not None else (read_lines(file_) if file_ is not None else None)
+    default_name = Path(shards[0]).parent.name or "wds"
+    return EvalDataset(
+        name or default_name, _TarImages(shards, index, preprocess), len(keys), task, labels_arr, class_names,
+        captions if task == "retrieval" else None, concepts, fingerprint=fingerprint, stats=stats,
+    )  # fmt: skip
+
+
+# ============================================================================================ prompts
+
+
+def openai_imagenet_templates() -> tuple[str, ...]:
+    """The 80 ImageNet templates of OpenAI's CLIP, as open_clip ships them, with ``{c}`` placeholders.
+
+    open_clip keeps them as lambdas (``open_clip.zero_shot_metadata.OPENAI_IMAGENET_TEMPLATES``); calling
+    each with the placeholder itself gives the template string.
+    """
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+    return tuple(t(PLACEHOLDER) for t in OPENAI_IMAGENET_TEMPLATES)
+
+
+def prompt_templates(prompt_set: str, templates: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The templates of a prompt set; ``templates`` overrides the ensemble (a dataset's own list)."""
+    if prompt_set == "class":
+        return (PLACEHOLDER,)
+    if prompt_set == "simple":
+        return (SIMPLE_TEMPLATE,)
+    if prompt_set == "ensemble":
+        return tuple(templates) if templates else openai_imagenet_templates()
+    raise ValueError(f"unknown prompt set {prompt_set!r} (expected one of {', '.join(PROMPT_SETS)})")
+
+
+def class_prompts(class_name: str, templates: Sequence[str]) -> list[str]:
+    """The prompts of one class: each template with the class name in place of ``{c}``."""
+    return [t.replace(PLACEHOLDER, class_name) for t in templates]

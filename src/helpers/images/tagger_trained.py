@@ -1,0 +1,606 @@
+"""A compact CNN multi-label tagger trained on a labelled image set (the ``trained`` tagger backend).
+
+Why: where no pretrained tagger fits -- the synthetic world of this compendium, or a domain where a
+labelled sample of the corpus exists -- a small network trained on images plus "the concepts each image
+shows" is a tagger whose errors can be measured. It is deliberately plain: four conv blocks
+(3x3 conv, batch norm, ReLU, 2x2 max-pool), global average pooling, dropout and one linear layer with a
+sigmoid per concept, trained with binary cross-entropy (each concept an independent yes/no, as tagging
+is multi-label). The output biases start at the log-odds of each concept's training prevalence, so
+training does not begin by unlearning a 50 % prior on rare concepts.
+
+Files: :meth:`TrainedTagger.save` writes the state dict (tensors only, ``torch.save``) and a JSON sidecar
+``<path>.json`` with the concepts, input size, architecture, normalisation, the weights' SHA-256 and the
+training record. No Python object is pickled; :func:`load_trained_tagger` reads the weights with
+``torch.load(weights_only=True)`` and refuses weights whose hash the sidecar does not list.
+
+Config keys (``image_search.tagger``)::
+
+    backend: trained
+    checkpoint: models/tagger.pt    # the trained tagger (with models/tagger.pt.json beside it)
+    unknown_concepts: error         # error | zero: concepts the tagger was not trained on
+    image_size: 64                  # optional check
+    train:                          # optional: train the tagger when `checkpoint` does not exist yet
+      labels: data/raw/labels.parquet   # Parquet or CSV/TSV: one row per image
+      image_column: image               # image path (relative paths resolve against image_root)
+      concepts_column: concepts         # a list column, or a string of concepts joined by `separator`
+      separator: "|"
+      image_root: null                  # default: the labels file's folder
+      image_size: 64
+      epochs: 20
+      batch_size: 64
+      lr: 0.001
+      weight_decay: 0.0001
+      widths: [32, 64, 128, 256]
+      seed: 0
+      device: auto                      # auto | cpu | cuda | cuda:1 ...
+      num_workers: 0
+
+With ``train`` and an existing ``checkpoint`` the checkpoint is used if it was trained from the same
+labels file (SHA-256) and settings; otherwise a ConfigError asks to delete it or to point elsewhere,
+rather than silently overwriting it. Concepts of the stage that no labelled image shows cannot be
+learned: they are the "unknown" concepts ``unknown_concepts`` is about (``zero`` scores them 0, i.e.
+never counted -- say so in any result that uses it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as T
+from tqdm.auto import tqdm
+
+from helpers.images.backends import (
+    ConfigSection,
+    check_concepts,
+    check_image_size,
+    concepts_digest,
+    file_sha256,
+    json_digest,
+    normalise_name,
+    resolve_device,
+    state_dict_sha256,
+)
+from helpers.images.taggers import check_batch
+
+FORMAT = "helpers.trained_tagger"
+FORMAT_VERSION = 1
+DEFAULT_WIDTHS: tuple[int, ...] = (32, 64, 128, 256)
+DEFAULT_DROPOUT = 0.1
+NORM_MEAN = (0.5, 0.5, 0.5)
+NORM_STD = (0.5, 0.5, 0.5)
+UNKNOWN_POLICIES = ("error", "zero")
+KEYS = ("backend", "image_size", "checkpoint", "unknown_concepts", "train")
+
+ImageLike = Image.Image | str | os.PathLike
+
+
+# ------------------------------------------------------------------------------------------- model
+
+
+class TaggerCNN(nn.Module):
+    """Conv blocks (one per entry of ``widths``), global average pool, dropout, linear: one logit per concept."""
+
+    def __init__(self, n_outputs: int, widths: Sequence[int] = DEFAULT_WIDTHS, dropout: float = DEFAULT_DROPOUT):
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = 3
+        for width in widths:
+            layers += [
+                nn.Conv2d(channels, width, kernel_size=3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
+            channels = width
+        self.features = nn.Sequential(*layers)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(channels, n_outputs)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        pooled = self.features(images).mean(dim=(2, 3))
+        return self.head(self.dropout(pooled))
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    return image.convert("RGB")
+
+
+def make_transform(image_size: int) -> Callable[[Image.Image], torch.Tensor]:
+    """Squash-resize to ``image_size``, to tensor, normalise to [-1, 1]: a picklable torchvision Compose."""
+    return T.Compose(
+        [
+            _to_rgb,
+            T.Resize((image_size, image_size), interpolation=T.InterpolationMode.BILINEAR, antialias=True),
+            T.ToTensor(),
+            T.Normalize(NORM_MEAN, NORM_STD),
+        ]
+    )
+
+
+# ------------------------------------------------------------------------------------------- tagger
+
+
+class TrainedTagger:
+    """A :class:`helpers.images.taggers.Tagger` over a :class:`TaggerCNN`.
+
+    ``model_concepts`` are the concepts the network has outputs for; ``concepts`` the score columns asked
+    for (by default the same). :meth:`with_concepts` maps one onto the other by name.
+    """
+
+    backend = "trained"
+
+    def __init__(
+        self,
+        model: TaggerCNN,
+        model_concepts: Sequence[str],
+        image_size: int,
+        *,
+        widths: Sequence[int] = DEFAULT_WIDTHS,
+        dropout: float = DEFAULT_DROPOUT,
+        loss_history: Sequence[float] = (),
+        training: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.model = model.eval()
+        self.model_concepts = check_concepts(model_concepts)
+        if model.head.out_features != len(self.model_concepts):
+            raise ValueError(f"model has {model.head.out_features} outputs for {len(self.model_concepts)} concepts")
+        self.image_size = int(image_size)
+        self.widths = [int(w) for w in widths]
+        self.dropout = float(dropout)
+        self.loss_history = [float(x) for x in loss_history]
+        self.training = dict(training or {})
+        self.concepts: list[str] = list(self.model_concepts)
+        self.unknown_concepts = "error"
+        self._columns: torch.Tensor | None = None  # model output index per concept, -1 = unknown
+        self._device = next(model.parameters()).device
+        self._state_sha256: str | None = None
+
+    # ----------------------------------------------------------------------------- Tagger protocol
+
+    def transform(self) -> Callable[[Image.Image], torch.Tensor]:
+        return make_transform(self.image_size)
+
+    def to(self, device: str | torch.device) -> TrainedTagger:
+        self._device = torch.device(device)
+        self.model.to(self._device)
+        return self
+
+    @torch.no_grad()
+    def scores(self, images: torch.Tensor) -> torch.Tensor:
+        """Sigmoid probabilities (B, C), float32 on the CPU; unknown concepts (policy ``zero``) score 0."""
+        check_batch(images, self.image_size)
+        self.model.eval()
+        probs = torch.sigmoid(self.model(images.to(self._device, dtype=torch.float32))).float().cpu()
+        if self._columns is None:
+            return probs
+        out = torch.zeros(probs.shape[0], len(self.concepts), dtype=torch.float32)
+        known = self._columns >= 0
+        out[:, known] = probs[:, self._columns[known]]
+        return out
+
+    def fingerprint(self) -> dict[str, Any]:
+        if self._state_sha256 is None:
+            self._state_sha256 = state_dict_sha256(self.model.state_dict())
+        return {
+            "backend": self.backend,
+            "weights_sha256": self._state_sha256,
+            "arch": self.arch(),
+            "image_size": self.image_size,
+            "normalisation": {"mean": list(NORM_MEAN), "std": list(NORM_STD)},
+            "model_concepts_sha256": concepts_digest(self.model_concepts),
+            "unknown_concepts": self.unknown_concepts,
+            "n_concepts": len(self.concepts),
+            "n_unknown_concepts": 0 if self._columns is None else int((self._columns < 0).sum()),
+            "concepts_sha256": concepts_digest(self.concepts),
+        }
+
+    # ----------------------------------------------------------------------------- the rest
+
+    def arch(self) -> dict[str, Any]:
+        return {"name": "TaggerCNN", "widths": self.widths, "dropout": self.dropout, "in_channels": 3}
+
+    def with_concepts(self, concepts: Sequence[str], unknown_concepts: str = "error") -> TrainedTagger:
+        """A tagger (sharing this one's network) whose score columns are ``concepts``.
+
+        Names match exactly first, then leniently (case, ``_`` vs space). Concepts the network has no
+        output for raise ValueError (``unknown_concepts="error"``) or score 0 (``"zero"``).
+        """
+        if unknown_concepts not in UNKNOWN_POLICIES:
+            raise ValueError(f"unknown_concepts must be one of {UNKNOWN_POLICIES}, got {unknown_concepts!r}")
+        concepts = check_concepts(concepts)
+        exact = {c: i for i, c in enumerate(self.model_concepts)}
+        lenient: dict[str, int] = {}
+        for i, c in enumerate(self.model_concepts):
+            lenient.setdefault(normalise_name(c), i)
+        columns = [exact.get(c, lenient.get(normalise_name(c), -1)) for c in concepts]
+        missing = [c for c, i in zip(concepts, columns) if i < 0]
+        if missing and unknown_concepts == "error":
+            raise ValueError(
+                f"{len(missing)} of {len(concepts)} concepts are not among the {len(self.model_concepts)} the "
+                f"tagger was trained on (e.g. {missing[:5]!r}); train it on them, or accept that they score 0 "
+                "with unknown_concepts: zero"
+            )
+        other = TrainedTagger(
+            self.model,
+            self.model_concepts,
+            self.image_size,
+            widths=self.widths,
+            dropout=self.dropout,
+            loss_history=self.loss_history,
+            training=self.training,
+        )
+        other._device = self._device
+        other._state_sha256 = self._state_sha256
+        other.concepts = concepts
+        other.unknown_concepts = unknown_concepts
+        if columns != list(range(len(self.model_concepts))):
+            other._columns = torch.tensor(columns, dtype=torch.long)
+        return other
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the state dict to ``path`` and the JSON sidecar to ``<path>.json`` (atomically, weights first)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+        sidecar = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "concepts": self.model_concepts,
+            "image_size": self.image_size,
+            "arch": self.arch(),
+            "normalisation": {"mean": list(NORM_MEAN), "std": list(NORM_STD)},
+            "weights_sha256": file_sha256(path),
+            "state_sha256": state_dict_sha256(state),
+            "loss_history": self.loss_history,
+            "training": self.training,
+        }
+        side = sidecar_path(path)
+        tmp = side.with_name(f".{side.name}.{uuid.uuid4().hex}.tmp")
+        tmp.write_text(json.dumps(sidecar, indent=1, ensure_ascii=False))
+        os.replace(tmp, side)
+        return path
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    """The JSON sidecar of a weights file: ``<path>.json``."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def load_trained_tagger(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> TrainedTagger:
+    """Load a tagger written by :meth:`TrainedTagger.save` (weights via ``torch.load(weights_only=True)``)."""
+    path = Path(path)
+    side = sidecar_path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"trained tagger weights {path} do not exist")
+    if not side.is_file():
+        raise FileNotFoundError(f"trained tagger sidecar {side} does not exist (save() writes both)")
+    meta = json.loads(side.read_text())
+    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{side} is not a {FORMAT} v{FORMAT_VERSION} sidecar")
+    if file_sha256(path) != meta.get("weights_sha256"):
+        raise ValueError(f"{path} does not hold the weights {side} describes (SHA-256 differs); save again")
+    arch = meta["arch"]
+    if arch.get("name") != "TaggerCNN":
+        raise ValueError(f"{side}: unknown architecture {arch.get('name')!r}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} is not a state dict of tensors")
+    model = TaggerCNN(len(meta["concepts"]), arch["widths"], arch["dropout"])
+    model.load_state_dict(state, strict=True)
+    tagger = TrainedTagger(
+        model,
+        meta["concepts"],
+        meta["image_size"],
+        widths=arch["widths"],
+        dropout=arch["dropout"],
+        loss_history=meta.get("loss_history", ()),
+        training=meta.get("training"),
+    )
+    return tagger.to(resolve_device(device))
+
+
+# ------------------------------------------------------------------------------------------- training
+
+
+class _LabelledImages(Dataset):
+    """Images (PIL or paths, opened lazily) with their multi-hot targets."""
+
+    def __init__(self, images: Sequence[ImageLike], targets: torch.Tensor, transform: Callable) -> None:
+        self.images = images
+        self.targets = targets
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        item = self.images[index]
+        if isinstance(item, Image.Image):
+            tensor = self.transform(item)
+        else:
+            with Image.open(item) as img:
+                tensor = self.transform(img)
+        return tensor, self.targets[index]
+
+
+def multi_hot(labels: Sequence[Sequence[str]], concepts: Sequence[str]) -> torch.Tensor:
+    """(N, C) float targets; a label outside ``concepts`` raises ValueError (a typo must not vanish)."""
+    index = {c: j for j, c in enumerate(concepts)}
+    targets = torch.zeros(len(labels), len(concepts), dtype=torch.float32)
+    unknown: set[str] = set()
+    for i, row in enumerate(labels):
+        if isinstance(row, str):
+            raise ValueError(f"labels[{i}] is a string; expected a list of concepts")
+        for concept in row:
+            j = index.get(concept)
+            if j is None:
+                unknown.add(concept)
+            else:
+                targets[i, j] = 1.0
+    if unknown:
+        raise ValueError(f"labels name concepts not in the concept list: {sorted(unknown)[:10]!r}")
+    return targets
+
+
+def train_tagger(
+    images: Sequence[ImageLike],
+    labels: Sequence[Sequence[str]],
+    concepts: Sequence[str],
+    *,
+    image_size: int = 64,
+    epochs: int = 20,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    widths: Sequence[int] = DEFAULT_WIDTHS,
+    dropout: float = DEFAULT_DROPOUT,
+    augment: bool = True,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    num_workers: int = 0,
+    progress: bool = True,
+    training_record: Mapping[str, Any] | None = None,
+) -> TrainedTagger:
+    """Train a :class:`TaggerCNN` on ``images`` (PIL images or paths) labelled with the concepts they show.
+
+    ``labels[i]`` lists the concepts image ``i`` shows (any order, may be empty). AdamW with a cosine
+    learning-rate decay, binary cross-entropy per concept, random horizontal flips when ``augment``.
+    Seeded: the same inputs and seed give the same weights on the same device and library versions.
+    The returned tagger's ``loss_history`` holds the mean training loss of every epoch.
+    """
+    concepts = check_concepts(concepts)
+    if len(images) != len(labels):
+        raise ValueError(f"{len(images)} images but {len(labels)} label lists")
+    if not images:
+        raise ValueError("no training images")
+    if epochs < 1 or batch_size < 1 or image_size < 2 ** len(widths):
+        raise ValueError("epochs and batch_size must be >= 1 and image_size >= 2**len(widths)")
+    targets = multi_hot(labels, concepts)
+    device = resolve_device(device)
+    torch.manual_seed(seed)
+    model = TaggerCNN(len(concepts), widths, dropout)
+    with torch.no_grad():  # start at the training prevalence of each concept
+        prevalence = targets.mean(dim=0).clamp(1e-3, 1 - 1e-3)
+        model.head.bias.copy_(torch.log(prevalence / (1 - prevalence)))
+    model.to(device)
+
+    dataset = _LabelledImages(images, targets, make_transform(image_size))
+    generator = torch.Generator().manual_seed(seed)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator, num_workers=num_workers)
+    flip_gen = torch.Generator().manual_seed(seed + 1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    total_steps = epochs * math.ceil(len(dataset) / batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+    )
+    history: list[float] = []
+    bar = tqdm(range(epochs), desc="training tagger", unit="epoch", disable=not progress)
+    for _ in bar:
+        model.train()
+        total, count = 0.0, 0
+        for batch, target in loader:
+            if augment:
+                flip = torch.rand(batch.shape[0], generator=flip_gen) < 0.5
+                batch = torch.where(flip[:, None, None, None], batch.flip(-1), batch)
+            batch, target = batch.to(device), target.to(device)
+            loss = F.binary_cross_entropy_with_logits(model(batch), target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total += loss.item() * batch.shape[0]
+            count += batch.shape[0]
+        history.append(total / count)
+        bar.set_postfix(loss=f"{history[-1]:.4f}")
+    model.eval()
+    record = {
+        "n_images": len(dataset),
+        "positives_per_concept": [int(x) for x in targets.sum(dim=0).tolist()],
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "augment": augment,
+        "seed": seed,
+        "device": str(device),
+        "torch_version": torch.__version__,
+        **dict(training_record or {}),
+    }
+    return TrainedTagger(
+        model, concepts, image_size, widths=widths, dropout=dropout, loss_history=history, training=record
+    )
+
+
+# ------------------------------------------------------------------------------------------- config
+
+
+def read_labels(
+    path: str | os.PathLike,
+    *,
+    image_column: str = "image",
+    concepts_column: str = "concepts",
+    separator: str = "|",
+    image_root: str | os.PathLike | None = None,
+) -> tuple[list[Path], list[list[str]]]:
+    """Image paths and concept lists from a Parquet or CSV/TSV labels table (one row per image)."""
+    import pandas as pd
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        table = pd.read_parquet(path)
+    elif suffix in (".csv", ".tsv", ".txt"):
+        table = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", keep_default_na=False, dtype=str)
+    else:
+        raise ValueError(f"{path}: expected a .parquet, .csv or .tsv labels file")
+    for column in (image_column, concepts_column):
+        if column not in table.columns:
+            raise KeyError(f"{path}: no column {column!r} (columns: {list(table.columns)})")
+    root = Path(image_root) if image_root is not None else path.parent
+    images = [p if p.is_absolute() else root / p for p in (Path(str(v)) for v in table[image_column])]
+    labels: list[list[str]] = []
+    for value in table[concepts_column]:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            items: list[str] = []
+        elif isinstance(value, str):
+            items = value.split(separator)
+        elif isinstance(value, (list, tuple, np.ndarray)):
+            items = [str(v) for v in value]
+        else:
+            raise ValueError(f"{path}: concepts must be a list or a {separator!r}-separated string, got {value!r}")
+        labels.append([s.strip() for s in items if s and s.strip()])
+    return images, labels
+
+
+def from_config(
+    section: ConfigSection, concepts: Sequence[str], *, descriptions: Mapping[str, list[str]] | None = None
+) -> TrainedTagger:
+    """Load (or train, then save) the tagger the ``image_search.tagger`` section describes."""
+    del descriptions  # a trained tagger learns from labelled images, not from descriptions
+    unknown = section.get_choice("unknown_concepts", UNKNOWN_POLICIES, "error")
+    section.get_int("image_size", None)
+    has_train = section.has("train")
+    if has_train:
+        checkpoint = section.get_path("checkpoint", None, must_exist=False)
+    elif not section.has("checkpoint"):
+        raise section.error("checkpoint", "missing (a trained tagger's weights file, or give `train`)")
+    else:
+        checkpoint = section.get_path("checkpoint")
+    train = _read_train_section(section.section("train")) if has_train else None
+    section.finish(" for backend 'trained'")
+
+    if train is not None and (checkpoint is None or not checkpoint.is_file()):
+        tagger = _train_from_config(section, train, concepts)
+        if checkpoint is not None:
+            tagger.save(checkpoint)
+    else:
+        assert checkpoint is not None
+        try:
+            tagger = load_trained_tagger(checkpoint)
+        except (OSError, ValueError, KeyError, RuntimeError) as err:
+            raise section.error("checkpoint", f"cannot load {str(checkpoint)!r}: {err}") from err
+        if train is not None and tagger.training.get("config_sha256") != train["config_sha256"]:
+            raise section.error(
+                "checkpoint",
+                f"{str(checkpoint)!r} was trained from other labels or settings than `train` gives; delete it "
+                "to retrain, or point `checkpoint` to a new file",
+            )
+    check_image_size(section, tagger.image_size)
+    try:
+        return tagger.with_concepts(concepts, unknown)
+    except ValueError as err:
+        raise section.error("checkpoint", str(err)) from err
+
+
+def _read_train_section(train: ConfigSection) -> dict[str, Any]:
+    labels = train.get_path("labels")
+    root = train.get_str("image_root", None)
+    settings = {
+        "image_column": train.get_str("image_column", "image"),
+        "concepts_column": train.get_str("concepts_column", "concepts"),
+        "separator": train.get_str("separator", "|"),
+        "image_size": train.get_int("image_size", 64),
+        "epochs": train.get_int("epochs", 20),
+        "batch_size": train.get_int("batch_size", 64),
+        "lr": train.get_float("lr", 1e-3, positive=True),
+        "weight_decay": train.get_float("weight_decay", 1e-4),
+        "widths": train.raw("widths", list(DEFAULT_WIDTHS)),
+        "seed": train.get_int("seed", 0, minimum=0),
+    }
+    widths = settings["widths"]
+    if not isinstance(widths, list) or not widths or not all(isinstance(w, int) and w > 0 for w in widths):
+        raise train.error("widths", f"expected a non-empty list of positive integers, got {widths!r}")
+    if settings["image_size"] < 2 ** len(widths):
+        raise train.error("image_size", f"must be >= {2 ** len(widths)} for {len(widths)} pooling blocks")
+    device = train.get_str("device", "auto")
+    num_workers = train.get_int("num_workers", 0, minimum=0)
+    train.finish()
+    return {
+        "section": train,
+        "labels": labels,
+        "image_root": Path(root).expanduser() if root else None,
+        "settings": settings,
+        "device": device,
+        "num_workers": num_workers,
+        "config_sha256": json_digest({"labels_sha256": file_sha256(labels), **settings}),
+    }
+
+
+def _train_from_config(section: ConfigSection, train: dict[str, Any], concepts: Sequence[str]) -> TrainedTagger:
+    sub: ConfigSection = train["section"]
+    settings = train["settings"]
+    try:
+        images, labels = read_labels(
+            train["labels"],
+            image_column=settings["image_column"],
+            concepts_column=settings["concepts_column"],
+            separator=settings["separator"],
+            image_root=train["image_root"],
+        )
+    except (KeyError, ValueError, OSError) as err:
+        raise sub.error("labels", str(err)) from err
+    missing = [p for p in images if not p.is_file()]
+    if missing:
+        raise sub.error("labels", f"{len(missing)} image files do not exist, e.g. {str(missing[0])!r}")
+    # Map label names onto the stage's concept names; train only on concepts some image shows.
+    by_name = {normalise_name(c): c for c in reversed(list(concepts))}
+    mapped = [[by_name[n] for n in (normalise_name(x) for x in row) if n in by_name] for row in labels]
+    shown = {c for row in mapped for c in row}
+    trained = [c for c in concepts if c in shown]
+    if not trained:
+        raise sub.error("labels", "no labelled image shows any concept of the concept list")
+    try:
+        device = resolve_device(train["device"])
+    except RuntimeError as err:
+        raise sub.error("device", str(err)) from err
+    return train_tagger(
+        images,
+        [sorted(set(row)) for row in mapped],
+        trained,
+        image_size=settings["image_size"],
+        epochs=settings["epochs"],
+        batch_size=settings["batch_size"],
+        lr=settings["lr"],
+        weight_decay=settings["weight_decay"],
+        widths=settings["widths"],
+        seed=settings["seed"],
+        device=device,
+        num_workers=train["num_workers"],
+        training_record={"config_sha256": train["config_sha256"], "labels": str(train["labels"])},
+    )

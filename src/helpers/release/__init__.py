@@ -1,0 +1,1 @@
+"""The authors' released artifacts: import with checksum verification, and tidy Parquet tables."""

@@ -1,0 +1,150 @@
+"""Procedural images of the synthetic world: a visual signature per concept (shape, colour, texture) and the renderer that draws samples from them."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+SHAPES = ("circle", "square", "triangle", "star", "cross", "ring", "diamond", "hexagon", "bar", "heart")
+
+# Caption vocabulary: none of these words is (a word of) a built-in concept.
+
+
+def rng_stream(seed: int, stream: str) -> np.random.Generator:
+    """An independent named stream of ``seed`` (a new stream never shifts the draws of another)."""
+    return np.random.default_rng(np.random.SeedSequence([seed, *stream.encode()]))
+
+
+@dataclass(frozen=True)
+class Signature:
+    """A concept's visual identity: shape, stripe texture and palette (fixed for the whole world)."""
+
+    shape: str
+    stripe_period: float  # pixels at the canonical 64 px patch
+    stripe_angle: float  # radians
+    colour_a: tuple[int, int, int]
+    colour_b: tuple[int, int, int]
+    aspect: float  # width / height of the shape
+
+
+def _hsv(h: float, s: float, v: float) -> tuple[int, int, int]:
+    import colorsys
+
+    r, g, b = colorsys.hsv_to_rgb(h % 1.0, s, v)
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def make_signatures(n_concepts: int, seed: int) -> list[Signature]:
+    """One signature per concept; shapes cycle so neighbours differ, hues are spread and jittered.
+
+    Concepts sharing a shape differ in palette and texture, so no single cue identifies every concept:
+    a model has to combine shape, colour and texture, which keeps the task learnable but not trivial.
+    """
+    rng = rng_stream(seed, "signatures")
+    shape_order = rng.permutation(len(SHAPES))
+    hue_order = rng.permutation(n_concepts)
+    out = []
+    for c in range(n_concepts):
+        hue = (hue_order[c] + rng.uniform(-0.3, 0.3)) / n_concepts
+        out.append(
+            Signature(
+                shape=SHAPES[int(shape_order[c % len(SHAPES)])],
+                stripe_period=float(rng.choice([6.0, 9.0, 14.0, 64.0])),  # 64: practically plain
+                stripe_angle=float(rng.uniform(0, math.pi)),
+                colour_a=_hsv(hue, rng.uniform(0.6, 1.0), rng.uniform(0.7, 1.0)),
+                colour_b=_hsv(hue + rng.uniform(0.25, 0.75), rng.uniform(0.3, 1.0), rng.uniform(0.2, 0.9)),
+                aspect=float(rng.uniform(0.7, 1.4)),
+            )
+        )
+    return out
+
+
+_PATCH = 64
+
+
+def _shape_mask(shape: str, aspect: float) -> Image.Image:
+    """The shape as an L mask on a 64 px canvas (drawn once per concept)."""
+    mask = Image.new("L", (_PATCH, _PATCH), 0)
+    d = ImageDraw.Draw(mask)
+    half_w, half_h = 30 * min(1.0, aspect), 30 * min(1.0, 1 / aspect)
+    c = _PATCH / 2
+    box = (c - half_w, c - half_h, c + half_w, c + half_h)
+    if shape == "circle":
+        d.ellipse(box, fill=255)
+    elif shape == "square":
+        d.rectangle(box, fill=255)
+    elif shape == "ring":
+        d.ellipse(box, fill=255)
+        d.ellipse((c - half_w * 0.5, c - half_h * 0.5, c + half_w * 0.5, c + half_h * 0.5), fill=0)
+    elif shape == "bar":
+        d.rectangle((c - half_w, c - half_h * 0.35, c + half_w, c + half_h * 0.35), fill=255)
+    elif shape == "cross":
+        d.rectangle((c - half_w, c - half_h * 0.3, c + half_w, c + half_h * 0.3), fill=255)
+        d.rectangle((c - half_w * 0.3, c - half_h, c + half_w * 0.3, c + half_h), fill=255)
+    elif shape == "heart":
+        d.ellipse((c - half_w, c - half_h, c, c), fill=255)
+        d.ellipse((c, c - half_h, c + half_w, c), fill=255)
+        d.polygon([(c - half_w, c - half_h * 0.45), (c + half_w, c - half_h * 0.45), (c, c + half_h)], fill=255)
+    else:
+        corners = {"triangle": 3, "diamond": 4, "hexagon": 6, "star": 10}[shape]
+        points = []
+        for i in range(corners):
+            angle = -math.pi / 2 + 2 * math.pi * i / corners
+            r = 0.45 if shape == "star" and i % 2 else 1.0
+            points.append((c + r * half_w * math.cos(angle), c + r * half_h * math.sin(angle)))
+        d.polygon(points, fill=255)
+    return mask
+
+
+class Renderer:
+    """Draws scenes of concepts; per-concept patches are rendered once and reused at every pose."""
+
+    def __init__(self, signatures: Sequence[Signature], image_size: int) -> None:
+        self.size = image_size
+        self.patches: list[Image.Image] = []
+        yy, xx = np.mgrid[0:_PATCH, 0:_PATCH].astype(np.float64)
+        for sig in signatures:
+            phase = xx * math.cos(sig.stripe_angle) + yy * math.sin(sig.stripe_angle)
+            stripes = (np.sin(2 * math.pi * phase / sig.stripe_period) > 0)[..., None]
+            rgb = np.where(stripes, np.array(sig.colour_a), np.array(sig.colour_b)).astype(np.uint8)
+            patch = Image.fromarray(rgb, "RGB").convert("RGBA")
+            patch.putalpha(_shape_mask(sig.shape, sig.aspect))
+            self.patches.append(patch)
+
+    def background(self, rng: np.random.Generator) -> Image.Image:
+        """A random two-colour linear gradient plus pixel noise (no concept's signature)."""
+        s = self.size
+        a, b = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+        angle = rng.uniform(0, 2 * math.pi)
+        yy, xx = np.mgrid[0:s, 0:s] / max(s - 1, 1)
+        t = (xx * math.cos(angle) + yy * math.sin(angle) + 1.5) / 3.0
+        img = a + (b - a) * t[..., None] + rng.normal(0, rng.uniform(4, 20), (s, s, 3))
+        return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
+
+    def draw(self, concepts: Sequence[int], instances: Sequence[int], rng: np.random.Generator) -> Image.Image:
+        """A scene showing each concept ``instances[i]`` times at random pose, scale and brightness."""
+        canvas = self.background(rng)
+        s = self.size
+        n_objects = sum(instances)
+        base = 0.75 if n_objects == 1 else 0.55 if n_objects <= 3 else 0.4
+        for concept, count in zip(concepts, instances):
+            for _ in range(count):
+                side = max(4, int(round(s * base * rng.uniform(0.7, 1.15))))
+                patch = self.patches[concept].rotate(float(rng.uniform(0, 360)), resample=Image.BILINEAR)
+                patch = patch.resize((side, side), Image.BILINEAR)
+                gain = rng.uniform(0.8, 1.15)
+                if abs(gain - 1) > 0.02:
+                    r, g, b, alpha = patch.split()
+                    rgb = Image.merge("RGB", (r, g, b)).point(lambda v, k=gain: min(255, int(v * k)))
+                    patch = Image.merge("RGBA", (*rgb.split(), alpha))
+                x = int(rng.integers(-side // 8, s - side + side // 8 + 1))  # at most 1/8 off the edge
+                y = int(rng.integers(-side // 8, s - side + side // 8 + 1))
+                canvas.paste(patch, (x, y), patch)
+        return canvas
+
+
+# ----------------------------------------------------------------------------------- the captions

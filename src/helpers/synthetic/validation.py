@@ -1,0 +1,587 @@
+"""Score the frequency pipeline against the known truth of a synthetic world (``helpers.synthetic.world``).
+
+Why: on a real corpus the caption search, the image tagger and the log-linear fit can only be checked
+against each other. In a synthetic world every sample's *shown* and *mentioned* concepts are known, so each
+estimate of the pipeline gets a precision and a recall, the estimated misalignment gets its true value, and
+the log-linear fits can be redone with the true counts beside the estimated ones.
+
+Concept ids: the runs number concepts by the searched *concept table* (any superset of the world's concepts);
+the truth tables by the *world* (0..K-1, names in ``truth/concepts.parquet``). Table concepts are mapped to
+world concepts by ``naming.concept_key`` of their names; table concepts that are no world concept are left out
+of every figure here (the world cannot say whether they are right), while a world concept the table lacks is
+an error: its pairs would silently count as misses.
+
+Public API::
+
+    estimated_pairs(text_dir, image_dir, threshold, concepts, world_names) -> (sample_id, concept_id, in_text, in_image)
+    validation_table(world_dir, text_dir, image_dir, concepts, threshold) -> SYNTHETIC_VALIDATION rows
+    true_frequency_table(world_dir) -> truth/concepts.parquet + matched_count
+    synthetic_fit_rows(frequencies, truth_concepts, evaluations, threshold=..., ...) -> (fits, points)
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pandera.pandas as pa
+from scipy import stats
+
+from helpers import paths, schemas
+from helpers.analysis import fits as analysis
+from helpers.evaluation.pair import EVALUATIONS_FILE
+from helpers.evaluation.specs import NO_PROMPT, OVERALL
+from helpers.evaluation.writers import EVALUATIONS
+from helpers.evaluation.writers import read_evaluations as read_evaluations_table
+from helpers.images.corpora import frequencies_path
+from helpers.images.frequencies import METHODS, _concept_names, paired_shards
+from helpers.images.search import check_thresholds, image_search_dir, stored_floor
+from helpers.naming import concept_key
+from helpers.shards import ConfigError, distinct_pairs
+from helpers.text import corpora
+
+PAIR_KEYS = ["sample_id", "concept_id"]
+COUNT_TYPES = ("text", "image", "matched", "true")
+VALIDATION_METHODS = (*METHODS, "misalignment")
+# estimator -> (estimated flag(s), true flag(s), what the truth is): a pair is counted when all its flags hold
+_ESTIMATORS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
+    "text": (("in_text",), ("mentioned",), "mentioned"),
+    "image": (("in_image",), ("shown",), "shown"),
+    "matched": (("in_text", "in_image"), ("shown", "mentioned"), "shown and mentioned"),
+}
+
+_rate = pa.Column(float, pa.Check.in_range(0.0, 1.0), nullable=True)
+_pair_count = pa.Column("Int64", pa.Check.ge(0), nullable=True)
+
+SYNTHETIC_VALIDATION = pa.DataFrameSchema(
+    {
+        "method": pa.Column(str, pa.Check.isin(list(VALIDATION_METHODS)), unique=True),
+        "truth": pa.Column(str),
+        "threshold": _rate,
+        "precision": _rate,
+        "recall": _rate,
+        "true_positives": _pair_count,
+        "false_positives": _pair_count,
+        "false_negatives": _pair_count,
+        "count_spearman_r": pa.Column(float, pa.Check.in_range(-1.0, 1.0), nullable=True),
+        "count_ratio": pa.Column(float, pa.Check.ge(0.0), nullable=True),
+        "estimated": _rate,
+        "true": _rate,
+        "estimated_fixed": _rate,
+        "true_fixed": _rate,
+    },
+    strict=True,
+    ordered=True,
+    name="synthetic_validation",
+)
+
+
+# ------------------------------------------------------------------------------------- pair tables
+
+
+def _flag_union(left: pd.DataFrame, right: pd.DataFrame) -> pd.DataFrame:
+    """Outer join of two (sample_id, concept_id, flags...) tables; a flag missing on one side is False."""
+    merged = left.merge(right, on=PAIR_KEYS, how="outer", sort=True)
+    for column in merged.columns.difference(PAIR_KEYS):
+        merged[column] = merged[column].eq(True)  # NaN (pair absent on that side) -> False
+    return merged.astype({"sample_id": "int64", "concept_id": "int32"})
+
+
+def _flagged(sample: np.ndarray, concept: np.ndarray, flag: str) -> pd.DataFrame:
+    return pd.DataFrame({"sample_id": sample, "concept_id": concept, flag: True})
+
+
+def _world_ids(concepts: pd.DataFrame, world_names: Sequence[str], n_concepts: int) -> np.ndarray:
+    """World id of every concept-table id (-1: not a world concept); every world concept must be in the table."""
+    table = _concept_names(concepts, n_concepts)
+    keys = [concept_key(name) for name in world_names]
+    if len(set(keys)) != len(keys):
+        raise ValueError("world_names: two world concepts share a concept_key; they cannot be told apart")
+    world = {key: i for i, key in enumerate(keys)}
+    ids = np.full(n_concepts, -1, dtype=np.int32)
+    for cid, name in zip(table["concept_id"], table["concept"]):
+        ids[cid] = world.get(concept_key(name), -1)
+    missing = sorted(set(range(len(keys))) - set(ids[ids >= 0].tolist()))
+    if missing:
+        names = ", ".join(repr(world_names[i]) for i in missing)
+        raise ValueError(
+            f"{len(missing)} of the world's {len(keys)} concepts are not in the searched concept table ({names}); "
+            "their pairs would all count as misses: search with a table that contains every world concept"
+        )
+    return ids
+
+
+def _to_world(sample: np.ndarray, concept: np.ndarray, world: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mapped = world[concept]
+    keep = mapped >= 0
+    return distinct_pairs(sample[keep], mapped[keep])  # two table concepts may share a world concept
+
+
+def estimated_pairs(
+    text_dir: str | os.PathLike,
+    image_dir: str | os.PathLike,
+    threshold: float,
+    concepts: pd.DataFrame,
+    world_names: Sequence[str],
+    *,
+    allow_failed: bool = False,
+) -> pd.DataFrame:
+    """Every (sample, world concept) pair the caption search found or the tagger scored >= ``threshold``.
+
+    Returns DataFrame(sample_id int64, concept_id int32 = WORLD id, in_text bool, in_image bool), sorted. Text
+    pairs are exactly those the pipeline counts (``frequencies.paired_shards``, drop rule included); the
+    threshold is compared in float32, as ``image_counts``. ``concepts`` is the table the runs searched
+    (concept_id, name); ``world_names`` the world's names in world-id order. ``attrs["n_records"]`` holds
+    the number of records the image search read (the pipeline's fixed misalignment denominator).
+    """
+    cut = np.float32(check_thresholds(threshold, stored_floor(image_dir), image_dir)[0])
+    n_concepts, shards = paired_shards(text_dir, image_dir, allow_failed=allow_failed)
+    world = _world_ids(concepts, world_names, n_concepts)
+    frames, records = [], 0
+    for pair in shards:
+        records += pair.image_records
+        text = _flagged(*_to_world(pair.text_sample, pair.text_concept, world), "in_text")
+        keep = pair.image_prob >= cut
+        image = _flagged(*_to_world(pair.image_sample[keep], pair.image_concept[keep], world), "in_image")
+        frames.append(_flag_union(text, image))
+    if not frames:  # a run without shards: an empty table of the right columns and dtypes
+        none = np.zeros(0, np.int64), np.zeros(0, np.int32)
+        frames = [_flag_union(_flagged(*none, "in_text"), _flagged(*none, "in_image"))]
+    out = pd.concat(frames, ignore_index=True)
+    out.attrs["n_records"] = records
+    return out
+
+
+def _world_concepts(world_dir: str | os.PathLike) -> pd.DataFrame:
+    concepts = pd.read_parquet(Path(world_dir) / "truth" / "concepts.parquet")
+    if concepts["concept_id"].tolist() != list(range(len(concepts))):
+        raise ValueError(f"{world_dir}: truth/concepts.parquet does not hold concept ids 0..K-1 in order")
+    return concepts
+
+
+def _true_pairs(world_dir: str | os.PathLike) -> pd.DataFrame:
+    """(sample_id, concept_id, shown, mentioned): the union of the world's two truth pair tables."""
+    truth = Path(world_dir) / "truth"
+    shown = pd.read_parquet(truth / "image_concepts.parquet").assign(shown=True)
+    mentioned = pd.read_parquet(truth / "caption_concepts.parquet").assign(mentioned=True)
+    return _flag_union(shown[[*PAIR_KEYS, "shown"]], mentioned[[*PAIR_KEYS, "mentioned"]])
+
+
+def _all(table: pd.DataFrame, flags: Sequence[str]) -> np.ndarray:
+    return table[list(flags)].all(axis=1).to_numpy()
+
+
+def true_frequency_table(world_dir: str | os.PathLike) -> pd.DataFrame:
+    """``truth/concepts.parquet`` plus ``matched_count``: samples that show AND mention the concept.
+
+    The matched count is the true value of the pipeline's main (matched) frequency. The stored shown and
+    mentioned counts are checked against the pair tables, so a stale or edited world is caught here.
+    """
+    concepts = _world_concepts(world_dir)
+    pairs = _true_pairs(world_dir)
+    k = len(concepts)
+    concept = pairs["concept_id"].to_numpy()
+    for column, flags in (("shown_count", ("shown",)), ("mentioned_count", ("mentioned",))):
+        if not np.array_equal(np.bincount(concept[_all(pairs, flags)], minlength=k), concepts[column].to_numpy()):
+            raise ValueError(f"{world_dir}: truth/concepts.parquet {column} disagrees with the pair tables")
+    matched = np.bincount(concept[_all(pairs, ("shown", "mentioned"))], minlength=k)
+    return concepts.assign(matched_count=matched.astype("int64"))
+
+
+# -------------------------------------------------------------------------------------- validation
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return float(numerator) / float(denominator) if denominator else float("nan")
+
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> float:
+    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(stats.spearmanr(x, y).statistic)
+
+
+def _disjoint_degrees(pairs: pd.DataFrame, first: str, second: str, n_total: int) -> tuple[float, float]:
+    """``frequencies.misalignment``'s two degrees for the per-sample concept sets flagged ``first`` / ``second``.
+
+    Among samples with >= 1 concept on each side, the share whose two sets are disjoint (extracted), and the
+    same count over ``n_total`` samples (fixed).
+    """
+    flags = (
+        pd.DataFrame(
+            {"a": pairs[first], "b": pairs[second], "ab": pairs[first] & pairs[second], "sample_id": pairs["sample_id"]}
+        )
+        .groupby("sample_id")
+        .any()
+    )
+    both = flags["a"] & flags["b"]
+    n_misaligned = int((both & ~flags["ab"]).sum())
+    return _ratio(n_misaligned, int(both.sum())), _ratio(n_misaligned, n_total)
+
+
+def validation_table(
+    world_dir: str | os.PathLike,
+    text_dir: str | os.PathLike,
+    image_dir: str | os.PathLike,
+    concepts: pd.DataFrame,
+    threshold: float,
+    *,
+    allow_failed: bool = False,
+) -> pd.DataFrame:
+    """Precision and recall of the text, image and matched estimates, and the misalignment, against the truth.
+
+    One row per estimator (``SYNTHETIC_VALIDATION``), over the world's concepts only:
+
+    * ``text`` vs the *mentioned* pairs, ``image`` (prob >= ``threshold``) vs the *shown* pairs, ``matched``
+      (both) vs the pairs shown AND mentioned: pair-level precision/recall with their TP/FP/FN counts, the
+      Spearman r between each concept's estimated and true count, and the ratio of the count sums.
+    * ``misalignment``: ``estimated`` is the pipeline's ``degree_extracted`` definition applied to the
+      estimated sets, ``true`` the same definition on the mentioned vs shown sets; ``*_fixed`` divide by
+      the records the image search read and by the world's sample count.
+    """
+    world = _world_concepts(world_dir)
+    k = len(world)
+    estimate = estimated_pairs(
+        text_dir, image_dir, threshold, concepts, world["name"].tolist(), allow_failed=allow_failed
+    )
+    n_records = estimate.attrs["n_records"]
+    pairs = _flag_union(estimate, _true_pairs(world_dir))
+    concept = pairs["concept_id"].to_numpy()
+    rows = []
+    for method, (est_flags, true_flags, truth) in _ESTIMATORS.items():
+        est, true = _all(pairs, est_flags), _all(pairs, true_flags)
+        tp, fp, fn = int((est & true).sum()), int((est & ~true).sum()), int((~est & true).sum())
+        est_counts, true_counts = np.bincount(concept[est], minlength=k), np.bincount(concept[true], minlength=k)
+        rows.append({
+            "method": method, "truth": truth, "threshold": np.nan if method == "text" else float(threshold),
+            "precision": _ratio(tp, tp + fp), "recall": _ratio(tp, tp + fn),
+            "true_positives": tp, "false_positives": fp, "false_negatives": fn,
+            "count_spearman_r": _spearman(est_counts, true_counts),
+            "count_ratio": _ratio(est_counts.sum(), true_counts.sum()),
+        })  # fmt: skip
+    estimated, estimated_fixed = _disjoint_degrees(pairs, "in_text", "in_image", n_records)
+    n_samples = len(pd.read_parquet(Path(world_dir) / "truth" / "samples.parquet", columns=["sample_id"]))
+    true, true_fixed = _disjoint_degrees(pairs, "mentioned", "shown", n_samples)
+    rows.append({
+        "method": "misalignment", "truth": "mentioned vs shown", "threshold": float(threshold),
+        "estimated": estimated, "true": true, "estimated_fixed": estimated_fixed, "true_fixed": true_fixed,
+    })  # fmt: skip
+    table = pd.DataFrame(rows, columns=list(SYNTHETIC_VALIDATION.columns))
+    counts = ["true_positives", "false_positives", "false_negatives"]
+    floats = [c for c in SYNTHETIC_VALIDATION.columns if c not in ("method", "truth", *counts)]
+    table = table.astype({**dict.fromkeys(counts, "Int64"), **dict.fromkeys(floats, "float64")})
+    return SYNTHETIC_VALIDATION.validate(table, lazy=True)
+
+
+# --------------------------------------------------------------------------------------------- fits
+
+
+def _count_table(
+    frequencies: pd.DataFrame, truth_concepts: pd.DataFrame, threshold: float, keys: set[str]
+) -> pd.DataFrame:
+    """(count_type, key, count) for the text, image and matched counts at ``threshold`` and the true counts."""
+    frequencies = schemas.CORPUS_FREQUENCIES.validate(frequencies, lazy=True)
+    corpora = frequencies["corpus"].unique()
+    if len(corpora) > 1:
+        raise ValueError(f"frequencies: one corpus expected, got {sorted(corpora)}")
+    at = np.isclose(frequencies["threshold"], threshold, rtol=0.0, atol=1e-9)
+    parts = []
+    for method in METHODS:
+        rows = frequencies[(frequencies["method"] == method) & (at | (method == "text"))]
+        if rows.empty:
+            have = sorted(frequencies.loc[frequencies["method"] == method, "threshold"].dropna().unique())
+            raise ValueError(f"frequencies: no {method} counts at threshold {threshold} (thresholds: {have})")
+        parts.append(pd.DataFrame({"count_type": method, "name": rows["concept"], "count": rows["count"]}))
+    parts.append(
+        pd.DataFrame({"count_type": "true", "name": truth_concepts["name"], "count": truth_concepts["shown_count"]})
+    )
+    counts = pd.concat(parts, ignore_index=True).assign(key=lambda df: df["name"].map(concept_key))
+    # only the scored concepts are joined: a broader searched table (the release's 4,029 concepts, say) may
+    # hold spellings of other concepts that share a key ("American_Coot", "American coot")
+    world_names = set(truth_concepts["name"])
+    counts = counts[counts["key"].isin(keys)]
+    # Spellings of one concept ("hot dog", "hot-dog") count alike under the phrase search: keep one of them;
+    # if their counts differ, the world's own spelling decides, and without it the join is ambiguous.
+    same = counts.groupby(["count_type", "key"])["count"].transform("nunique") == 1
+    exact = counts["name"].isin(world_names)
+    has_exact = exact.groupby([counts["count_type"], counts["key"]]).transform("any")
+    counts = counts[(same & ~counts.duplicated(["count_type", "key"])) | (~same & exact) | (~same & ~has_exact)]
+    clash = counts[counts.duplicated(["count_type", "key"], keep=False)]
+    if len(clash):
+        raise ValueError(f"counts: names sharing a concept_key cannot be joined: {sorted(set(clash['name']))[:10]}")
+    return counts[["count_type", "key", "count"]].astype({"count": "int64"})
+
+
+def _score_groups(evaluations: pd.DataFrame) -> pd.DataFrame:
+    """Per-concept scores: (task, model, dataset, prompt, metric, concept, score) in percent points."""
+    evaluations = EVALUATIONS.validate(evaluations, lazy=True)  # percent vs fraction is checked per task
+    per_concept = evaluations[evaluations["concept"] != OVERALL]
+    zero_shot = per_concept[(per_concept["task"] == "zero_shot") & (per_concept["metric"] == "top1")]
+    retrieval = per_concept[per_concept["task"] == "retrieval"]
+    scores = pd.concat(
+        [
+            zero_shot.assign(score=zero_shot["value"]),
+            retrieval.assign(prompt=NO_PROMPT, score=100.0 * retrieval["value"]),
+        ],
+        ignore_index=True,
+    )
+    several = scores.groupby(["task", "model", "prompt", "metric"])["dataset"].nunique()
+    if (several > 1).any():
+        raise ValueError(
+            "evaluations: several datasets for one (task, model, prompt, metric); the fit table has no dataset "
+            f"column, so give one dataset per task ({several[several > 1].index.tolist()[:5]})"
+        )
+    return scores[["task", "model", "dataset", "prompt", "metric", "concept", "score"]]
+
+
+def synthetic_fit_rows(
+    frequencies: pd.DataFrame,
+    truth_concepts: pd.DataFrame,
+    evaluations: pd.DataFrame,
+    *,
+    threshold: float,
+    n_edges: int,
+    resamples: int,
+    seed: int,
+    pretrain: str = "synthetic",
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Log-linear fits of per-concept scores on the estimated (text, image, matched) and the true counts.
+
+    Why: the slope per decade the study reports is only as good as its counts; fitting the same scores on
+    the true shown counts shows how much the estimated counts bend it. ``frequencies``: the corpus frequency
+    table (``schemas.CORPUS_FREQUENCIES``), image and matched counts taken at ``threshold``; ``truth_concepts``:
+    ``truth/concepts.parquet`` (name, shown_count); ``evaluations``: the tidy ``evaluation.EVALUATIONS`` table.
+    Each zero-shot (model, dataset, prompt) group (top1, percent) and each retrieval (model, dataset, metric)
+    group (100 x recall, prompt ``-``) is fitted per count type with ``analysis.fit_rows``; counts and scores
+    are joined by ``concept_key``. Returns (fits with exactly ``analysis.FIT_COLUMNS``, points: task, model,
+    dataset, prompt, metric, count_type, concept, count, score). Evaluated concepts without a count are
+    warned about and listed in ``fits.attrs["unmatched"]`` (records with task, model, dataset, prompt, metric,
+    count_type, concept), never dropped silently.
+    """
+    scores = _score_groups(evaluations).assign(key=lambda df: df["concept"].map(concept_key))
+    counts = _count_table(frequencies, truth_concepts, threshold, set(scores["key"]))
+    group_keys = ["task", "model", "dataset", "prompt", "metric"]
+    full = scores.merge(pd.DataFrame({"count_type": COUNT_TYPES}), how="cross")  # every score per count type
+    full = full.merge(counts, on=["count_type", "key"], how="left", validate="many_to_one")
+    unmatched = full[full["count"].isna()][[*group_keys, "count_type", "concept"]].reset_index(drop=True)
+    points = full[full["count"].notna()].astype({"count": "int64"})
+    points = (
+        points[[*group_keys, "count_type", "concept", "count", "score"]]
+        .sort_values([*group_keys, "count_type", "concept"], kind="stable")
+        .reset_index(drop=True)
+    )
+    records = []
+    for (task, model, _dataset, prompt, metric, count_type), group in points.groupby(
+        [*group_keys, "count_type"], sort=True
+    ):
+        rows = analysis.Rows(data=group[["dataset", "concept", "count", "score"]].reset_index(drop=True))
+        key = {
+            "task": task,
+            "pretrain": pretrain,
+            "model": model,
+            "prompt": prompt,
+            "count_type": count_type,
+            "metric": metric,
+        }
+        for record in analysis.fit_rows(rows, n_edges=n_edges, plotted=(None, None), resamples=resamples, seed=seed):
+            records.append({**key, **record})
+    fits = pd.DataFrame(records, columns=list(analysis.FIT_COLUMNS))
+    fits = fits.astype({"n_rows": "int64", "n_bins_plotted": "int64"})
+    fits = schemas.FITS.validate(fits, lazy=True)
+    if len(unmatched):
+        per_group = unmatched.groupby(["task", "dataset", "count_type"])["concept"].nunique()
+        warnings.warn(
+            f"{len(unmatched)} (score, count type) rows have no count and are left out of the fits: "
+            f"{per_group.to_dict()}; see fits.attrs['unmatched']",
+            stacklevel=2,
+        )
+    fits.attrs["unmatched"] = unmatched.to_dict("records")  # plain records: a DataFrame in attrs breaks pd.concat
+    return fits, points
+
+
+# ------------------------------------------------------------------------------------------- stage
+
+#: keys of params.yaml's ``synthetic_validation`` section
+STAGE_KEYS = ("world", "corpus", "image_corpora", "threshold", "model", "datasets", "n_edges")
+
+
+def _check_stage_settings(settings: Mapping[str, Any]) -> None:
+    if not isinstance(settings, Mapping):
+        raise ConfigError(f"synthetic_validation: expected a mapping, got {settings!r}")
+    unknown = sorted(set(settings) - set(STAGE_KEYS))
+    missing = [k for k in STAGE_KEYS if k not in settings]
+    if unknown or missing:
+        raise ConfigError(f"synthetic_validation: unknown key(s) {unknown} / missing key(s) {missing}")
+    if isinstance(settings["image_corpora"], str) or not settings["image_corpora"]:
+        raise ConfigError("synthetic_validation.image_corpora: expected a non-empty list of image_corpora entries")
+
+
+def image_run_dir(image_corpus: str) -> Path:
+    """The image-search run folder of an image corpus (``data/interim/image_search/<name>/<backend>``).
+
+    When several backends have tagged the corpus over time, the most recently completed run is the one the
+    stage's frequencies came from.
+    """
+    runs = sorted((image_search_dir(image_corpus, "x").parent).glob("*/run.json"), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise ConfigError(
+            f"synthetic_validation.image_corpora: no image search of '{image_corpus}' yet "
+            f"(run image_search@{image_corpus})"
+        )
+    return runs[-1].parent
+
+
+def validation_report(settings: Mapping[str, Any], base: str | os.PathLike) -> pd.DataFrame:
+    """``validation_table`` for each tagger (``image_corpora``) of the world's corpus, stacked.
+
+    The first column, ``image_corpus``, names the tagged corpus entry; the text row (no tagger) comes once,
+    with ``image_corpus`` ``-``.
+    """
+    _check_stage_settings(settings)
+    world = Path(base) / settings["world"]
+    text_dir = corpora.text_search_dir(settings["corpus"])
+    concepts = corpora.searched_concepts(settings["corpus"])
+    frames = []
+    for i, name in enumerate(settings["image_corpora"]):
+        table = validation_table(world, text_dir, image_run_dir(name), concepts, float(settings["threshold"]))
+        table.insert(0, "image_corpus", np.where(table["method"] == "text", "-", name))
+        frames.append(table if i == 0 else table[table["method"] != "text"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def read_evaluations(model: str, datasets: Sequence[str]) -> pd.DataFrame:
+    """The evaluate stage's tidy results of ``model`` on ``datasets`` (one table)."""
+    frames = []
+    for dataset in datasets:
+        path = paths.processed_dir() / "evaluations" / model / dataset / EVALUATIONS_FILE
+        if not path.exists():
+            raise ConfigError(
+                f"synthetic_validation: no evaluation of {model} on {dataset} at {path} "
+                "(add both to evaluation.models / evaluation.datasets)"
+            )
+        frames.append(read_evaluations_table(path))
+    return pd.concat(frames, ignore_index=True)
+
+
+def fits_report(
+    settings: Mapping[str, Any], base: str | os.PathLike, *, resamples: int, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Fits and points of the trained model's scores against every count type, for each tagger.
+
+    Returns (fits: ``image_corpus`` + ``analysis.FIT_COLUMNS``, points: ``image_corpus`` + the points of
+    ``synthetic_fit_rows``). Text and true counts do not depend on the tagger, so they come once, with the
+    first image corpus (whose rows are the ones the release's fit table receives).
+    """
+    _check_stage_settings(settings)
+    world = Path(base) / settings["world"]
+    truth = _world_concepts(world)
+    evaluations = read_evaluations(settings["model"], settings["datasets"])
+    fit_frames, point_frames = [], []
+    for i, name in enumerate(settings["image_corpora"]):
+        frequencies = schemas.read_table(frequencies_path(name), schemas.CORPUS_FREQUENCIES)
+        fits, points = synthetic_fit_rows(
+            frequencies, truth, evaluations, threshold=float(settings["threshold"]), n_edges=int(settings["n_edges"]),
+            resamples=resamples, seed=seed,
+        )  # fmt: skip
+        if i:
+            fits = fits[fits["count_type"].isin(["image", "matched"])]
+            points = points[points["count_type"].isin(["image", "matched"])]
+        fit_frames.append(fits.assign(image_corpus=name))
+        point_frames.append(points.assign(image_corpus=name))
+    fits = pd.concat(fit_frames, ignore_index=True)
+    points = pd.concat(point_frames, ignore_index=True)
+    first = ["image_corpus"]
+    return fits[first + list(analysis.FIT_COLUMNS)], points[first + [c for c in points if c not in first]]
+
+
+def release_fit_rows(fits: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``fits_report`` that join ``log_linear_fits.csv``: the first tagger's, its columns only."""
+    if fits.empty:
+        return pd.DataFrame(columns=list(analysis.FIT_COLUMNS))
+    first = fits["image_corpus"].iloc[0]
+    return fits[fits["image_corpus"] == first][list(analysis.FIT_COLUMNS)].reset_index(drop=True)
+
+
+def plot_accuracy_vs_frequency(points: pd.DataFrame):
+    """Zero-shot accuracy (or retrieval recall) per concept against log10 frequency, one panel per count type."""
+    import seaborn as sns
+
+    data = points[points["image_corpus"] == points["image_corpus"].iloc[0]].copy()
+    data["log10_count"] = np.log10(np.maximum(data["count"].to_numpy(), 1))
+    data["score_kind"] = np.where(
+        data["task"] == "zero_shot", "zero-shot top-1, " + data["prompt"] + " prompts", "retrieval " + data["metric"]
+    )
+    keep = data["score_kind"].isin(sorted(data["score_kind"].unique())[:4])
+    grid = sns.lmplot(
+        data=data[keep],
+        x="log10_count",
+        y="score",
+        col="count_type",
+        hue="score_kind",
+        col_order=[c for c in COUNT_TYPES if c in set(data["count_type"])],
+        height=3.0,
+        aspect=1.0,
+        scatter_kws={"s": 12, "alpha": 0.6},
+        ci=None,
+    )
+    grid.set_axis_labels("log10 pretraining frequency (zeros as 1)", "per-concept score (%)")
+    grid.set_titles("{col_name} counts")
+    return grid.figure
+
+
+def plot_estimated_vs_true(settings: Mapping[str, Any], base: str | os.PathLike):
+    """Per-concept estimated counts (text, image, matched; each tagger) against the true ones, log-log."""
+    import seaborn as sns
+
+    truth = true_frequency_table(Path(base) / settings["world"])
+    truth = truth.assign(key=truth["name"].map(concept_key))
+    target = {"text": "mentioned_count", "image": "shown_count", "matched": "matched_count"}
+    frames = []
+    for name in settings["image_corpora"]:
+        freq = schemas.read_table(frequencies_path(name), schemas.CORPUS_FREQUENCIES)
+        at = freq["method"].eq("text") | np.isclose(freq["threshold"], float(settings["threshold"]), atol=1e-9)
+        freq = freq[at].assign(key=freq["concept"].map(concept_key)).merge(truth, on="key", how="inner")
+        for method, column in target.items():
+            rows = freq[freq["method"] == method]
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "tagger": "-" if method == "text" else name,
+                        "method": method,
+                        "estimated": rows["count"],
+                        "true": rows[column],
+                    }
+                )
+            )
+    data = pd.concat(frames, ignore_index=True).drop_duplicates()
+    data[["estimated", "true"]] = np.maximum(data[["estimated", "true"]].to_numpy(), 1)
+    grid = sns.relplot(data=data, x="true", y="estimated", col="method", hue="tagger", height=3.0, s=18)
+    for ax in grid.axes.flat:
+        ax.set(xscale="log", yscale="log")
+        low, high = ax.get_xlim()
+        ax.plot([low, high], [low, high], color="grey", linewidth=0.8, linestyle="--")
+    grid.set_axis_labels("true count (samples)", "estimated count")
+    return grid.figure
+
+
+__all__ = [
+    "COUNT_TYPES",
+    "STAGE_KEYS",
+    "SYNTHETIC_VALIDATION",
+    "estimated_pairs",
+    "fits_report",
+    "image_run_dir",
+    "plot_accuracy_vs_frequency",
+    "plot_estimated_vs_true",
+    "read_evaluations",
+    "release_fit_rows",
+    "synthetic_fit_rows",
+    "true_frequency_table",
+    "validation_report",
+    "validation_table",
+]

@@ -1,0 +1,1 @@
+"""The caption side: caption readers, concept tables, and concept search in captions."""

@@ -1,0 +1,206 @@
+"""Corpora declared in params.yaml, and the text-search stage that counts concepts in their captions.
+
+A corpus entry (``corpora.<name>`` in params.yaml)::
+
+    data: data/raw/samples/tsv          # the folder DVC tracks for this corpus (relative to the work folder)
+    captions:                           # how to read its captions: a helpers.text.captions.CaptionSource config
+      format: tsv                       # tsv | csv | parquet | wds | txt
+      paths: data/raw/samples/tsv/part-{00000..00001}.tsv
+      caption_column: caption
+      header: true
+
+Relative paths are resolved against the work folder (the project root unless FDP_WORKDIR is set). A wrong
+entry fails before any shard is read, with an error naming the params key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pandera.pandas as pa
+
+from helpers import paths, schemas
+from helpers.shards import ConfigError, read_shard_stats, run_report, shard_records
+from helpers.text.captions import CaptionSource
+from helpers.text.search import run_text_search, text_counts
+
+CORPUS_KEYS = {"data", "concepts", "captions", "images"}  # `images` is read by the image-search stage
+
+TEXT_COUNTS = pa.DataFrameSchema(
+    {
+        "corpus": pa.Column(str),
+        "concept_id": pa.Column("int32", pa.Check.ge(0)),
+        "concept": pa.Column(str),
+        "count": pa.Column("int64", pa.Check.ge(0)),
+    },
+    unique=["corpus", "concept_id"],
+    strict=True,
+    name="text_counts",
+)
+
+TEXT_SEARCH_KEYS = {"mode", "unknown_words", "executor", "workers", "ray_address", "allow_failed_shards"}
+
+
+def caption_source(name: str, entry: Mapping[str, Any], base: Path | None = None) -> CaptionSource:
+    """The CaptionSource of corpus ``name``; errors name the params key (``corpora.<name>.captions.<key>``)."""
+    prefix = f"corpora.{name}"
+    if not isinstance(entry, Mapping):
+        raise ConfigError(f"{prefix}: expected a mapping with 'data' and 'captions', got {entry!r}")
+    unknown = sorted(set(entry) - CORPUS_KEYS)
+    if unknown:
+        raise ConfigError(f"{prefix}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(CORPUS_KEYS))})")
+    if "captions" not in entry:
+        raise ConfigError(f"{prefix}.captions: missing (how to read the corpus' captions)")
+    config = dict(entry["captions"])
+    base = base or paths.workdir()
+    if "paths" in config:
+        raw = config["paths"]
+        config["paths"] = paths.resolve([raw] if isinstance(raw, str) else raw, base)
+    try:
+        return CaptionSource.from_config(config)
+    except ConfigError as err:
+        raise ConfigError(f"{prefix}.captions.{err}") from err
+
+
+def check_text_search_settings(settings: Mapping[str, Any]) -> None:
+    unknown = sorted(set(settings) - TEXT_SEARCH_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"text_search: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(TEXT_SEARCH_KEYS))})"
+        )
+
+
+@dataclass
+class TextSearchResult:
+    counts: pd.DataFrame  # TEXT_COUNTS
+    shards: pd.DataFrame  # one row per shard: status and reader stats
+    report: dict
+
+
+def text_search_dir(name: str) -> Path:
+    """Per-shard outputs of the text search of corpus ``name`` (resumable)."""
+    return paths.interim_dir() / "text_search" / name
+
+
+SEARCHED_CONCEPTS = pa.DataFrameSchema(
+    {"concept_id": pa.Column("int32", pa.Check.ge(0), unique=True), "name": pa.Column(str, unique=True)},
+    checks=pa.Check(
+        lambda df: bool((df["concept_id"].to_numpy() == range(len(df))).all()) if len(df) else True,
+        error="concept_id is not 0..n-1 in row order",
+    ),
+    strict=True,
+    name="searched_concepts",
+)
+
+
+def searched_concepts(name: str) -> pd.DataFrame:
+    """(concept_id, name) of the concepts corpus ``name``'s caption search counted, in id order."""
+    path = concept_table_path(name)
+    if not path.exists():
+        raise ConfigError(f"corpora.{name}: no caption search at {path.parent} (run text_search@{name} first)")
+    return schemas.read_table(path, SEARCHED_CONCEPTS)
+
+
+def concept_table_path(name: str) -> Path:
+    """The concept table a corpus' caption search used (kept beside its shards for the image search)."""
+    return text_search_dir(name) / "concepts.parquet"
+
+
+def load_concepts(name: str, entry: Mapping[str, Any]) -> pd.DataFrame:
+    """The concept table ``corpora.<name>.concepts`` names (a Parquet file from the concepts stages)."""
+    if not isinstance(entry, Mapping) or not entry.get("concepts"):
+        raise ConfigError(
+            f"corpora.{name}.concepts: missing (the concept table to search, e.g. data/processed/concepts.parquet)"
+        )
+    path = Path(paths.resolve(entry["concepts"]))
+    if not path.is_file():
+        raise ConfigError(f"corpora.{name}.concepts: {path} not found (run its concepts stage first)")
+    return schemas.read_table(path, schemas.CONCEPT_TABLE)
+
+
+def text_counts_path(name: str) -> Path:
+    return paths.processed_dir() / "corpora" / name / "text_counts.parquet"
+
+
+def shard_table(out_dir: Path) -> pd.DataFrame:
+    """One row per shard of a run: its file, status, error and the reader's counters (missing shards too)."""
+    run, records, missing = shard_records(out_dir)
+    names = {e["index"]: Path(str(e["path"])).name for e in run["shards"]}
+    rows = []
+    for record in records:
+        stats = {
+            k: v
+            for k, v in read_shard_stats(out_dir, record["shard"]).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "shard"
+        }
+        rows.append(
+            {
+                "shard": record["shard"],
+                "file": names[record["shard"]],
+                "status": record["status"],
+                "error": record.get("error") or "",
+                **stats,
+            }
+        )
+    rows += [{"shard": i, "file": names[i], "status": "not run", "error": ""} for i in missing]
+    return pd.DataFrame(rows).sort_values("shard").reset_index(drop=True)
+
+
+def require_complete(shards: pd.DataFrame, *, what: str, setting: str, allow_failed: bool) -> None:
+    """Stop a stage whose run has failed or missing shards, naming each, unless ``allow_failed``."""
+    failed = shards[shards["status"] != "ok"]
+    if len(failed) and not allow_failed:
+        listing = "; ".join(f"{r.file}: {r.error or r.status}" for r in failed.itertuples())
+        raise RuntimeError(
+            f"{what}: {len(failed)} shard(s) failed ({listing}). Fix or remove them, or set "
+            f"{setting}: true to count the rest (the shard table lists them)."
+        )
+
+
+def search_corpus(
+    name: str, entry: Mapping[str, Any], concepts: pd.DataFrame, settings: Mapping[str, Any], *, progress: bool = True
+) -> TextSearchResult:
+    """Count the concepts in corpus ``name``'s captions and write its text-counts table.
+
+    ``concepts`` is the concept table (concept_id 0..n-1 in order, name); ``settings`` the ``text_search``
+    section of params.yaml. A rerun resumes from the completed shards when nothing changed and starts over
+    when the configuration did. A failed shard stops the stage (naming it) unless ``allow_failed_shards``.
+    """
+    check_text_search_settings(settings)
+    source = caption_source(name, entry)
+    if not concepts["concept_id"].equals(pd.Series(range(len(concepts)), dtype=concepts["concept_id"].dtype)):
+        raise ValueError("concept ids must be 0..n-1 in table order (the concepts stage writes them so)")
+    out_dir = text_search_dir(name)
+    run_text_search(
+        source,
+        concepts["name"].tolist(),
+        out_dir,
+        mode=settings.get("mode", "phrase"),
+        unknown_words=settings.get("unknown_words"),
+        executor=settings.get("executor", "process"),
+        workers=settings.get("workers"),
+        ray_address=settings.get("ray_address"),
+        overwrite=True,
+        progress=progress,
+    )
+    report = run_report(out_dir)
+    shards = shard_table(out_dir)
+    allow_failed = bool(settings.get("allow_failed_shards", False))
+    require_complete(
+        shards, what=f"corpus {name}", setting="text_search.allow_failed_shards", allow_failed=allow_failed
+    )
+    counts = text_counts(out_dir, allow_failed=allow_failed)
+    table = (
+        concepts[["concept_id", "name"]].rename(columns={"name": "concept"}).merge(counts, on="concept_id", how="left")
+    )
+    table["count"] = table["count"].fillna(0).astype("int64")
+    table.insert(0, "corpus", name)
+    table["concept_id"] = table["concept_id"].astype("int32")
+    schemas.write_table(table, TEXT_COUNTS, text_counts_path(name))
+    searched = concepts[["concept_id", "name"]].reset_index(drop=True).astype({"concept_id": "int32"})
+    schemas.write_table(searched, SEARCHED_CONCEPTS, concept_table_path(name))
+    return TextSearchResult(counts=table, shards=shards, report=report)
