@@ -1,0 +1,171 @@
+"""Per-concept tagger thresholds fitted on a labelled audit split.
+
+One global threshold (the paper's RAM++ 0.7) treats every concept alike, but a tagger's scores are not
+calibrated per concept: a zero-shot open_clip tagger over-tags some concepts and under-tags others. Given a
+tagger's probabilities on audit samples with known labels (the synthetic world's tagger split, or a few hundred
+images a user labels), each concept gets the threshold that
+
+* ``mode="precision"``: reaches ``target_precision`` with the highest recall, on at least ``min_positives`` true
+  positives (so one lucky top score does not count as precision 1), or
+* ``mode="f1"``: maximises F1,
+
+computed exactly from the sorted scores (every distinct score is a candidate cut; a sample is positive when
+``prob >= threshold``, as in ``helpers.images.search.image_counts``). A concept with fewer than
+``min_positives`` labelled positives, or whose precision target is unreachable, keeps ``default`` (the global
+threshold) and is flagged, so nothing is fitted on noise silently.
+
+The fitted table (one row per concept id) is what the image-count stage reads as per-concept thresholds; counts
+at the global thresholds stay available beside them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+CalibrationMode = Literal["precision", "f1"]
+MODES: tuple[CalibrationMode, ...] = ("precision", "f1")
+THRESHOLDS_SCHEMA = pa.schema(
+    [
+        ("concept_id", pa.int32()),
+        ("threshold", pa.float64()),
+        ("precision", pa.float64()),
+        ("recall", pa.float64()),
+        ("f1", pa.float64()),
+        ("n_positives", pa.int64()),
+        ("fallback", pa.bool_()),
+    ]
+)
+
+
+def _curve(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Candidate thresholds (distinct scores, descending) with TP, precision, recall and F1 at ``prob >= t``."""
+    order = np.argsort(-probs, kind="stable")
+    p, y = probs[order], labels[order]
+    tp = np.cumsum(y)
+    fp = np.cumsum(~y)
+    last = np.r_[np.flatnonzero(p[1:] != p[:-1]), len(p) - 1]  # last index of each run of equal scores
+    tp, fp, thresholds = tp[last], fp[last], p[last]
+    n_pos = y.sum()
+    precision = tp / (tp + fp)
+    recall = tp / n_pos if n_pos else np.zeros_like(precision, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.where(tp > 0, 2 * precision * recall / (precision + recall), 0.0)
+    return thresholds, tp, precision, recall, f1
+
+
+def fit_thresholds(
+    probs: np.ndarray,
+    labels: np.ndarray,
+    *,
+    mode: CalibrationMode = "precision",
+    target_precision: float = 0.9,
+    default: float = 0.7,
+    floor: float = 0.0,
+    min_positives: int = 5,
+    concept_ids: np.ndarray | None = None,
+) -> pd.DataFrame:
+    """Fit one threshold per concept on an audit split.
+
+    Args:
+        probs: (N, C) float tagger probabilities of the audit samples.
+        labels: (N, C) bool, whether each audit sample shows each concept.
+        mode: ``precision`` (lowest threshold meeting ``target_precision``) or ``f1`` (maximum F1).
+        target_precision: in (0, 1], for ``mode="precision"``.
+        default: the threshold of concepts that cannot be fitted (the global operating threshold).
+        floor: thresholds are never below this (the run's stored probability floor: lower scores were not kept).
+        min_positives: concepts with fewer labelled positives keep ``default``.
+        concept_ids: (C,) ids written in the table (default 0..C-1).
+
+    Returns:
+        DataFrame with THRESHOLDS_SCHEMA's columns; precision/recall/f1 are the audit's at the chosen threshold.
+
+    Raises:
+        ValueError: shapes differ or are not 2-D, a probability is outside [0, 1] or NaN, or a setting is out of range.
+    """
+    probs = np.asarray(probs, dtype=float)
+    labels = np.asarray(labels).astype(bool)
+    if probs.shape != labels.shape or probs.ndim != 2:
+        raise ValueError(f"probs {probs.shape} and labels {labels.shape} must be (samples, concepts) of one shape")
+    if probs.size and (not np.isfinite(probs).all() or probs.min() < 0 or probs.max() > 1):
+        raise ValueError("probs must be finite probabilities in [0, 1]")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if not 0 < target_precision <= 1:
+        raise ValueError(f"target_precision must be in (0, 1], got {target_precision}")
+    if not 0 <= floor <= default <= 1:
+        raise ValueError(f"need 0 <= floor ({floor}) <= default ({default}) <= 1")
+    n_concepts = probs.shape[1]
+    ids = np.arange(n_concepts) if concept_ids is None else np.asarray(concept_ids)
+    if len(ids) != n_concepts:
+        raise ValueError(f"concept_ids has {len(ids)} entries for {n_concepts} concepts")
+    rows = []
+    for c in range(n_concepts):
+        y, p = labels[:, c], probs[:, c]
+        n_pos = int(y.sum())
+        chosen = None
+        if n_pos >= min_positives:
+            keep = p >= floor
+            t, tp, prec, rec, f1 = _curve(p[keep], y[keep])
+            rec = rec * (y[keep].sum() / n_pos) if n_pos else rec  # recall over all positives, not just kept ones
+            if mode == "precision":
+                # a cut resting on fewer than min_positives true positives is noise (one lucky top score)
+                ok = np.flatnonzero((prec >= target_precision) & (tp >= min_positives))
+                if len(ok):
+                    i = ok[np.argmax(rec[ok])]  # highest recall among cuts meeting the target
+                    chosen = (t[i], prec[i], rec[i], f1[i])
+            elif len(t):
+                i = int(np.argmax(f1))
+                chosen = (t[i], prec[i], rec[i], f1[i])
+        if chosen is None:
+            pred = p >= default
+            tp = int((pred & y).sum())
+            prec = tp / pred.sum() if pred.sum() else float("nan")
+            rec = tp / n_pos if n_pos else float("nan")
+            f1 = 2 * prec * rec / (prec + rec) if tp else 0.0
+            rows.append((int(ids[c]), float(default), prec, rec, f1, n_pos, True))
+        else:
+            rows.append((int(ids[c]), float(chosen[0]), *(float(v) for v in chosen[1:]), n_pos, False))
+    return pd.DataFrame(rows, columns=THRESHOLDS_SCHEMA.names).astype({"concept_id": "int32", "n_positives": "int64"})
+
+
+def write_thresholds(table: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write a fitted threshold table as Parquet (schema-checked)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pandas(table, schema=THRESHOLDS_SCHEMA, preserve_index=False), path)
+    return path
+
+
+def read_thresholds(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a threshold table; a file without the expected columns is refused naming it.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: its columns or types differ from THRESHOLDS_SCHEMA, thresholds are outside [0, 1], or a
+            concept id repeats.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: per-concept threshold table not found (fit it on an audit split first)")
+    table = pq.read_table(path)
+    if not table.schema.equals(THRESHOLDS_SCHEMA, check_metadata=False):
+        raise ValueError(f"{path}: not a threshold table; expected columns {THRESHOLDS_SCHEMA.names}")
+    df = table.to_pandas()
+    if ((df["threshold"] < 0) | (df["threshold"] > 1)).any():
+        raise ValueError(f"{path}: thresholds must lie in [0, 1]")
+    if df["concept_id"].duplicated().any():
+        raise ValueError(f"{path}: concept ids repeat")
+    return df
+
+
+def thresholds_for(table: pd.DataFrame, concept_ids: np.ndarray, default: float) -> np.ndarray:
+    """Per-concept thresholds aligned to ``concept_ids`` (concepts missing from the table get ``default``)."""
+    lookup = dict(zip(table["concept_id"].astype(int), table["threshold"].astype(float)))
+    return np.array([lookup.get(int(c), default) for c in concept_ids], dtype=float)

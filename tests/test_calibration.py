@@ -1,0 +1,116 @@
+"""Tests of helpers.images.calibration: per-concept thresholds fitted on an audit split."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from helpers.images.calibration import (
+    fit_thresholds,
+    read_thresholds,
+    thresholds_for,
+    write_thresholds,
+)
+
+
+def _audit(seed=0, n=2000):
+    """Concept 0 is over-scored (negatives often high), concept 1 under-scored (positives low), concept 2 clean."""
+    rng = np.random.default_rng(seed)
+    labels = rng.random((n, 3)) < 0.2
+    probs = np.empty((n, 3))
+    probs[:, 0] = np.where(labels[:, 0], rng.uniform(0.85, 1.0, n), rng.uniform(0.5, 0.9, n))
+    probs[:, 1] = np.where(labels[:, 1], rng.uniform(0.3, 0.6, n), rng.uniform(0.0, 0.4, n))
+    probs[:, 2] = np.where(labels[:, 2], rng.uniform(0.75, 1.0, n), rng.uniform(0.0, 0.6, n))
+    return probs, labels
+
+
+def _pr(probs, labels, t):
+    pred = probs >= t
+    tp = (pred & labels).sum()
+    return tp / max(pred.sum(), 1), tp / labels.sum()
+
+
+def test_precision_mode_meets_the_target_with_the_highest_recall():
+    probs, labels = _audit()
+    table = fit_thresholds(probs, labels, mode="precision", target_precision=0.9, default=0.7)
+    assert not table["fallback"].any()
+    for c in range(3):
+        t = table.loc[c, "threshold"]
+        precision, recall = _pr(probs[:, c], labels[:, c], t)
+        assert precision >= 0.9
+        assert table.loc[c, "precision"] == pytest.approx(precision)
+        assert table.loc[c, "recall"] == pytest.approx(recall)
+        # no lower candidate threshold meets the target with more recall
+        lower = np.unique(probs[:, c][probs[:, c] < t])
+        for cut in lower[-20:]:
+            p2, r2 = _pr(probs[:, c], labels[:, c], cut)
+            assert p2 < 0.9 or r2 <= recall
+    # the global 0.7 is wrong both ways: it over-tags concept 0 and misses concept 1
+    assert table.loc[0, "threshold"] > 0.7 and table.loc[1, "threshold"] < 0.7
+    assert _pr(probs[:, 0], labels[:, 0], 0.7)[0] < 0.9
+    assert _pr(probs[:, 1], labels[:, 1], 0.7)[1] == 0
+
+
+def test_f1_mode_maximises_f1():
+    probs, labels = _audit(1)
+    table = fit_thresholds(probs, labels, mode="f1")
+    for c in range(3):
+        best = 0.0
+        for cut in np.unique(probs[:, c]):
+            p, r = _pr(probs[:, c], labels[:, c], cut)
+            best = max(best, 2 * p * r / (p + r) if p + r else 0)
+        assert table.loc[c, "f1"] == pytest.approx(best)
+
+
+def test_too_few_positives_or_unreachable_target_fall_back():
+    rng = np.random.default_rng(0)
+    probs = rng.random((100, 2))
+    labels = np.zeros((100, 2), bool)
+    labels[:3, 0] = True  # 3 positives < min_positives
+    labels[:, 1] = rng.random(100) < 0.5  # scores carry no signal: 0.99 precision unreachable
+    table = fit_thresholds(probs, labels, target_precision=0.99, default=0.65, min_positives=5)
+    assert table["fallback"].tolist() == [True, True]
+    assert table["threshold"].tolist() == [0.65, 0.65]
+
+
+def test_floor_bounds_the_threshold_from_below():
+    probs, labels = _audit(2)
+    table = fit_thresholds(probs, labels, mode="f1", floor=0.5, default=0.7)
+    assert (table["threshold"] >= 0.5).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"probs": np.zeros((3, 2)), "labels": np.zeros((3, 1))}, "one shape"),
+        ({"probs": np.full((3, 1), 1.5), "labels": np.zeros((3, 1))}, r"\[0, 1\]"),
+        ({"probs": np.full((3, 1), np.nan), "labels": np.zeros((3, 1))}, "finite"),
+        ({"probs": np.zeros((3, 1)), "labels": np.zeros((3, 1)), "mode": "recall"}, "one of precision, f1"),
+        ({"probs": np.zeros((3, 1)), "labels": np.zeros((3, 1)), "target_precision": 0}, r"\(0, 1\]"),
+        ({"probs": np.zeros((3, 1)), "labels": np.zeros((3, 1)), "floor": 0.8, "default": 0.7}, "floor"),
+    ],
+)
+def test_bad_inputs_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        fit_thresholds(**kwargs)
+
+
+def test_round_trip_and_alignment(tmp_path):
+    probs, labels = _audit()
+    table = fit_thresholds(probs, labels, concept_ids=np.array([7, 3, 5]))
+    path = write_thresholds(table, tmp_path / "t" / "thresholds.parquet")
+    back = read_thresholds(path)
+    pd.testing.assert_frame_equal(back, table)
+    aligned = thresholds_for(back, np.array([3, 5, 7, 99]), default=0.7)
+    assert aligned[-1] == 0.7
+    assert aligned[:3].tolist() == [table.loc[1, "threshold"], table.loc[2, "threshold"], table.loc[0, "threshold"]]
+
+
+def test_reading_a_wrong_table_names_the_file(tmp_path):
+    bad = tmp_path / "bad.parquet"
+    pd.DataFrame({"concept": [1], "t": [0.5]}).to_parquet(bad)
+    with pytest.raises(ValueError, match="bad.parquet: not a threshold table"):
+        read_thresholds(bad)
+    with pytest.raises(FileNotFoundError, match="missing.parquet"):
+        read_thresholds(tmp_path / "missing.parquet")
