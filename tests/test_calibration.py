@@ -114,3 +114,52 @@ def test_reading_a_wrong_table_names_the_file(tmp_path):
         read_thresholds(bad)
     with pytest.raises(FileNotFoundError, match="missing.parquet"):
         read_thresholds(tmp_path / "missing.parquet")
+
+
+class _RedTagger:
+    """Scores concept 'red thing' by the mean red channel, 'blue thing' by the blue one."""
+
+    backend = "fake"
+    concepts = ["red thing", "blue thing"]
+    image_size = 8
+
+    def transform(self):
+        import torchvision.transforms.functional as TF
+
+        return lambda image: TF.to_tensor(image.resize((8, 8)))
+
+    def to(self, device):
+        return self
+
+    def scores(self, images):
+        return images.mean(dim=(2, 3))[:, [0, 2]]
+
+    def fingerprint(self):
+        return {"fake": 1}
+
+
+def test_audit_scores_reads_labels_and_skips_broken_files(tmp_path):
+    from PIL import Image
+
+    from helpers.images.calibration import audit_scores
+
+    paths, labels = [], []
+    for i, (colour, names) in enumerate(
+        [((255, 0, 0), ["Red Thing"]), ((0, 0, 255), ["blue-thing", "unicorn"]), ((0, 0, 0), [])]
+    ):
+        path = tmp_path / f"{i}.png"
+        Image.new("RGB", (16, 16), colour).save(path)
+        paths.append(path)
+        labels.append(names)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff not really a jpeg")
+    paths.append(broken)
+    labels.append(["red thing"])
+    audit = audit_scores(_RedTagger(), paths, labels, batch_size=2)
+    assert audit.labels.tolist() == [[True, False], [False, True], [False, False]]
+    assert audit.probs.shape == (3, 2)
+    assert audit.probs[0, 0] == pytest.approx(1.0) and audit.probs[1, 1] == pytest.approx(1.0)
+    assert len(audit.skipped) == 1 and "broken.jpg" in audit.skipped[0]
+    assert audit.unknown_labels == ["unicorn"]
+    with pytest.raises(ValueError, match="2 audit images but 1 label lists"):
+        audit_scores(_RedTagger(), paths[:2], labels[:1])

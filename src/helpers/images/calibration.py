@@ -21,6 +21,8 @@ at the global thresholds stay available beside them.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -28,6 +30,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from helpers.images.taggers import Tagger
+from helpers.naming import concept_key
 
 CalibrationMode = Literal["precision", "f1"]
 MODES: tuple[CalibrationMode, ...] = ("precision", "f1")
@@ -42,6 +50,16 @@ THRESHOLDS_SCHEMA = pa.schema(
         ("fallback", pa.bool_()),
     ]
 )
+
+
+@dataclass
+class AuditScores:
+    """A tagger's probabilities on a labelled audit split (see ``audit_scores``)."""
+
+    probs: np.ndarray  # (M, C) float32
+    labels: np.ndarray  # (M, C) bool
+    skipped: list[str] = field(default_factory=list)  # files that did not decode, with the reason
+    unknown_labels: list[str] = field(default_factory=list)  # label names that are not tagger concepts
 
 
 def _curve(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -169,3 +187,74 @@ def thresholds_for(table: pd.DataFrame, concept_ids: np.ndarray, default: float)
     """Per-concept thresholds aligned to ``concept_ids`` (concepts missing from the table get ``default``)."""
     lookup = dict(zip(table["concept_id"].astype(int), table["threshold"].astype(float)))
     return np.array([lookup.get(int(c), default) for c in concept_ids], dtype=float)
+
+
+def audit_scores(
+    tagger: Tagger,
+    images: Sequence[str | os.PathLike],
+    labels: Sequence[Sequence[str]],
+    *,
+    batch_size: int = 64,
+    device: str = "cpu",
+    progress: bool = False,
+) -> AuditScores:
+    """Score a labelled audit split with a tagger: the inputs of ``fit_thresholds`` and of count correction.
+
+    Args:
+        tagger: any backend of ``helpers.images.taggers.Tagger`` (its ``concepts`` fix the column order).
+        images: N image files.
+        labels: N lists of the concept names each image shows (matched to the tagger's concepts by
+            ``helpers.naming.concept_key``, so case and punctuation do not matter).
+        batch_size: images per forward pass.
+        device: torch device of the forward pass.
+        progress: show a progress bar.
+
+    Returns:
+        AuditScores: probs (M, C) float32 and labels (M, C) bool for the M images that decoded; the files that
+        did not decode (a counted, reported skip) and the label names that are not tagger concepts.
+
+    Raises:
+        ValueError: ``images`` and ``labels`` differ in length, or no image decoded.
+    """
+    if len(images) != len(labels):
+        raise ValueError(f"{len(images)} audit images but {len(labels)} label lists")
+    index = {concept_key(c): j for j, c in enumerate(tagger.concepts)}
+    transform = tagger.transform()
+    tagger.to(device)
+    probs: list[np.ndarray] = []
+    rows: list[np.ndarray] = []
+    skipped: list[str] = []
+    unknown: set[str] = set()
+    batch: list[torch.Tensor] = []
+    batch_rows: list[np.ndarray] = []
+
+    def flush() -> None:
+        if batch:
+            with torch.inference_mode():
+                probs.append(tagger.scores(torch.stack(batch).to(device)).float().cpu().numpy())
+            rows.extend(batch_rows)
+            batch.clear()
+            batch_rows.clear()
+
+    for path, names in tqdm(zip(images, labels), total=len(images), desc="scoring audit split", disable=not progress):
+        try:
+            with Image.open(path) as image:
+                tensor = transform(image.convert("RGB"))
+        except (OSError, ValueError) as error:  # missing, truncated or undecodable: counted and reported
+            skipped.append(f"{path}: {error}")
+            continue
+        row = np.zeros(len(tagger.concepts), dtype=bool)
+        for name in names:
+            j = index.get(concept_key(name))
+            if j is None:
+                unknown.add(name)
+            else:
+                row[j] = True
+        batch.append(tensor)
+        batch_rows.append(row)
+        if len(batch) >= batch_size:
+            flush()
+    flush()
+    if not rows:
+        raise ValueError(f"none of the {len(images)} audit images could be read ({skipped[:3]} ...)")
+    return AuditScores(np.concatenate(probs), np.stack(rows), skipped, sorted(unknown))
