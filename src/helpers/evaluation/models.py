@@ -17,13 +17,13 @@ from PIL import Image
 
 from helpers.evaluation.specs import (
     CKPT_SUFFIXES,
-    MODEL_KEYS,
     PRECISIONS,
     SCHEMA_PREFIXES,
-    Section,
+    EntryReader,
     file_sha256,
 )
-from helpers.shards import ConfigError
+from helpers.params import ConfigError, validate
+from helpers.params.evaluation import OpenClipModel
 
 # ============================================================================================= models
 
@@ -66,7 +66,7 @@ def looks_like_path(value: str) -> bool:
 
 
 def _check_named_model(
-    section: Section, name: str, model_config: Path | None, weights: dict[str, Any], open_clip: Any
+    section: EntryReader, name: str, model_config: Path | None, weights: dict[str, Any], open_clip: Any
 ) -> tuple[str, str]:
     """A built-in or ``model_config`` architecture with a tag or checkpoint file: (pretrained, key)."""
     if model_config is not None:
@@ -106,7 +106,7 @@ def _check_named_model(
 
 
 def _check_schema_model(
-    section: Section, name: str, model_config: Path | None, weights: dict[str, Any]
+    section: EntryReader, name: str, model_config: Path | None, weights: dict[str, Any]
 ) -> tuple[None, str]:
     """``hf-hub:org/repo`` or ``local-dir:/path``: config and weights come with the name; the key is required."""
     for field_name, value in (("model_config", model_config), ("pretrained", section.spec.get("pretrained"))):
@@ -152,7 +152,8 @@ def load_model(spec: Mapping[str, Any], device: str = "cpu", precision: str = "f
     label = spec.get("key") if isinstance(spec, Mapping) else None
     if not label and isinstance(spec, Mapping):
         label = spec.get("name") or (Path(str(spec["model_config"])).stem if spec.get("model_config") else "?")
-    section = Section(f"evaluation.models.{label}", spec, MODEL_KEYS)
+    validate(OpenClipModel, dict(spec), f"evaluation.models.{label}")
+    section = EntryReader(f"evaluation.models.{label}", spec)
     if precision not in PRECISIONS:
         raise section.error("precision", f"expected one of {', '.join(PRECISIONS)}, got {precision!r}")
 

@@ -15,7 +15,7 @@ live in the same environment, see :mod:`helpers.images.tagger_rampp`):
     A thin adapter for RAM++ (the tagger of the paper, thresholded at 0.7 there), open-set label
     embeddings from per-concept LLM descriptions. Runs in its own environment.
 
-Config (the ``image_search.tagger`` section of params.yaml), keys common to all backends:
+Config (an ``image_corpora.<name>.tagger`` entry of params.yaml, see :mod:`helpers.params.images`), keys common to all backends:
 
 ``backend``
     ``open_clip`` | ``trained`` | ``rampp`` (required).
@@ -25,7 +25,7 @@ Config (the ``image_search.tagger`` section of params.yaml), keys common to all 
 
 The remaining keys are backend-specific and documented in each module. Unknown keys, missing required
 keys and wrong types raise :class:`helpers.shards.ConfigError` whose message starts with the full key,
-e.g. ``image_search.tagger.calibration.tau: expected a number > 0, got -1``.
+e.g. ``image_corpora.my_cc3m.tagger.calibration.tau: input should be greater than 0, got -1``.
 
 This module also holds the small utilities shared by the backends (config reading, hashing for
 fingerprints, description files), so every backend reports errors and fingerprints the same way.
@@ -45,10 +45,11 @@ from typing import Any
 import torch
 
 from helpers.images.taggers import Tagger
-from helpers.shards import ConfigError
+from helpers.params import ConfigError, validate_union
+from helpers.params.images import Tagger as TaggerParams
 
-#: where the tagger config sits in params.yaml; every error message starts with ``PREFIX.<key>``
-PREFIX = "image_search.tagger"
+#: where a tagger config sits in params.yaml unless the caller says (``image_corpora.<name>.tagger``)
+PREFIX = "tagger"
 BACKENDS = ("open_clip", "trained", "rampp")
 #: keys every backend accepts
 COMMON_KEYS = ("backend", "image_size")
@@ -76,25 +77,24 @@ def build_tagger(
     concepts: Sequence[str],
     *,
     descriptions: Mapping[str, list[str]] | None = None,
+    prefix: str = PREFIX,
 ) -> Tagger:
-    """The tagger that ``config`` (the ``image_search.tagger`` section) describes, scoring ``concepts``.
+    """The tagger that ``config`` (an ``image_corpora.<name>.tagger`` entry) describes, scoring ``concepts``.
 
     ``concepts`` fixes the score columns: column ``j`` of ``tagger.scores(...)`` is ``concepts[j]``.
     ``descriptions`` maps a concept to description strings (the release's ``gpt_descriptions``); the
     ``rampp`` backend builds its open-set label embeddings from them and ``open_clip`` can add them to its
     prompts (``use_descriptions: true``); ``trained`` ignores them.
 
-    Raises :class:`ConfigError` naming ``image_search.tagger.<key>`` for an unknown backend and for
-    unknown, missing or ill-typed keys, before any model is loaded where possible.
+    Raises :class:`ConfigError` naming ``<prefix>.<key>`` (``prefix``: where the config sits in params.yaml)
+    for an unknown backend and for unknown, missing or ill-typed keys (checked by the models of
+    :mod:`helpers.params.images`), before any model is loaded where possible.
     """
     if not isinstance(config, Mapping):
-        raise ConfigError(f"{PREFIX}: expected a mapping with at least `backend`, got {type(config).__name__}")
+        raise ConfigError(f"{prefix}: expected a mapping with at least `backend`, got {type(config).__name__}")
     concepts = check_concepts(concepts)
-    backend = config.get("backend", _MISSING)
-    if backend is _MISSING or backend is None:
-        raise ConfigError(f"{PREFIX}.backend: missing (expected one of {', '.join(BACKENDS)})")
-    if backend not in BACKENDS:
-        raise ConfigError(f"{PREFIX}.backend: unknown backend {backend!r} (expected one of {', '.join(BACKENDS)})")
+    validate_union(TaggerParams, dict(config), prefix)
+    backend = config["backend"]
     # Imported here, not at the top: each backend module imports its own heavy dependencies.
     if backend == "open_clip":
         from helpers.images import tagger_openclip as module
@@ -102,8 +102,8 @@ def build_tagger(
         from helpers.images import tagger_trained as module
     else:
         from helpers.images import tagger_rampp as module
-    section = ConfigSection(config, PREFIX)
-    section.seen.add("backend")
+    section = ConfigSection(config, prefix)
+    section.seen.update({"backend", "weights"})  # weights: the path DVC tracks, not read here
     return module.from_config(section, concepts, descriptions=descriptions)
 
 

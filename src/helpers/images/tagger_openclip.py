@@ -43,10 +43,10 @@ Calibration (documented choice)
 Config keys (``image_search.tagger``)::
 
     backend: open_clip
-    model: ViT-B-32                 # open_clip model name ('hf-hub:org/repo' and 'local-dir:/path' work too)
+    name: ViT-B-32                  # open_clip model name ('hf-hub:org/repo' and 'local-dir:/path' work too)
     pretrained: laion2b_s34b_b79k   # a pretrained tag (downloads once) or a local checkpoint file path
     model_config: null              # a JSON model config for a custom architecture; registered under its
-                                    # file name (model defaults to the file's stem)
+                                    # file name (name defaults to the file's stem)
     image_size: 224                 # optional check against the model's input size
     precision: fp32                 # fp32 | fp16 | bf16 (half precision on a GPU only)
     cache_dir: null                 # open_clip's download cache
@@ -101,10 +101,6 @@ SCHEMA_PREFIXES = ("hf-hub:", "local-dir:")
 DEFAULT_MARGIN = 0.05
 DEFAULT_TAU = 0.01
 DEFAULT_MAX_REFERENCE_IMAGES = 1000
-KEYS = (
-    "backend", "image_size", "model", "pretrained", "model_config", "precision", "cache_dir", "templates",
-    "use_descriptions", "descriptions", "text_batch_size", "calibration",
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -320,15 +316,15 @@ def reference_paths(section: ConfigSection, patterns: list[str], limit: int) -> 
 def from_config(
     section: ConfigSection, concepts: Sequence[str], *, descriptions: Mapping[str, list[str]] | None = None
 ) -> OpenClipTagger:
-    """Build an :class:`OpenClipTagger` from the ``image_search.tagger`` section (keys in the module doc)."""
+    """Build an :class:`OpenClipTagger` from an ``image_corpora.<name>.tagger`` entry (keys in the module doc)."""
     model_config = section.get_path("model_config", None)
     default_model = model_config.stem if model_config is not None else None
-    model_name = section.get_str("model", default_model)
+    model_name = section.get_str("name", default_model)
     if model_name is None:
-        raise section.error("model", "missing (an open_clip model name, or give `model_config`)")
+        raise section.error("name", "missing (an open_clip model name, or give `model_config`)")
     if model_config is not None and model_name != model_config.stem:
         raise section.error(
-            "model", f"{model_name!r} differs from the name {model_config.stem!r} that `model_config` registers"
+            "name", f"{model_name!r} differs from the name {model_config.stem!r} that `model_config` registers"
         )
     schema_model = model_name.startswith(SCHEMA_PREFIXES)
     pretrained = section.get_str("pretrained", None)
@@ -379,7 +375,7 @@ def from_config(
             raise section.error("model_config", "an open_clip model config needs embed_dim, vision_cfg and text_cfg")
         open_clip.add_model_config(model_config)
     elif not schema_model and open_clip.get_model_config(model_name) is None:
-        raise section.error("model", f"unknown open_clip model {model_name!r} (see open_clip.list_models())")
+        raise section.error("name", f"unknown open_clip model {model_name!r} (see open_clip.list_models())")
 
     if not schema_model:  # fail before loading a possibly large checkpoint
         cfg_size = (open_clip.get_model_config(model_name) or {}).get("vision_cfg", {}).get("image_size")
@@ -387,7 +383,7 @@ def from_config(
             try:
                 cfg_square = _square_size(cfg_size)
             except ValueError as err:
-                raise section.error("model", str(err)) from err
+                raise section.error("name", str(err)) from err
             check_image_size(section, cfg_square)
 
     weights_id: dict[str, Any] = {"model": model_name}
@@ -418,7 +414,7 @@ def from_config(
     try:
         model_size = _square_size(getattr(model.visual, "image_size", None))
     except ValueError as err:
-        raise section.error("model", str(err)) from err
+        raise section.error("name", str(err)) from err
     check_image_size(section, model_size)
 
     concept_desc = match_descriptions(concepts, descriptions) if use_descriptions else None

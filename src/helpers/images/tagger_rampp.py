@@ -103,17 +103,13 @@ from helpers.images.backends import (
     state_dict_sha256,
 )
 from helpers.images.taggers import check_batch
-from helpers.shards import ConfigError
+from helpers.params import ConfigError
 
 VITS = ("swin_l", "swin_b")
 IMAGE_SIZES = (384, 224)
 DEFAULT_FALLBACK = "a photo of a {c}."
 DEFAULT_CONCEPT_CHUNK = 1024
 EMBEDDING_ENCODER = "ram.utils.build_openset_llm_label_embedding (OpenAI CLIP ViT-B/16)"
-KEYS = (
-    "backend", "image_size", "checkpoint", "vit", "descriptions", "fallback_template", "label_embedding_cache",
-    "concept_chunk",
-)  # fmt: skip
 
 #: label embeddings built in this process, by key: every worker process builds its tagger from the factory,
 #: and a driver that also tags (serial executor) should not encode 200k descriptions twice
@@ -140,15 +136,15 @@ class RamApi:
     version: str | None
 
 
-def import_ram() -> RamApi:
-    """The ``ram`` package's API, or a ConfigError saying how to install it."""
+def import_ram(where: str = PREFIX) -> RamApi:
+    """The ``ram`` package's API, or a ConfigError (naming ``<where>.backend``) saying how to install it."""
     try:
         import ram  # noqa: F401
         from ram import get_transform
         from ram.models import ram_plus
         from ram.utils import build_openset_llm_label_embedding
     except ImportError as err:
-        raise ConfigError(f"{PREFIX}.backend: {INSTALL_HELP} (import failed: {err})") from err
+        raise ConfigError(f"{where}.backend: {INSTALL_HELP} (import failed: {err})") from err
     try:
         from importlib.metadata import version
 
@@ -327,7 +323,7 @@ def from_config(
     descriptions = descriptions_from_config(section, descriptions)
     section.finish(" for backend 'rampp'")
 
-    api = import_ram()
+    api = import_ram(section.prefix)
     per_concept, n_fallback = concept_descriptions(concepts, descriptions, fallback)
     try:
         model = api.ram_plus(pretrained=str(checkpoint), image_size=image_size, vit=vit)

@@ -81,7 +81,6 @@ DEFAULT_DROPOUT = 0.1
 NORM_MEAN = (0.5, 0.5, 0.5)
 NORM_STD = (0.5, 0.5, 0.5)
 UNKNOWN_POLICIES = ("error", "zero")
-KEYS = ("backend", "image_size", "checkpoint", "unknown_concepts", "train")
 
 ImageLike = Image.Image | str | os.PathLike
 
