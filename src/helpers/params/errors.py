@@ -142,13 +142,16 @@ def _message(error: Mapping[str, Any], model: type[BaseModel] | None) -> str:
     if kind == "union_tag_not_found":
         return "missing (which kind of entry this is)"
     message = str(error["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
-    if (
-        kind.endswith("_type")
-        or kind.endswith("_parsing")
-        or kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than", "too_short")
-    ):
-        message = f"{message[0].lower()}{message[1:]}, got {value!r}"
-    return message
+    message = message[:1].lower() + message[1:]
+    shown = kind.endswith(("_type", "_parsing")) or kind in _SHOW_VALUE
+    return f"{message}, got {value!r}" if shown else message
+
+
+#: error kinds whose message reads better with the offending value
+_SHOW_VALUE = frozenset(
+    {"greater_than_equal", "less_than_equal", "greater_than", "less_than", "too_short", "too_long",
+     "string_pattern_mismatch", "string_too_short", "string_too_long"}
+)  # fmt: skip
 
 
 def error_lines(
