@@ -191,11 +191,8 @@ def test_load_model_explicit_key_and_cpu_half_precision(tiny_files: dict) -> Non
         ({"key": "m", "name": "No-Such-Model", "pretrained": "x"}, "evaluation.models.m.name"),
         ({"key": "m", "name": "ViT-B-16", "pretrained": "openai", "colour": 1}, "evaluation.models.m.colour"),
         ({"key": "m", "model_config": "/no/such/config.json", "pretrained": "x"}, "evaluation.models.m.model_config"),
-        # without a key, errors name the default release-style key
-        (
-            {"name": "ViT-B-16", "pretrained": "openai", "quick_gelu": "yes"},
-            "evaluation.models.backboneViT-B-16_pretrainedopenai.quick_gelu",
-        ),
+        # without a key (a library call outside the stage), errors name the entry by its model name
+        ({"name": "ViT-B-16", "pretrained": "openai", "quick_gelu": "yes"}, "evaluation.models.ViT-B-16.quick_gelu"),
     ],
 )
 def test_model_config_errors_name_the_key(spec: dict, field: str) -> None:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from helpers.params.base import (
     DVC_PATH_DOC,
@@ -20,12 +20,6 @@ PROMPT_SETS = ("class", "simple", "ensemble")
 ImageExt = Literal["jpg", "jpeg", "png", "webp"]
 Prompt = Literal["class", "simple", "ensemble"]
 Task = Literal["zero_shot", "retrieval"]
-
-
-def _placeholders(templates: list[str] | None) -> None:
-    bad = [t for t in templates or [] if "{c}" not in t and "{}" not in t]
-    if bad:
-        raise ValueError(f"templates: template {bad[0]!r} has no placeholder {{c}} (or {{}})")
 
 
 class EvaluationSettings(Section):
@@ -69,36 +63,61 @@ class OpenClipModel(Section):
         return self
 
 
-class _Dataset(Section):
-    data: str | None = Field(None, description=DVC_PATH_DOC)
-    class_names: Annotated[list[NonEmptyStr], Field(min_length=1)] | None = None
-    class_names_file: NonEmptyStr | None = None
-    templates: Annotated[list[NonEmptyStr], Field(min_length=1)] | None = None
+def _only_for(task: str, value: Any, info: ValidationInfo) -> Any:
+    """A key that applies to one task only: refused when the entry's ``task`` is the other."""
+    if value is not None and info.data.get("task", "zero_shot") != task:
+        raise ValueError(f"only used with task: {task}")
+    return value
 
-    @model_validator(mode="after")
-    def _check(self) -> _Dataset:
-        if self.class_names is not None and self.class_names_file is not None:
+
+class _Dataset(Section):
+    task: Task = "zero_shot"
+    data: str | None = Field(None, description=DVC_PATH_DOC)
+    class_names: Annotated[list[NonEmptyStr], Field(min_length=1)] | dict[str, NonEmptyStr] | None = Field(
+        None, description="the class names in label order, or {folder: name} for an imagefolder"
+    )
+    class_names_file: NonEmptyStr | None = None
+    templates: Annotated[list[NonEmptyStr], Field(min_length=1)] | None = Field(
+        None, description="the ensemble prompts (default: OpenAI CLIP's 80 ImageNet templates)"
+    )
+
+    @field_validator("class_names")
+    @classmethod
+    def _names_zero_shot(cls, value: Any, info: ValidationInfo) -> Any:
+        return _only_for("zero_shot", value, info)
+
+    @field_validator("class_names_file")
+    @classmethod
+    def _one_names_source(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("class_names") is not None:
             raise ValueError("give class_names or class_names_file, not both")
-        _placeholders(self.templates)
-        return self
+        return _only_for("zero_shot", value, info)
+
+    @field_validator("templates")
+    @classmethod
+    def _placeholders(cls, templates: list[str] | None) -> list[str] | None:
+        bad = [t for t in templates or [] if "{c}" not in t and "{}" not in t]
+        if bad:
+            raise ValueError(f"template {bad[0]!r} has no placeholder {{c}} (or {{}})")
+        return templates
 
 
 class ImageFolderDataset(_Dataset):
     """``format: imagefolder``: one sub-folder per class (``_`` read as a space)."""
 
+    task: Literal["zero_shot"] = "zero_shot"
     format: Literal["imagefolder"]
     root: NonEmptyStr
-    task: Literal["zero_shot"] = "zero_shot"
 
 
 class TorchvisionDataset(_Dataset):
     """``format: torchvision``: a ``torchvision.datasets`` class, never downloaded."""
 
+    task: Literal["zero_shot"] = "zero_shot"
     format: Literal["torchvision"]
     name: NonEmptyStr
     root: NonEmptyStr
     split: NonEmptyStr | None = None
-    task: Literal["zero_shot"] = "zero_shot"
 
 
 class WdsDataset(_Dataset):
@@ -106,7 +125,6 @@ class WdsDataset(_Dataset):
 
     format: Literal["wds"]
     paths: NonEmptyStr | list[NonEmptyStr]
-    task: Task = "zero_shot"
     image_ext: ImageExt | list[ImageExt] = ["jpg", "jpeg", "png", "webp"]
     label_key: NonEmptyStr = Field("cls", description="zero-shot: the file extension holding the label")
     caption_ext: NonEmptyStr = Field("txt", description="retrieval: the file extension holding the captions")
@@ -114,21 +132,22 @@ class WdsDataset(_Dataset):
     concepts: Annotated[list[NonEmptyStr], Field(min_length=1)] | None = None
     concepts_file: NonEmptyStr | None = None
 
-    @model_validator(mode="after")
-    def _task_keys(self) -> WdsDataset:
-        if self.task == "zero_shot":
-            used = [
-                k for k in ("caption_ext", "max_captions", "concepts", "concepts_file") if k in self.model_fields_set
-            ]
-            if used:
-                raise ValueError(f"{', '.join(used)}: only used with task: retrieval")
-        else:
-            used = [k for k in ("label_key", "class_names", "class_names_file") if k in self.model_fields_set]
-            if used:
-                raise ValueError(f"{', '.join(used)}: only used with task: zero_shot")
-            if self.concepts is not None and self.concepts_file is not None:
-                raise ValueError("give concepts or concepts_file, not both")
-        return self
+    @field_validator("label_key")
+    @classmethod
+    def _label_zero_shot(cls, value: str, info: ValidationInfo) -> str:
+        return _only_for("zero_shot", value, info)
+
+    @field_validator("caption_ext", "max_captions", "concepts")
+    @classmethod
+    def _retrieval_only(cls, value: Any, info: ValidationInfo) -> Any:
+        return _only_for("retrieval", value, info)
+
+    @field_validator("concepts_file")
+    @classmethod
+    def _one_concepts_source(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("concepts") is not None:
+            raise ValueError("give concepts or concepts_file, not both")
+        return _only_for("retrieval", value, info)
 
 
 Dataset = Annotated[ImageFolderDataset | WdsDataset | TorchvisionDataset, Field(discriminator="format")]
