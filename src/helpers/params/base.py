@@ -26,7 +26,16 @@ Name = Annotated[str, AfterValidator(_check_name)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
-NonEmptyStr = Annotated[str, Field(min_length=1)]
+
+
+def _non_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError(f"expected a non-empty string, got {value!r}")
+    return value
+
+
+#: a string with something besides whitespace in it
+NonEmptyStr = Annotated[str, Field(min_length=1), AfterValidator(_non_blank)]
 Precision = Literal["fp32", "bf16", "fp16"]
 
 #: precisions of every model run (autocast on a GPU); :mod:`helpers.devices` uses the same names

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from helpers.params.base import DVC_PATH_DOC, Name, NonEmptyStr, NonNegativeInt, PositiveInt, Section
 
@@ -62,10 +62,14 @@ class Downstream(Section):
             raise ValueError("give class_names or class_names_file, not both")
         if self.class_names is None and self.class_names_file is None and self.captions is None:
             raise ValueError("no concepts: give class_names, class_names_file or captions")
-        stray = [k for k in RETRIEVAL_KEYS if k in self.model_fields_set]
-        if self.captions is None and stray:
-            raise ValueError(f"{', '.join(stray)}: only applies with captions (no captions given)")
         return self
+
+    @field_validator(*RETRIEVAL_KEYS)
+    @classmethod
+    def _with_captions(cls, value: Any, info: ValidationInfo) -> Any:
+        if info.data.get("captions") is None:
+            raise ValueError("only applies with captions (no captions given)")
+        return value
 
 
 class Concepts(Section):
