@@ -155,7 +155,7 @@ def test_every_error_is_reported_at_once(params):
         ("evaluation.settings.ks", [0], "evaluation.settings.ks[0]: input should be greater than or equal to 1"),
         ("evaluation.datasets.synthetic-classification.format", "imagefoldr", "synthetic-classification.format:"),
         ("evaluation.datasets.synthetic-retrieval.label_key", "cls", "only used with task: zero_shot"),
-        ("synthetic.size", "huge", "synthetic: size 'huge' is not one of the sizes (default, ci)"),
+        ("synthetic.size", "huge", "synthetic.size: 'huge' is not one of the sizes (default, ci)"),
         ("synthetic.world.frequency_law", "pareto", "synthetic.world.frequency_law: 'pareto' is not one of"),
         ("clip_training.lr", 0, "clip_training.lr: input should be greater than 0, got 0"),
         ("release.commit", "main", "release.commit: string should match pattern '^[0-9a-f]{40}$', got 'main'"),

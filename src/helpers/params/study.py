@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from helpers.params.base import NonEmptyStr, NonNegativeInt, PositiveInt, Probability, Section
 
@@ -113,17 +113,19 @@ class World(Section):
 class Synthetic(Section):
     """``synthetic``: the synthetic world (:mod:`helpers.synthetic.world`)."""
 
-    size: NonEmptyStr = "default"
     out_dir: NonEmptyStr = "data/raw/synthetic"
     downstream_dir: NonEmptyStr = "data/eval/synthetic"
     world: World = World()
-    sizes: dict[str, World] = {}
+    sizes: dict[str, World] = Field({}, description="named sizes; the chosen one's keys override `world`")
+    size: NonEmptyStr = Field("default", validate_default=True, description="a key of `sizes`")
 
-    @model_validator(mode="after")
-    def _size_known(self) -> Synthetic:
-        if self.sizes and self.size not in self.sizes:
-            raise ValueError(f"size {self.size!r} is not one of the sizes ({', '.join(self.sizes)})")
-        return self
+    @field_validator("size")
+    @classmethod
+    def _size_known(cls, size: str, info: ValidationInfo) -> str:
+        sizes = info.data.get("sizes")
+        if sizes is not None and size not in sizes:
+            raise ValueError(f"{size!r} is not one of the sizes ({', '.join(sizes) or 'none'})")
+        return size
 
 
 class ClipModel(Section):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from helpers.params.base import DVC_PATH_DOC, Name, NonEmptyStr, NonNegativeInt, PositiveInt, Section
 
@@ -36,6 +36,10 @@ class Captions(Section):
     decode: Literal["none", "url"] = Field("none", description="url: decode percent-escapes and '+' (YFCC)")
 
 
+#: stands for a retrieval key given without captions (see ``Downstream``)
+_STRAY = object()
+
+
 class Samples(Section):
     """The generated sample corpora (:mod:`helpers.synthetic.samples`)."""
 
@@ -64,10 +68,18 @@ class Downstream(Section):
             raise ValueError("no concepts: give class_names, class_names_file or captions")
         return self
 
-    @field_validator(*RETRIEVAL_KEYS)
+    @model_validator(mode="before")
     @classmethod
-    def _with_captions(cls, value: Any, info: ValidationInfo) -> Any:
-        if info.data.get("captions") is None:
+    def _mark_stray(cls, data: Any) -> Any:
+        """Mark retrieval keys given without captions, so that each is reported under its own key."""
+        if isinstance(data, dict) and data.get("captions") is None:
+            return {k: (_STRAY if k in RETRIEVAL_KEYS else v) for k, v in data.items()}
+        return data
+
+    @field_validator(*RETRIEVAL_KEYS, mode="before")
+    @classmethod
+    def _with_captions(cls, value: Any) -> Any:
+        if value is _STRAY:
             raise ValueError("only applies with captions (no captions given)")
         return value
 
