@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from PIL import Image
 
+from helpers.devices import PRECISIONS, autocast
 from helpers.evaluation.specs import (
     CKPT_SUFFIXES,
-    PRECISIONS,
     SCHEMA_PREFIXES,
     EntryReader,
     file_sha256,
@@ -45,10 +45,10 @@ class LoadedModel:
     fingerprint: dict[str, Any] = field(default_factory=dict)
 
     def autocast(self):
-        """CUDA autocast for fp16/bf16; a no-op context otherwise."""
-        if self.precision == "fp32" or not str(self.device).startswith("cuda"):
+        """Autocast for fp16/bf16 on a GPU (:func:`helpers.devices.autocast`); a no-op context otherwise."""
+        if not str(self.device).startswith("cuda"):
             return nullcontext()
-        return torch.autocast("cuda", dtype=torch.float16 if self.precision == "fp16" else torch.bfloat16)
+        return autocast(self.device, self.precision)
 
     def identity(self) -> dict[str, Any]:
         """What the embedding cache compares: key, fingerprint and effective precision."""

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 
+from helpers.devices import resolve_device
 from helpers.evaluation.datasets import load_dataset
 from helpers.evaluation.metrics import retrieval_eval, zero_shot_eval
 from helpers.evaluation.models import load_model, looks_like_path
@@ -48,8 +48,7 @@ def _check_settings(settings: Mapping[str, Any] | EvaluationSettings) -> dict[st
     """``evaluation.settings`` checked by :class:`helpers.params.evaluation.EvaluationSettings`, as a dict
     with the device resolved (``None``: cuda when available)."""
     out = validate(EvaluationSettings, settings, "evaluation.settings").model_dump()
-    if out["device"] is None:
-        out["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+    out["device"] = resolve_device(out["device"])
     return out
 
 

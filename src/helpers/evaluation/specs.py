@@ -14,7 +14,6 @@ from helpers.params import ConfigError
 
 CACHE_VERSION = 1
 PROMPT_SETS = ("class", "simple", "ensemble")
-PRECISIONS = ("fp32", "fp16", "bf16")
 DEFAULT_KS = (1, 5, 10)
 OVERALL = "__all__"  # the ``concept`` of an overall row
 NO_PROMPT = "-"  # the ``prompt`` of a retrieval row

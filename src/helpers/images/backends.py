@@ -362,10 +362,3 @@ def descriptions_from_config(
         raise section.error("descriptions", str(err)) from err
     loaded.update(descriptions or {})
     return loaded
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``auto`` means CUDA when available; anything else is passed to :class:`torch.device`."""
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)

@@ -58,6 +58,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from helpers import paths
+from helpers.devices import autocast, resolve_device
 from helpers.images.sources import ImageSource, ShardImages, list_image_shards
 from helpers.images.taggers import Tagger
 from helpers.params import validate
@@ -96,13 +97,6 @@ def image_search_dir(name: str, tagger: str) -> Path:
 
 
 _TAGGERS: dict[str, Tagger] = {}  # per process: the model is built once and reused for every shard
-
-
-def resolve_device(device: str | None) -> str:
-    """``None`` -> ``cuda`` when available, else ``cpu``."""
-    if device is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(device)
 
 
 def _channels_last(tagger: Tagger) -> None:
@@ -183,13 +177,6 @@ class ImageShardFn:
 
     def __call__(self, shard: Shard) -> Generator[ShardChunk, None, dict]:
         return tag_shard(shard, self)
-
-
-def _autocast(device: str, precision: str):
-    if precision == "fp32":
-        return torch.autocast(device_type=device.split(":")[0], enabled=False)
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.split(":")[0], dtype=dtype)
 
 
 def _empty_chunk() -> ShardChunk:
@@ -276,7 +263,7 @@ def tag_shard(shard: Shard, fn: ImageShardFn) -> Generator[ShardChunk, None, dic
         images = item["images"].to(device, non_blocking=True)
         if channels_last and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), _autocast(device, s.precision):
+        with torch.inference_mode(), autocast(device, s.precision):
             probs = tagger.scores(images)
         probs = probs.detach().to("cpu", torch.float32).numpy()
         stats["seconds_model"] += time.perf_counter() - started

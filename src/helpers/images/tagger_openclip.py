@@ -73,6 +73,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
+from helpers.devices import PRECISIONS
 from helpers.images.backends import (
     ConfigSection,
     check_concepts,
@@ -96,7 +97,6 @@ DEFAULT_TEMPLATES: tuple[str, ...] = (
 )
 PLACEHOLDER = "{c}"
 CALIBRATION_MODES = ("concepts", "reference")
-PRECISIONS = ("fp32", "fp16", "bf16")
 SCHEMA_PREFIXES = ("hf-hub:", "local-dir:")
 DEFAULT_MARGIN = 0.05
 DEFAULT_TAU = 0.01

@@ -61,6 +61,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 from tqdm.auto import tqdm
 
+from helpers.devices import resolve_device
 from helpers.images.backends import (
     ConfigSection,
     check_concepts,
@@ -69,7 +70,6 @@ from helpers.images.backends import (
     file_sha256,
     json_digest,
     normalise_name,
-    resolve_device,
     state_dict_sha256,
 )
 from helpers.images.taggers import check_batch

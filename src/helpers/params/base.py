@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import typing
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -38,8 +39,8 @@ def _non_blank(value: str) -> str:
 NonEmptyStr = Annotated[str, Field(min_length=1), AfterValidator(_non_blank)]
 Precision = Literal["fp32", "bf16", "fp16"]
 
-#: precisions of every model run (autocast on a GPU); :mod:`helpers.devices` uses the same names
-PRECISIONS = ("fp32", "bf16", "fp16")
+#: precisions of every model run (autocast over fp32 weights), defined here once; :mod:`helpers.devices`
+PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
 #: the "weights"/"data" docstring of the per-entry DVC dependency keys
 DVC_PATH_DOC = "the path DVC tracks as this entry's input; not read by the code"
 

@@ -55,6 +55,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm.auto import tqdm
 
+from helpers.devices import resolve_device
 from helpers.params import ConfigError, validate
 from helpers.params.study import ClipTraining
 from helpers.paths import resolve as resolve_path
@@ -429,6 +430,7 @@ def train_clip(
         steps_per_epoch = max(1, planned // batch_size + (1 if planned % batch_size >= 2 else 0))
         total_steps = steps_per_epoch * epochs
 
+        device = resolve_device(device)  # "auto"/None: cuda when available
         model, train_tf, eval_tf, tokenizer = build_model(config_path, seed, device)
         n_params = sum(p.numel() for p in model.parameters())
         dataset = _ShardStream(
