@@ -142,18 +142,24 @@ def model_specs(section: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def load_model(spec: Mapping[str, Any], device: str = "cpu", precision: str = "fp32") -> LoadedModel:
+def load_model(
+    spec: Mapping[str, Any], device: str = "cpu", precision: str = "fp32", *, prefix: str | None = None
+) -> LoadedModel:
     """Build an open_clip model from a ``evaluation.models`` entry (keys in the module docstring).
 
-    The checks run before any weights are read, so a typo fails in a second, not after a download.
+    The one open_clip loader of the package: the ``open_clip`` tagger backend loads its model here too.
+    The checks run before any weights are read, so a typo fails in a second, not after a download. Errors
+    name ``evaluation.models.<key>.<field>``, or ``<prefix>.<field>`` when ``prefix`` says where the entry
+    sits in params.yaml (``image_corpora.<name>.tagger``).
     """
     import open_clip
 
     label = spec.get("key") if isinstance(spec, Mapping) else None
     if not label and isinstance(spec, Mapping):
         label = spec.get("name") or (Path(str(spec["model_config"])).stem if spec.get("model_config") else "?")
-    validate(OpenClipModel, dict(spec), f"evaluation.models.{label}")
-    section = EntryReader(f"evaluation.models.{label}", spec)
+    where = prefix or f"evaluation.models.{label}"
+    validate(OpenClipModel, dict(spec), where)
+    section = EntryReader(where, spec)
     if precision not in PRECISIONS:
         raise section.error("precision", f"expected one of {', '.join(PRECISIONS)}, got {precision!r}")
 
@@ -164,7 +170,7 @@ def load_model(spec: Mapping[str, Any], device: str = "cpu", precision: str = "f
         pretrained, key = _check_schema_model(section, name, model_config, weights)
     else:
         pretrained, key = _check_named_model(section, name, model_config, weights, open_clip)
-    section.prefix = f"evaluation.models.{key}"
+    section.prefix = prefix or f"evaluation.models.{key}"
 
     quick_gelu = spec.get("quick_gelu", False)
     if not isinstance(quick_gelu, bool):

@@ -73,7 +73,6 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from helpers.devices import PRECISIONS
 from helpers.images.backends import (
     ConfigSection,
     check_concepts,
@@ -85,19 +84,12 @@ from helpers.images.backends import (
     match_descriptions,
 )
 from helpers.images.taggers import check_batch
+from helpers.params.images import DEFAULT_TEMPLATES
 
-#: a small prompt ensemble (a subset of CLIP's ImageNet templates that reads well for objects and scenes)
-DEFAULT_TEMPLATES: tuple[str, ...] = (
-    "a photo of a {c}.",
-    "a picture of a {c}.",
-    "a photo of the {c}.",
-    "an image of a {c}.",
-    "a close-up photo of a {c}.",
-    "a photo of many {c}.",
-)
 PLACEHOLDER = "{c}"
 CALIBRATION_MODES = ("concepts", "reference")
-SCHEMA_PREFIXES = ("hf-hub:", "local-dir:")
+#: the keys that say which open_clip model to load (those of an ``evaluation.models`` entry)
+LOADER_KEYS = ("name", "pretrained", "model_config", "quick_gelu", "cache_dir")
 DEFAULT_MARGIN = 0.05
 DEFAULT_TAU = 0.01
 DEFAULT_MAX_REFERENCE_IMAGES = 1000
@@ -317,25 +309,8 @@ def from_config(
     section: ConfigSection, concepts: Sequence[str], *, descriptions: Mapping[str, list[str]] | None = None
 ) -> OpenClipTagger:
     """Build an :class:`OpenClipTagger` from an ``image_corpora.<name>.tagger`` entry (keys in the module doc)."""
-    model_config = section.get_path("model_config", None)
-    default_model = model_config.stem if model_config is not None else None
-    model_name = section.get_str("name", default_model)
-    if model_name is None:
-        raise section.error("name", "missing (an open_clip model name, or give `model_config`)")
-    if model_config is not None and model_name != model_config.stem:
-        raise section.error(
-            "name", f"{model_name!r} differs from the name {model_config.stem!r} that `model_config` registers"
-        )
-    schema_model = model_name.startswith(SCHEMA_PREFIXES)
-    pretrained = section.get_str("pretrained", None)
-    if pretrained is None and not schema_model:
-        raise section.error("pretrained", "missing (a pretrained tag, or a checkpoint file path)")
-    if pretrained is not None and schema_model:
-        raise section.error(
-            "pretrained", f"open_clip ignores it for {model_name!r} (weights come from there); remove it"
-        )
-    precision = section.get_choice("precision", PRECISIONS, "fp32")
-    cache_dir = section.get_str("cache_dir", None)
+    loader_spec = {k: section.raw(k, None) for k in LOADER_KEYS}
+    loader_spec = {k: v for k, v in loader_spec.items() if v is not None}
     templates = section.get_str_list("templates", list(DEFAULT_TEMPLATES))
     bad = [t for t in templates if PLACEHOLDER not in t]
     if bad:
@@ -364,53 +339,15 @@ def from_config(
     section.get_int("image_size", None)  # read now so that finish() knows the key; checked after loading
     section.finish(" for backend 'open_clip'")
 
-    import open_clip
+    # the one open_clip loader (helpers.evaluation.models): by name + pretrained tag, a local checkpoint, a
+    # custom model_config JSON, or hf-hub:/local-dir:; fp32 weights on the CPU (the runner moves the model and
+    # autocasts with image_search.precision)
+    from helpers.evaluation.models import load_model
 
-    if model_config is not None:
-        try:
-            cfg = json.loads(model_config.read_text())
-        except json.JSONDecodeError as err:
-            raise section.error("model_config", f"not valid JSON: {err}") from err
-        if not all(k in cfg for k in ("embed_dim", "vision_cfg", "text_cfg")):
-            raise section.error("model_config", "an open_clip model config needs embed_dim, vision_cfg and text_cfg")
-        open_clip.add_model_config(model_config)
-    elif not schema_model and open_clip.get_model_config(model_name) is None:
-        raise section.error("name", f"unknown open_clip model {model_name!r} (see open_clip.list_models())")
-
-    if not schema_model:  # fail before loading a possibly large checkpoint
-        cfg_size = (open_clip.get_model_config(model_name) or {}).get("vision_cfg", {}).get("image_size")
-        if cfg_size is not None:
-            try:
-                cfg_square = _square_size(cfg_size)
-            except ValueError as err:
-                raise section.error("name", str(err)) from err
-            check_image_size(section, cfg_square)
-
-    weights_id: dict[str, Any] = {"model": model_name}
-    if model_config is not None:
-        weights_id["model_config_sha256"] = file_sha256(model_config)
-    pretrained_path = Path(pretrained).expanduser() if pretrained else None
-    if pretrained_path is not None and pretrained_path.is_file():
-        pretrained = str(pretrained_path)
-        weights_id["checkpoint_sha256"] = file_sha256(pretrained_path)
-        weights_id["checkpoint_bytes"] = pretrained_path.stat().st_size
-    elif pretrained is not None:
-        tags = open_clip.list_pretrained_tags_by_model(model_name)
-        if pretrained not in tags:
-            raise section.error(
-                "pretrained",
-                f"{pretrained!r} is neither a checkpoint file nor a pretrained tag of {model_name!r} "
-                f"(tags: {', '.join(tags) or 'none'})",
-            )
-        weights_id["pretrained_tag"] = pretrained
-    try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            model_name, pretrained=pretrained, precision=precision, cache_dir=cache_dir, weights_only=True
-        )
-    except (RuntimeError, FileNotFoundError, ValueError) as err:
-        message = f"open_clip could not load {model_name!r} with {pretrained!r}: {err}"
-        raise section.error("pretrained", message) from err
-    tokenizer = open_clip.get_tokenizer(model_name, cache_dir=cache_dir)
+    name = loader_spec.get("name") or Path(str(loader_spec.get("model_config", "?"))).stem
+    loaded = load_model({**loader_spec, "key": f"open_clip-tagger-{name}"}, device="cpu", prefix=section.prefix)
+    model, preprocess, tokenizer = loaded.model, loaded.preprocess, loaded.tokenizer
+    weights_id: dict[str, Any] = dict(loaded.fingerprint)
     try:
         model_size = _square_size(getattr(model.visual, "image_size", None))
     except ValueError as err:

@@ -18,8 +18,16 @@ from helpers.params.base import (
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 PLACEHOLDER = "{c}"
-#: OpenAI CLIP-style prompts of the open_clip tagger when ``templates`` is not given
-DEFAULT_TEMPLATES = ("a photo of a {c}.", "a photo of the {c}.", "an image of a {c}.", "a picture of a {c}.")
+#: the open_clip tagger's prompts when ``templates`` is not given: a subset of CLIP's ImageNet templates that
+#: reads well for objects and scenes
+DEFAULT_TEMPLATES: tuple[str, ...] = (
+    "a photo of a {c}.",
+    "a picture of a {c}.",
+    "a photo of the {c}.",
+    "an image of a {c}.",
+    "a close-up photo of a {c}.",
+    "a photo of many {c}.",
+)
 
 
 def _templates_ok(templates: list[str] | None) -> list[str] | None:
@@ -118,8 +126,8 @@ class OpenClipTagger(Section):
         None, validate_default=True, description="open_clip architecture (default: model_config's file stem)"
     )
     pretrained: NonEmptyStr | None = Field(None, description="a pretrained tag or a checkpoint file")
+    quick_gelu: bool = False
     cache_dir: str | None = None
-    precision: Precision = "fp32"
     templates: Annotated[list[NonEmptyStr], Field(min_length=1)] = list(DEFAULT_TEMPLATES)
     use_descriptions: bool = False
     descriptions: NonEmptyStr | list[NonEmptyStr] | None = None
