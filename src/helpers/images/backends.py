@@ -1,4 +1,4 @@
-"""Image-tagger backends and the factory the image-search stage calls with ``image_search.tagger``.
+"""Image-tagger backends and the factory the image-search stage calls with ``image_corpora.<name>.tagger``.
 
 Every backend implements the :class:`helpers.images.taggers.Tagger` protocol, so the stage never needs to know
 which one runs. Three backends exist, each in its own module so that importing this factory does not

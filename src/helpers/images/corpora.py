@@ -9,8 +9,9 @@ side under ``corpora`` (the matched counts pair the two by sample id)::
         data: data/raw/samples/wds             # the folder DVC tracks
         images: {format: wds, paths: "data/raw/samples/wds/*.tar", image_ext: [jpg]}
 
-The tagger and inference settings are the ``image_search`` section (see helpers.images.search and
-helpers.images.backends).
+Each entry names its own ``tagger`` (helpers.images.backends); the inference settings shared by every corpus
+are the ``image_search`` section (helpers.images.search). Both are checked by the models of
+helpers.params.images.
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ Calibration (documented choice)
     more than 0.03); since the stage stores every probability above a floor and sweeps thresholds later,
     check the threshold against a small labelled sample of your corpus.
 
-Config keys (``image_search.tagger``)::
+Config keys (an ``image_corpora.<name>.tagger`` entry; the model: :mod:`helpers.params.images`)::
 
     backend: open_clip
     name: ViT-B-32                  # open_clip model name ('hf-hub:org/repo' and 'local-dir:/path' work too)
@@ -48,15 +48,18 @@ Config keys (``image_search.tagger``)::
     model_config: null              # a JSON model config for a custom architecture; registered under its
                                     # file name (name defaults to the file's stem)
     image_size: 224                 # optional check against the model's input size
-    precision: fp32                 # fp32 | fp16 | bf16 (half precision on a GPU only)
+    quick_gelu: false               # as for evaluation.models (OpenAI-trained weights need true)
     cache_dir: null                 # open_clip's download cache
+    weights: null                   # the path DVC tracks as this entry's input (not read here)
     templates: ["a photo of a {c}.", ...]
     use_descriptions: false         # add the concept descriptions to the prompts
     descriptions: null              # JSON file(s) of descriptions (see tagger_backends.load_descriptions)
     text_batch_size: 256
     calibration: {mode: concepts, margin: 0.05, tau: 0.01, reference_images: null, max_reference_images: 1000}
 
-Weights: a checkpoint path goes to open_clip, which loads it with ``torch.load(weights_only=True)``.
+The model is loaded by :func:`helpers.evaluation.models.load_model`, the package's one open_clip loader
+(fp32 weights; ``image_search.precision`` autocasts the forward pass). A checkpoint path goes to open_clip,
+which loads it with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations

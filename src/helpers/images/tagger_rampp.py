@@ -65,7 +65,7 @@ Installation: a separate environment
     needed at all. The package loads the checkpoint with a plain ``torch.load``; on torch >= 2.6 that
     means ``weights_only=True``.
 
-Config keys (``image_search.tagger``)::
+Config keys (an ``image_corpora.<name>.tagger`` entry; the model: :mod:`helpers.params.images`)::
 
     backend: rampp
     checkpoint: /models/ram_plus_swin_large_14m.pth   # required
@@ -309,7 +309,7 @@ def label_embeddings(
 def from_config(
     section: ConfigSection, concepts: Sequence[str], *, descriptions: Mapping[str, list[str]] | None = None
 ) -> RamPlusTagger:
-    """Build a :class:`RamPlusTagger` from the ``image_search.tagger`` section (keys in the module doc)."""
+    """Build a :class:`RamPlusTagger` from an ``image_corpora.<name>.tagger`` entry (keys in the module doc)."""
     checkpoint = section.get_path("checkpoint")
     vit = section.get_choice("vit", VITS, "swin_l")
     image_size = section.raw("image_size", 384)

@@ -13,7 +13,7 @@ Files: :meth:`TrainedTagger.save` writes the state dict (tensors only, ``torch.s
 training record. No Python object is pickled; :func:`load_trained_tagger` reads the weights with
 ``torch.load(weights_only=True)`` and refuses weights whose hash the sidecar does not list.
 
-Config keys (``image_search.tagger``)::
+Config keys (an ``image_corpora.<name>.tagger`` entry; the model: :mod:`helpers.params.images`)::
 
     backend: trained
     checkpoint: models/tagger.pt    # the trained tagger (with models/tagger.pt.json beside it)
@@ -490,7 +490,7 @@ def read_labels(
 def from_config(
     section: ConfigSection, concepts: Sequence[str], *, descriptions: Mapping[str, list[str]] | None = None
 ) -> TrainedTagger:
-    """Load (or train, then save) the tagger the ``image_search.tagger`` section describes."""
+    """Load (or train, then save) the tagger an ``image_corpora.<name>.tagger`` entry describes."""
     del descriptions  # a trained tagger learns from labelled images, not from descriptions
     unknown = section.get_choice("unknown_concepts", UNKNOWN_POLICIES, "error")
     section.get_int("image_size", None)
