@@ -77,7 +77,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from helpers.images.backends import (
-    ConfigSection,
+    TaggerEntry,
     check_concepts,
     check_image_size,
     concepts_digest,
@@ -87,15 +87,12 @@ from helpers.images.backends import (
     match_descriptions,
 )
 from helpers.images.taggers import check_batch
-from helpers.params.images import DEFAULT_TEMPLATES
+from helpers.params.images import DEFAULT_MARGIN, DEFAULT_TAU, DEFAULT_TEMPLATES
 
 PLACEHOLDER = "{c}"
 CALIBRATION_MODES = ("concepts", "reference")
 #: the keys that say which open_clip model to load (those of an ``evaluation.models`` entry)
 LOADER_KEYS = ("name", "pretrained", "model_config", "quick_gelu", "cache_dir")
-DEFAULT_MARGIN = 0.05
-DEFAULT_TAU = 0.01
-DEFAULT_MAX_REFERENCE_IMAGES = 1000
 
 
 @dataclass(frozen=True)
@@ -296,7 +293,7 @@ def _square_size(size: Any) -> int:
     raise ValueError(f"the model's input size {size!r} is not square; the tagger interface needs a square one")
 
 
-def reference_paths(section: ConfigSection, patterns: list[str], limit: int) -> tuple[str, ...]:
+def reference_paths(entry: TaggerEntry, patterns: list[str], limit: int) -> tuple[str, ...]:
     """The sorted reference image files a glob/list expands to (the first ``limit``)."""
     found: set[str] = set()
     for pattern in patterns:
@@ -304,43 +301,33 @@ def reference_paths(section: ConfigSection, patterns: list[str], limit: int) -> 
         matches = glob.glob(pattern, recursive=True) if glob.has_magic(pattern) else [pattern]
         found.update(m for m in matches if Path(m).is_file())
     if not found:
-        raise section.error("reference_images", f"no image files match {patterns!r}")
+        raise entry.error("calibration.reference_images", f"no image files match {patterns!r}")
     return tuple(sorted(found)[:limit])
 
 
 def from_config(
-    section: ConfigSection, concepts: Sequence[str], *, descriptions: Mapping[str, list[str]] | None = None
+    entry: TaggerEntry, concepts: Sequence[str], *, descriptions: Mapping[str, list[str]] | None = None
 ) -> OpenClipTagger:
     """Build an :class:`OpenClipTagger` from an ``image_corpora.<name>.tagger`` entry (keys in the module doc)."""
-    loader_spec = {k: section.raw(k, None) for k in LOADER_KEYS}
+    cfg = entry.config
+    loader_spec = {
+        "name": cfg.name,
+        "pretrained": cfg.pretrained,
+        "model_config": cfg.model_config_file,
+        "quick_gelu": cfg.quick_gelu,
+        "cache_dir": cfg.cache_dir,
+    }
     loader_spec = {k: v for k, v in loader_spec.items() if v is not None}
-    templates = section.get_str_list("templates", list(DEFAULT_TEMPLATES))
-    bad = [t for t in templates if PLACEHOLDER not in t]
-    if bad:
-        raise section.error("templates", f"every template needs the placeholder {PLACEHOLDER}, got {bad[0]!r}")
-    use_descriptions = section.get_bool("use_descriptions", False)
-    descriptions = descriptions_from_config(section, descriptions)
-    text_batch_size = section.get_int("text_batch_size", 256)
-
-    cal_section = section.section("calibration")
-    mode = cal_section.get_choice("mode", CALIBRATION_MODES, "concepts")
-    margin = cal_section.get_float("margin", DEFAULT_MARGIN)
-    tau = cal_section.get_float("tau", DEFAULT_TAU, positive=True)
-    limit = cal_section.get_int("max_reference_images", DEFAULT_MAX_REFERENCE_IMAGES)
-    patterns = cal_section.get_str_list("reference_images", None)
-    cal_section.finish()
-    if mode == "reference":
-        if patterns is None:
-            raise cal_section.error("reference_images", "missing (mode 'reference' needs reference images)")
-        refs = reference_paths(cal_section, patterns, limit)
+    templates = list(cfg.templates)
+    descriptions = descriptions_from_config(entry, descriptions)
+    cal = cfg.calibration
+    if cal.mode == "reference":
+        patterns = [cal.reference_images] if isinstance(cal.reference_images, str) else list(cal.reference_images)
+        refs = reference_paths(entry, patterns, cal.max_reference_images)
     else:
-        if patterns is not None:
-            raise cal_section.error("reference_images", "only used with mode 'reference'")
         if len(concepts) < 2:
-            raise cal_section.error("mode", "'concepts' needs at least 2 concepts; use mode 'reference'")
+            raise entry.error("calibration.mode", "'concepts' needs at least 2 concepts; use mode 'reference'")
         refs = ()
-    section.get_int("image_size", None)  # read now so that finish() knows the key; checked after loading
-    section.finish(" for backend 'open_clip'")
 
     # the one open_clip loader (helpers.evaluation.models): by name + pretrained tag, a local checkpoint, a
     # custom model_config JSON, or hf-hub:/local-dir:; fp32 weights on the CPU (the runner moves the model and
@@ -348,16 +335,16 @@ def from_config(
     from helpers.evaluation.models import load_model
 
     name = loader_spec.get("name") or Path(str(loader_spec.get("model_config", "?"))).stem
-    loaded = load_model({**loader_spec, "key": f"open_clip-tagger-{name}"}, device="cpu", prefix=section.prefix)
+    loaded = load_model({**loader_spec, "key": f"open_clip-tagger-{name}"}, device="cpu", prefix=entry.prefix)
     model, preprocess, tokenizer = loaded.model, loaded.preprocess, loaded.tokenizer
     weights_id: dict[str, Any] = dict(loaded.fingerprint)
     try:
         model_size = _square_size(getattr(model.visual, "image_size", None))
     except ValueError as err:
-        raise section.error("name", str(err)) from err
-    check_image_size(section, model_size)
+        raise entry.error("name", str(err)) from err
+    check_image_size(entry, model_size)
 
-    concept_desc = match_descriptions(concepts, descriptions) if use_descriptions else None
+    concept_desc = match_descriptions(concepts, descriptions) if cfg.use_descriptions else None
     return OpenClipTagger(
         model,
         preprocess,
@@ -365,7 +352,7 @@ def from_config(
         concepts,
         templates=templates,
         descriptions=concept_desc,
-        calibration=Calibration(mode=mode, margin=margin, tau=tau, reference_images=refs),
-        text_batch_size=text_batch_size,
+        calibration=Calibration(mode=cal.mode, margin=cal.margin, tau=cal.tau, reference_images=refs),
+        text_batch_size=cfg.text_batch_size,
         weights_id=weights_id,
     )

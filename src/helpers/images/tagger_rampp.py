@@ -93,7 +93,7 @@ from PIL import Image
 
 from helpers.images.backends import (
     PREFIX,
-    ConfigSection,
+    TaggerEntry,
     check_concepts,
     concepts_digest,
     descriptions_from_config,
@@ -104,11 +104,10 @@ from helpers.images.backends import (
 )
 from helpers.images.taggers import check_batch
 from helpers.params import ConfigError
+from helpers.params.images import DEFAULT_CONCEPT_CHUNK
 
 VITS = ("swin_l", "swin_b")
 IMAGE_SIZES = (384, 224)
-DEFAULT_FALLBACK = "a photo of a {c}."
-DEFAULT_CONCEPT_CHUNK = 1024
 EMBEDDING_ENCODER = "ram.utils.build_openset_llm_label_embedding (OpenAI CLIP ViT-B/16)"
 
 #: label embeddings built in this process, by key: every worker process builds its tagger from the factory,
@@ -307,28 +306,21 @@ def label_embeddings(
 
 
 def from_config(
-    section: ConfigSection, concepts: Sequence[str], *, descriptions: Mapping[str, list[str]] | None = None
+    entry: TaggerEntry, concepts: Sequence[str], *, descriptions: Mapping[str, list[str]] | None = None
 ) -> RamPlusTagger:
     """Build a :class:`RamPlusTagger` from an ``image_corpora.<name>.tagger`` entry (keys in the module doc)."""
-    checkpoint = section.get_path("checkpoint")
-    vit = section.get_choice("vit", VITS, "swin_l")
-    image_size = section.raw("image_size", 384)
-    if image_size not in IMAGE_SIZES:
-        raise section.error("image_size", f"RAM++ has configs for {IMAGE_SIZES} only (384 for the released checkpoint)")
-    fallback = section.get_str("fallback_template", DEFAULT_FALLBACK)
-    if "{c}" not in fallback:
-        raise section.error("fallback_template", "needs the placeholder {c}")
-    cache_dir = section.get_str("label_embedding_cache", None)
-    chunk = section.get_int("concept_chunk", DEFAULT_CONCEPT_CHUNK)
-    descriptions = descriptions_from_config(section, descriptions)
-    section.finish(" for backend 'rampp'")
+    cfg = entry.config
+    checkpoint = entry.existing_file("checkpoint", cfg.checkpoint)
+    vit, image_size, fallback = cfg.vit, cfg.image_size, cfg.fallback_template
+    cache_dir, chunk = cfg.label_embedding_cache, cfg.concept_chunk
+    descriptions = descriptions_from_config(entry, descriptions)
 
-    api = import_ram(section.prefix)
+    api = import_ram(entry.prefix)
     per_concept, n_fallback = concept_descriptions(concepts, descriptions, fallback)
     try:
         model = api.ram_plus(pretrained=str(checkpoint), image_size=image_size, vit=vit)
     except (RuntimeError, OSError, KeyError, ValueError) as err:
-        raise section.error(
+        raise entry.error(
             "checkpoint",
             f"RAM++ could not be built from {str(checkpoint)!r}: {err} (offline? the bert-base-uncased tokenizer "
             "must be in the Hugging Face cache, see helpers/images/tagger_rampp.py)",

@@ -30,6 +30,15 @@ DEFAULT_TEMPLATES: tuple[str, ...] = (
 )
 
 
+#: defaults of the backends, stated here once (the backends import them)
+DEFAULT_WIDTHS: tuple[int, ...] = (32, 64, 128, 256)  # trained: channels per conv block
+DEFAULT_MARGIN = 0.05  # open_clip calibration
+DEFAULT_TAU = 0.01
+DEFAULT_MAX_REFERENCE_IMAGES = 1000
+DEFAULT_FALLBACK = "a photo of a {c}."  # rampp: the description of a concept without one
+DEFAULT_CONCEPT_CHUNK = 1024
+
+
 def _templates_ok(templates: list[str] | None) -> list[str] | None:
     bad = [t for t in templates or [] if PLACEHOLDER not in t]
     if bad:
@@ -63,7 +72,7 @@ class InlineTraining(Section):
     batch_size: PositiveInt = 64
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = 1e-4
-    widths: list[PositiveInt] = Field([16, 32, 64], min_length=1)
+    widths: list[PositiveInt] = Field(list(DEFAULT_WIDTHS), min_length=1, description="channels per conv block")
     seed: NonNegativeInt = 0
     device: NonEmptyStr = "auto"
     num_workers: NonNegativeInt = 0
@@ -97,9 +106,9 @@ class Calibration(Section):
     """How the open_clip tagger turns cosine similarities into probabilities (see tagger_openclip)."""
 
     mode: Literal["concepts", "reference"] = "concepts"
-    margin: float = 0.05
-    tau: float = Field(0.01, gt=0)
-    max_reference_images: PositiveInt = 1000
+    margin: float = DEFAULT_MARGIN
+    tau: float = Field(DEFAULT_TAU, gt=0)
+    max_reference_images: PositiveInt = DEFAULT_MAX_REFERENCE_IMAGES
     reference_images: NonEmptyStr | list[NonEmptyStr] | None = Field(None, validate_default=True)
 
     @field_validator("reference_images")
@@ -158,9 +167,9 @@ class RamppTagger(Section):
     checkpoint: NonEmptyStr
     vit: Literal["swin_l", "swin_b"] = "swin_l"
     image_size: Literal[384, 224] = 384
-    fallback_template: NonEmptyStr = "a photo of a {c}."
+    fallback_template: NonEmptyStr = DEFAULT_FALLBACK
     label_embedding_cache: str | None = None
-    concept_chunk: PositiveInt = 1024
+    concept_chunk: PositiveInt = DEFAULT_CONCEPT_CHUNK
     descriptions: NonEmptyStr | list[NonEmptyStr] | None = None
     weights: str | None = Field(None, description=DVC_PATH_DOC)
 
