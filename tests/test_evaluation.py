@@ -208,7 +208,7 @@ def test_model_config_errors_for_custom_config(tiny_files: dict, tmp_path) -> No
     bad.write_text("{not json")
     with pytest.raises(ConfigError, match=r"^evaluation\.models\.k\.model_config: not valid JSON"):
         models.load_model({"key": "k", "model_config": str(bad), "pretrained": ckpt})
-    with pytest.raises(ConfigError, match=r"^evaluation\.models\.k\.precision"):
+    with pytest.raises(ConfigError, match=r"^evaluation\.settings\.precision: .int8. is not one of"):
         models.load_model({"key": "k", "model_config": str(tiny_files["config"]), "pretrained": ckpt}, precision="int8")
 
 

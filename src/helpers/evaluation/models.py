@@ -6,7 +6,7 @@ import json
 import os
 import re
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,10 +158,10 @@ def load_model(
     if not label and isinstance(spec, Mapping):
         label = spec.get("name") or (Path(str(spec["model_config"])).stem if spec.get("model_config") else "?")
     where = prefix or f"evaluation.models.{label}"
-    validate(OpenClipModel, dict(spec), where)
+    checked = validate(OpenClipModel, dict(spec) if isinstance(spec, Mapping) else spec, where)
     section = EntryReader(where, spec)
     if precision not in PRECISIONS:
-        raise section.error("precision", f"expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise ConfigError(f"evaluation.settings.precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
 
     model_config = section.existing_path("model_config")
     name = section.get_str("name", model_config.stem if model_config is not None else None, required=True)
@@ -172,20 +172,15 @@ def load_model(
         pretrained, key = _check_named_model(section, name, model_config, weights, open_clip)
     section.prefix = prefix or f"evaluation.models.{key}"
 
-    quick_gelu = spec.get("quick_gelu", False)
-    if not isinstance(quick_gelu, bool):
-        raise section.error("quick_gelu", f"expected true or false, got {quick_gelu!r}")
+    quick_gelu = checked.quick_gelu
     pp: dict[str, Any] = {}
-    for field_name in ("image_mean", "image_std"):
-        value = spec.get(field_name)
+    for field_name in ("image_mean", "image_std"):  # three numbers each (checked by OpenClipModel)
+        value = getattr(checked, field_name)
         if value is not None:
-            numbers = isinstance(value, Sequence) and all(isinstance(v, (int, float)) for v in value)
-            if not numbers or len(value) != 3:
-                raise section.error(field_name, f"expected three numbers, got {value!r}")
             pp[field_name] = tuple(float(v) for v in value)
     for field_name in ("image_interpolation", "image_resize_mode"):
-        if spec.get(field_name) is not None:
-            pp[field_name] = section.get_str(field_name)
+        if getattr(checked, field_name) is not None:
+            pp[field_name] = getattr(checked, field_name)
     weights.update({"quick_gelu": quick_gelu, **{k: list(v) if isinstance(v, tuple) else v for k, v in pp.items()}})
 
     effective = precision
