@@ -225,7 +225,7 @@ def test_train_from_params_writes_the_config_under_the_output_folders_name(corpu
     result = train_from_params(section, tmp_path, progress=False)
     assert result.model_config_path == tmp_path / "models" / "tiny-world-clip" / "tiny-world-clip.json"
     assert result.checkpoint_path.exists() and len(result.epoch_losses) == 1
-    with pytest.raises(ConfigError, match="clip_training: unknown key"):
+    with pytest.raises(ConfigError, match=r"^clip_training\.epoch: unknown key; did you mean .epochs."):
         train_from_params({**section, "epoch": 1}, tmp_path)
     with pytest.raises(ConfigError, match="clip_training.shards: .*matches no files"):
         train_from_params({**section, "shards": "nothing/*.tar"}, tmp_path)

@@ -242,21 +242,24 @@ def _caps(tmp_path: Path, **over) -> dict:
 @pytest.mark.parametrize(
     ("entry", "message"),
     [
-        ({"class_names": ["a"], "colour": 1}, f"{_K}: unknown key(s) colour"),
-        ({}, f"{_K}: no concepts"),
+        ({"class_names": ["a"], "colour": 1}, f"{_K}.colour: unknown key"),
+        ({}, f"{_K}: no concepts: give class_names, class_names_file or captions"),
         ({"class_names_file": "nope/classes.txt"}, f"{_K}.class_names_file: file not found: "),
         ({"class_names": ["a"], "class_names_file": "x.txt"}, f"{_K}: give class_names or class_names_file"),
-        ({"class_names": "dog"}, f"{_K}.class_names: expected a list"),
-        ({"class_names": []}, f"{_K}.class_names: the list is empty"),
-        ({"class_names": ["a", " "]}, f"{_K}.class_names[1]: expected a non-empty string"),
+        ({"class_names": "dog"}, f"{_K}.class_names: input should be a valid list"),
+        ({"class_names": []}, f"{_K}.class_names: list should have at least 1 item"),
+        ({"class_names": ["a", " "]}, f"{_K}.class_names[1]: expected a non-empty string, got ' '"),
         ({"class_names": ["a"], "min_images": 3}, f"{_K}.min_images: only applies with captions"),
-        ({"captions": "CAPS", "min_images": 0}, f"{_K}.min_images: expected an integer >= 1, got 0"),
-        ({"captions": "CAPS", "min_images": True}, f"{_K}.min_images: expected an integer >= 1"),
-        ({"captions": "CAPS", "min_images": 2.5}, f"{_K}.min_images: expected an integer >= 1"),
-        ({"captions": "CAPS", "captions_per_image": -1}, f"{_K}.captions_per_image: expected an integer >= 1"),
-        ({"captions": "CAPS", "noun_extractor": "bert"}, f"{_K}.noun_extractor: expected one of spacy, lemmas"),
-        ({"captions": "CAPS", "spacy_model": ""}, f"{_K}.spacy_model: expected a spaCy pipeline name"),
-        ({"captions": ["a.tsv"]}, f"{_K}.captions: expected a caption source mapping"),
+        ({"captions": "CAPS", "min_images": 0}, f"{_K}.min_images: input should be greater than or equal to 1, got 0"),
+        ({"captions": "CAPS", "min_images": True}, f"{_K}.min_images: input should be a valid integer, got True"),
+        ({"captions": "CAPS", "min_images": 2.5}, f"{_K}.min_images: input should be a valid integer, got 2.5"),
+        (
+            {"captions": "CAPS", "captions_per_image": -1},
+            f"{_K}.captions_per_image: input should be greater than or equal to 1, got -1",
+        ),
+        ({"captions": "CAPS", "noun_extractor": "bert"}, f"{_K}.noun_extractor: 'bert' is not one of spacy, lemmas"),
+        ({"captions": "CAPS", "spacy_model": ""}, f"{_K}.spacy_model: string should have at least 1 character"),
+        ({"captions": ["a.tsv"]}, f"{_K}.captions: input should be a valid dictionary"),
     ],
 )
 def test_entry_errors_name_the_key(tmp_path, release, entry, message):
@@ -270,8 +273,8 @@ def test_entry_errors_name_the_key(tmp_path, release, entry, message):
     ("over", "message"),
     [
         ({"key_column": None}, f"{_K}.captions.key_column: required for format 'tsv'"),
-        ({"format": "xml"}, f"{_K}.captions.format: unknown caption format"),
-        ({"colour": "red"}, f"{_K}.captions.colour: unknown caption source key"),
+        ({"format": "xml"}, f"{_K}.captions.format: 'xml' is not one of tsv, csv, parquet, wds, txt"),
+        ({"colour": "red"}, f"{_K}.captions.colour: unknown key"),
         ({"paths": "missing.tsv"}, f"{_K}.captions.paths: file not found: "),
         ({"paths": "none-*.tsv"}, f"{_K}.captions.paths: pattern"),
         ({"key_column": "image"}, f"{_K}.captions.key_column: column 'image' not in the header"),
@@ -289,7 +292,7 @@ def test_top_level_errors(tmp_path, release):
         build_concept_table(release, [{"class_names": ["a"]}])
     with pytest.raises(ConfigError, match=r"^concepts\.downstream: dataset name 'a:b'"):
         build_concept_table(release, {"a:b": {"class_names": ["x"]}})
-    with pytest.raises(ConfigError, match=r"^concepts\.downstream\.d: expected a mapping"):
+    with pytest.raises(ConfigError, match=r"^concepts\.downstream\.d: input should be a valid dictionary"):
         build_concept_table(release, {"d": ["x"]})
     (tmp_path / "empty.txt").write_text("# only a comment\n\n")
     with pytest.raises(ConfigError, match=r"^concepts\.downstream\.d\.class_names_file: .* holds no class names"):

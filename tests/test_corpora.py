@@ -45,7 +45,7 @@ def _concepts() -> pd.DataFrame:
 
 
 def test_relative_caption_paths_resolve_against_the_work_folder(sample, workdir):
-    source = corpora.caption_source("c", {"data": "x", "captions": sample["tsv"]})
+    source = corpora.caption_source("c", {"data": "x", "concepts": "concepts.parquet", "captions": sample["tsv"]})
     assert all(p.startswith(str(workdir)) for p in source.paths)
 
 
@@ -54,15 +54,22 @@ def test_relative_caption_paths_resolve_against_the_work_folder(sample, workdir)
     [
         ({"data": "x"}, "corpora.c.captions: missing"),
         (
-            {"data": "x", "captions": {"format": "tsv", "paths": "a.tsv"}, "colour": 1},
-            "corpora.c: unknown key(s) colour",
+            {"data": "x", "concepts": "concepts.parquet", "captions": {"format": "tsv", "paths": "a.tsv"}, "colour": 1},
+            "corpora.c.colour: unknown key",
         ),
-        ({"data": "x", "captions": {"format": "xml", "paths": "a.xml"}}, "corpora.c.captions.format"),
         (
-            {"data": "x", "captions": {"format": "tsv", "paths": "a.tsv", "captoin_column": 1}},
+            {"data": "x", "concepts": "concepts.parquet", "captions": {"format": "xml", "paths": "a.xml"}},
+            "corpora.c.captions.format",
+        ),
+        (
+            {
+                "data": "x",
+                "concepts": "concepts.parquet",
+                "captions": {"format": "tsv", "paths": "a.tsv", "captoin_column": 1},
+            },
             "corpora.c.captions.captoin_column",
         ),
-        ("not a mapping", "corpora.c: expected a mapping"),
+        ("not a mapping", "corpora.c: input should be a valid dictionary"),
     ],
 )
 def test_wrong_corpus_entries_fail_fast_naming_the_params_key(entry, message, workdir):
@@ -71,7 +78,7 @@ def test_wrong_corpus_entries_fail_fast_naming_the_params_key(entry, message, wo
 
 
 def test_unknown_text_search_setting_is_named():
-    with pytest.raises(ConfigError, match="text_search: unknown key"):
+    with pytest.raises(ConfigError, match=r"^text_search\.modus: unknown key; did you mean 'mode'"):
         corpora.check_text_search_settings({**SETTINGS, "modus": "phrase"})
 
 
@@ -80,7 +87,11 @@ def test_search_corpus_counts_match_the_generators_mentions_in_every_format(samp
     results = {}
     for fmt in ("tsv", "parquet", "wds", "txt"):
         result = corpora.search_corpus(
-            f"c_{fmt}", {"data": "x", "captions": sample[fmt]}, _concepts(), SETTINGS, progress=False
+            f"c_{fmt}",
+            {"data": "x", "concepts": "concepts.parquet", "captions": sample[fmt]},
+            _concepts(),
+            SETTINGS,
+            progress=False,
         )
         counts = result.counts.set_index("concept")["count"]
         results[fmt] = counts
@@ -95,7 +106,7 @@ def test_search_corpus_counts_match_the_generators_mentions_in_every_format(samp
 
 
 def test_rerun_resumes_and_gives_identical_counts(sample, workdir):
-    entry = {"data": "x", "captions": sample["parquet"]}
+    entry = {"data": "x", "concepts": "concepts.parquet", "captions": sample["parquet"]}
     first = corpora.search_corpus("c", entry, _concepts(), SETTINGS, progress=False).counts
     done = sorted((corpora.text_search_dir("c") / "shards").glob("*"))
     mtimes = {p: p.stat().st_mtime_ns for p in done}
@@ -106,9 +117,14 @@ def test_rerun_resumes_and_gives_identical_counts(sample, workdir):
 
 def test_a_missing_shard_stops_the_stage_naming_it_unless_allowed(sample, workdir):
     captions = dict(sample["txt"])
-    shard_paths = [s.path for s in list_shards(corpora.caption_source("c", {"data": "x", "captions": captions}))]
+    shard_paths = [
+        s.path
+        for s in list_shards(
+            corpora.caption_source("c", {"data": "x", "concepts": "concepts.parquet", "captions": captions})
+        )
+    ]
     captions["paths"] = shard_paths + [str(workdir / "data" / "raw" / "samples" / "txt" / "part-99999.txt")]
-    entry = {"data": "x", "captions": captions}
+    entry = {"data": "x", "concepts": "concepts.parquet", "captions": captions}
     with pytest.raises(RuntimeError, match="part-99999.txt"):
         corpora.search_corpus("c", entry, _concepts(), SETTINGS, progress=False)
     result = corpora.search_corpus("c", entry, _concepts(), {**SETTINGS, "allow_failed_shards": True}, progress=False)
@@ -119,7 +135,13 @@ def test_a_missing_shard_stops_the_stage_naming_it_unless_allowed(sample, workdi
 def test_concept_ids_must_be_positions(sample, workdir):
     shuffled = _concepts().iloc[::-1].reset_index(drop=True)
     with pytest.raises(ValueError, match="0..n-1"):
-        corpora.search_corpus("c", {"data": "x", "captions": sample["txt"]}, shuffled, SETTINGS, progress=False)
+        corpora.search_corpus(
+            "c",
+            {"data": "x", "concepts": "concepts.parquet", "captions": sample["txt"]},
+            shuffled,
+            SETTINGS,
+            progress=False,
+        )
 
 
 def test_a_corpus_names_its_concept_table_and_the_search_keeps_a_copy(sample, workdir):
@@ -136,6 +158,12 @@ def test_a_corpus_names_its_concept_table_and_the_search_keeps_a_copy(sample, wo
     assert searched.equals(loaded[["concept_id", "name"]])
     with pytest.raises(ConfigError, match="corpora.c.concepts: missing"):
         corpora.load_concepts("c", {"data": "x", "captions": sample["tsv"]})
+    # the release's tidy concept table has no lemmas: refused naming the key and the stages to use instead
+    release_table = {**entry, "concepts": "data/processed/release/concepts.parquet"}
+    with pytest.raises(
+        ConfigError, match=r"^corpora\.c\.concepts: .*release's tidy concept table.*downstream_concepts@"
+    ):
+        corpora.load_concepts("c", release_table)
     with pytest.raises(ConfigError, match="corpora.c.concepts: .*not found"):
         corpora.load_concepts("c", {**entry, "concepts": "nope.parquet"})
     with pytest.raises(ConfigError, match="corpora.other: no caption search"):

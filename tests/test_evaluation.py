@@ -191,11 +191,8 @@ def test_load_model_explicit_key_and_cpu_half_precision(tiny_files: dict) -> Non
         ({"key": "m", "name": "No-Such-Model", "pretrained": "x"}, "evaluation.models.m.name"),
         ({"key": "m", "name": "ViT-B-16", "pretrained": "openai", "colour": 1}, "evaluation.models.m.colour"),
         ({"key": "m", "model_config": "/no/such/config.json", "pretrained": "x"}, "evaluation.models.m.model_config"),
-        # without a key, errors name the default release-style key
-        (
-            {"name": "ViT-B-16", "pretrained": "openai", "quick_gelu": "yes"},
-            "evaluation.models.backboneViT-B-16_pretrainedopenai.quick_gelu",
-        ),
+        # without a key (a library call outside the stage), errors name the entry by its model name
+        ({"name": "ViT-B-16", "pretrained": "openai", "quick_gelu": "yes"}, "evaluation.models.ViT-B-16.quick_gelu"),
     ],
 )
 def test_model_config_errors_name_the_key(spec: dict, field: str) -> None:
@@ -211,7 +208,7 @@ def test_model_config_errors_for_custom_config(tiny_files: dict, tmp_path) -> No
     bad.write_text("{not json")
     with pytest.raises(ConfigError, match=r"^evaluation\.models\.k\.model_config: not valid JSON"):
         models.load_model({"key": "k", "model_config": str(bad), "pretrained": ckpt})
-    with pytest.raises(ConfigError, match=r"^evaluation\.models\.k\.precision"):
+    with pytest.raises(ConfigError, match=r"^evaluation\.settings\.precision: .int8. is not one of"):
         models.load_model({"key": "k", "model_config": str(tiny_files["config"]), "pretrained": ckpt}, precision="int8")
 
 

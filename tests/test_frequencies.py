@@ -301,7 +301,11 @@ def test_end_to_end_against_brute_force(tmp_path, mode, unknown_words):
         progress=False,
     )
     run_image_search(
-        {"paths": pattern}, ColourTagger, idir, prob_floor=0.2, batch_size=4, executor="serial", progress=False
+        {"paths": pattern},
+        ColourTagger,
+        idir,
+        {"prob_floor": 0.2, "batch_size": 4, "executor": "serial"},
+        progress=False,
     )
     thresholds = [0.2, 0.5, 0.8]
     options = {"unknown_words": unknown_words} if unknown_words else {}
@@ -318,7 +322,7 @@ def test_end_to_end_against_brute_force(tmp_path, mode, unknown_words):
     # at floor 0 every tagged image has every concept: matched = the text hits of the samples with an image,
     # which checks the text side of the join sample by sample (drop mode included)
     run_image_search(
-        {"paths": pattern}, ColourTagger, tmp_path / "all", prob_floor=0.0, executor="serial", progress=False
+        {"paths": pattern}, ColourTagger, tmp_path / "all", {"prob_floor": 0.0, "executor": "serial"}, progress=False
     )
     assert matched_counts(tdir, tmp_path / "all", 0.0)["count"].tolist() == matched[0.0]
     text = text_counts(tdir)["count"].to_numpy()

@@ -29,7 +29,13 @@ def world(tmp_path, monkeypatch):
         out / "tagger", n_per_concept=10, seed=3, concept_names=CONCEPTS, relative_to=tmp_path
     )
     concepts = pd.DataFrame({"concept_id": pd.array(range(len(CONCEPTS)), dtype="int32"), "name": CONCEPTS})
-    corpora.search_corpus("toy", {"data": "x", "captions": configs["wds"]}, concepts, TEXT_SETTINGS, progress=False)
+    corpora.search_corpus(
+        "toy",
+        {"data": "x", "concepts": "concepts.parquet", "captions": configs["wds"]},
+        concepts,
+        TEXT_SETTINGS,
+        progress=False,
+    )
     training = {
         "labels": tagger_set["labels"],
         "checkpoint": "data/processed/taggers/trained.pt",
@@ -40,9 +46,12 @@ def world(tmp_path, monkeypatch):
         "seed": 0,
     }
     tagger = image_corpora.train_sample_tagger(training, progress=False)
-    entry = {"data": "x", "images": {"format": "wds", "paths": configs["wds"]["paths"], "image_ext": ["jpg"]}}
-    settings = {
+    entry = {
+        "data": "x",
+        "images": {"format": "wds", "paths": configs["wds"]["paths"], "image_ext": ["jpg"]},
         "tagger": {"backend": "trained", "checkpoint": "data/processed/taggers/trained.pt", "unknown_concepts": "zero"},
+    }
+    settings = {
         "thresholds": [0.5, 0.7],
         "prob_floor": 0.5,
         "batch_size": 32,
@@ -88,18 +97,24 @@ def test_tag_corpus_writes_image_matched_and_text_counts(world):
 def test_tag_corpus_needs_the_caption_side_and_a_tagger(world):
     with pytest.raises(ConfigError, match="image_corpora.other: no caption search for 'other'"):
         image_corpora.tag_corpus("other", world["entry"], world["concepts"], world["settings"], progress=False)
-    no_tagger = {k: v for k, v in world["settings"].items() if k != "tagger"}
-    with pytest.raises(ConfigError, match="image_corpora.toy.tagger: missing"):
-        image_corpora.tag_corpus("toy", world["entry"], world["concepts"], no_tagger, progress=False)
-    with pytest.raises(ConfigError, match="image_corpora.toy: unknown key.*taggr"):
-        image_corpora.tag_corpus("toy", {**world["entry"], "taggr": {}}, world["concepts"], no_tagger, progress=False)
+    no_tagger = {k: v for k, v in world["entry"].items() if k != "tagger"}
+    with pytest.raises(ConfigError, match=r"^image_corpora\.toy\.tagger: missing"):
+        image_corpora.tag_corpus("toy", no_tagger, world["concepts"], world["settings"], progress=False)
+    with pytest.raises(ConfigError, match=r"^image_corpora\.toy\.taggr: unknown key; did you mean 'tagger'"):
+        image_corpora.tag_corpus("toy", {**world["entry"], "taggr": {}}, world["concepts"], world["settings"])
+    # image_search holds only settings shared by every corpus: a tagger there is refused by name
+    with pytest.raises(ConfigError, match=r"^image_search\.tagger: unknown key"):
+        settings = {**world["settings"], "tagger": world["entry"]["tagger"]}
+        image_corpora.tag_corpus("toy", world["entry"], world["concepts"], settings, progress=False)
+    bad_tagger = {**world["entry"], "tagger": {**world["entry"]["tagger"], "unknown_concepts": "drop"}}
+    with pytest.raises(ConfigError, match=r"^image_corpora\.toy\.tagger\.unknown_concepts: 'drop' is not one of"):
+        image_corpora.tag_corpus("toy", bad_tagger, world["concepts"], world["settings"], progress=False)
 
 
 def test_an_image_corpus_names_its_caption_side_and_its_own_tagger(world):
     """Two taggers of one corpus: entries with their own names, `corpus` pointing at the caption search."""
-    settings = {k: v for k, v in world["settings"].items() if k != "tagger"}
-    entry = {**world["entry"], "corpus": "toy", "tagger": world["settings"]["tagger"]}
-    result = image_corpora.tag_corpus("toy_trained", entry, world["concepts"], settings, progress=False)
+    entry = {**world["entry"], "corpus": "toy"}
+    result = image_corpora.tag_corpus("toy_trained", entry, world["concepts"], world["settings"], progress=False)
     assert result.image_dir == image_corpora.image_search_dir("toy_trained", "trained")
     assert image_corpora.frequencies_path("toy_trained").exists()
     text = result.frequencies[result.frequencies["method"] == "text"]["count"].sum()
@@ -108,7 +123,7 @@ def test_an_image_corpus_names_its_caption_side_and_its_own_tagger(world):
     searched = image_corpora.searched_concepts("toy_trained", entry)
     assert searched["name"].tolist() == CONCEPTS
     with pytest.raises(ConfigError, match="image_corpora.x.corpus: no caption search for 'nope'"):
-        image_corpora.searched_concepts("x", {"corpus": "nope"})
+        image_corpora.searched_concepts("x", {**world["entry"], "corpus": "nope"})
 
 
 def test_qualitative_examples_return_images_with_tags(world):
@@ -128,7 +143,7 @@ def test_relative_tagger_paths_resolve_against_the_work_folder(tmp_path):
 
 def test_training_params_are_checked_by_name(tmp_path, monkeypatch):
     monkeypatch.setenv("FDP_WORKDIR", str(tmp_path))
-    with pytest.raises(ConfigError, match="taggers.sample: unknown key"):
+    with pytest.raises(ConfigError, match=r"^taggers\.sample\.epoch: unknown key; did you mean 'epochs'"):
         image_corpora.train_sample_tagger({"labels": "x", "checkpoint": "y", "epoch": 3})
     with pytest.raises(ConfigError, match="taggers.world.labels: file not found"):
         image_corpora.train_sample_tagger({"labels": "missing.csv", "checkpoint": "y"}, name="world")
@@ -154,15 +169,15 @@ def test_the_stage_runs_with_the_open_clip_backend_from_a_local_checkpoint(world
     open_clip.add_model_config(config)
     torch.manual_seed(0)
     torch.save(open_clip.create_model("stage-test-tiny-vit").state_dict(), world["tmp"] / "models" / "tiny.pt")
-    settings = {
-        **world["settings"],
+    entry = {
+        **world["entry"],
         "tagger": {
             "backend": "open_clip",
             "model_config": "models/stage-test-tiny-vit.json",
             "pretrained": "models/tiny.pt",
         },
     }
-    result = image_corpora.tag_corpus("toy", world["entry"], world["concepts"], settings, progress=False)
+    result = image_corpora.tag_corpus("toy", entry, world["concepts"], world["settings"], progress=False)
     assert result.image_dir.name == "open_clip"
     assert set(result.frequencies["method"]) == {"text", "image", "matched"}
     assert (result.shards["status"] == "ok").all()

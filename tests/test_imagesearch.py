@@ -21,7 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers.images.search import image_counts, run_image_search, run_kwargs, tagged_ids
+from helpers.images.search import image_counts, run_image_search, tagged_ids
 from helpers.images.sources import ImageSource, decode_image, image_source
 from helpers.images.taggers import Tagger
 from helpers.shards import (
@@ -146,10 +146,12 @@ def make_corpus(folder: Path, sizes=(7, 5), start: int = 0) -> str:
 
 
 def run(source, out_dir, **kw):
-    kw.setdefault("executor", "serial")
-    kw.setdefault("progress", False)
-    kw.setdefault("batch_size", 4)
-    return run_image_search(source, kw.pop("factory", fake_tagger), out_dir, **kw)
+    """run_image_search with the ``image_search`` settings in ``kw`` (serial, batch 4 unless given)."""
+    factory = kw.pop("factory", fake_tagger)
+    options = {k: kw.pop(k) for k in ("retry_failed", "overwrite", "progress") if k in kw}
+    options.setdefault("progress", False)
+    settings = {"executor": "serial", "batch_size": 4, **kw}
+    return run_image_search(source, factory, out_dir, settings, **options)
 
 
 def read(out_dir: Path, name: str) -> dict[int, dict]:
@@ -184,13 +186,14 @@ def test_config_errors_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"^image_corpora\.c\.images\.image_ext"):
         image_source("c", {"images": {"paths": "x.tar", "image_ext": 3}}, base=tmp_path)
     assert image_source("c", {"images": {"paths": "a/x.tar"}}, base=tmp_path).paths == (str(tmp_path / "a/x.tar"),)
-    with pytest.raises(ConfigError, match="image_search: unknown key"):
-        run_kwargs({"batchsize": 3})
     pattern = make_corpus(tmp_path / "c", sizes=(2,))
-    with pytest.raises(ConfigError, match="^prob_floor"):
+    with pytest.raises(ConfigError, match=r"^image_search\.batchsize: unknown key; did you mean 'batch_size'"):
+        run(ImageSource(pattern), tmp_path / "o", batchsize=3)
+    with pytest.raises(ConfigError, match=r"^image_search\.prob_floor: input should be less than or equal to 1"):
         run(ImageSource(pattern), tmp_path / "o", prob_floor=1.5)
-    with pytest.raises(ConfigError, match="^precision"):
+    with pytest.raises(ConfigError, match=r"^image_search\.precision: 'fp8' is not one of fp32, bf16, fp16"):
         run(ImageSource(pattern), tmp_path / "o", precision="fp8")
+    assert not (tmp_path / "o").exists()  # refused before any work
 
 
 def test_image_size_mismatch_fails_fast(tmp_path):

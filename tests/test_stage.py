@@ -9,7 +9,8 @@ import nbformat
 import pytest
 import yaml
 
-from helpers import config, stage
+from helpers import params as params_lib
+from helpers import stage
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DVC = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())
@@ -36,7 +37,7 @@ def _notebook_stage(name: str) -> str:
 
 def _matrix_axes(name: str) -> dict[str, list[str]]:
     spec = DVC["stages"][name]
-    return {axis: list(config.get(PARAMS, ref.strip("${} "))) for axis, ref in spec.get("matrix", {}).items()}
+    return {axis: list(params_lib.get(PARAMS, ref.strip("${} "))) for axis, ref in spec.get("matrix", {}).items()}
 
 
 def _calls() -> list[str]:
@@ -48,7 +49,7 @@ def _calls() -> list[str]:
     for name, spec in DVC["stages"].items():
         if "foreach" in spec:
             collection = spec["foreach"].strip("${} ")
-            calls.extend(f"{name}@{key}" for key in config.get(PARAMS, collection))
+            calls.extend(f"{name}@{key}" for key in params_lib.get(PARAMS, collection))
         elif "matrix" in spec:
             axes = _matrix_axes(name)
             for combo in itertools.product(*axes.values()):
@@ -188,7 +189,7 @@ def test_stage_parameters_are_exactly_the_leaf_names_of_the_declared_params(name
     plain, matrix = _split_call(name)
     item_names = {f"{_item_name(plain.partition('@')[0])}_name", *(f"{a}_name" for a in matrix or {})}
     for key, parameter in zip(_declared_keys(name), [n for n in got if n not in item_names]):
-        assert got[parameter] == config.get(params, key), f"{parameter} != params.yaml {key}"
+        assert got[parameter] == params_lib.get(params, key), f"{parameter} != params.yaml {key}"
 
 
 @pytest.mark.parametrize("name", CALLS)
@@ -232,7 +233,7 @@ def test_stage_parameters_missing_key_names_it(params):
 
     broken = copy.deepcopy(params)
     del broken["figures"]["let_it_wag_split"]
-    with pytest.raises(config.ParamsError, match="figures.let_it_wag_split"):
+    with pytest.raises(params_lib.ConfigError, match="figures.let_it_wag_split"):
         stage.stage_parameters("let_it_wag", broken)
 
 
@@ -242,7 +243,7 @@ def test_a_foreach_stage_gets_its_item_and_the_items_name(params):
     item = _item_name(name)
     got = stage.stage_parameters(call, item=item)
     assert got[f"{item}_name"] == key
-    assert got[item] == config.get(params, f"{DVC['stages'][name]['foreach'].strip('${} ')}.{key}")
+    assert got[item] == params_lib.get(params, f"{DVC['stages'][name]['foreach'].strip('${} ')}.{key}")
 
 
 def test_a_foreach_stage_called_without_its_key_exits():
@@ -304,7 +305,7 @@ def test_a_matrix_stage_gets_each_axis_and_its_key(params):
     got = stage.stage_parameters(name, item=None, matrix=matrix)
     for axis, key in matrix.items():
         assert got[f"{axis}_name"] == key
-        assert got[axis] == config.get(params, f"{DVC['stages'][name]['matrix'][axis].strip('${} ')}.{key}")
+        assert got[axis] == params_lib.get(params, f"{DVC['stages'][name]['matrix'][axis].strip('${} ')}.{key}")
 
 
 def test_a_matrix_stage_without_all_its_axes_exits():

@@ -288,9 +288,9 @@ def test_spec_from_params_takes_the_sizes_keys_over_the_worlds():
     assert spec_from_params({**section, "size": "default"}).n_concepts == 30
     with pytest.raises(ConfigError, match="synthetic.size: 'huge' is not one of the sizes"):
         spec_from_params({**section, "size": "huge"})
-    with pytest.raises(ConfigError, match="synthetic: unknown key"):
+    with pytest.raises(ConfigError, match=r"^synthetic\.colour: unknown key"):
         spec_from_params({**section, "colour": 1})
-    with pytest.raises(ConfigError, match="synthetic.n_sample: unknown key"):
+    with pytest.raises(ConfigError, match=r"^synthetic\.sizes\.ci\.n_sample: unknown key; did you mean 'n_samples'"):
         spec_from_params({**section, "sizes": {"ci": {"n_sample": 5}}})
 
 

@@ -153,10 +153,7 @@ def search(world: dict, shown: dict[int, set[int]], names: list[str], root, tagg
             {"paths": source["paths"], "image_ext": ["jpg"]},
             factory,
             root / name,
-            prob_floor=0.1,
-            batch_size=64,
-            device="cpu",
-            executor="serial",
+            {"prob_floor": 0.1, "batch_size": 64, "device": "cpu", "executor": "serial"},
             progress=False,
         )
     return {"text": root / "text", **{name: root / name for name in taggers}, "world_to_table": world_to_table}

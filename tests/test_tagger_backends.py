@@ -310,11 +310,11 @@ def test_scores_the_way_the_runner_calls_them(factory_name, request, sample_imag
 
 
 def test_backend_key_errors():
-    with pytest.raises(ConfigError, match=r"^image_search\.tagger\.backend: missing"):
+    with pytest.raises(ConfigError, match=r"^tagger\.backend: missing"):
         build_tagger({}, CONCEPTS)
-    with pytest.raises(ConfigError, match=r"^image_search\.tagger\.backend: unknown backend 'clip'"):
+    with pytest.raises(ConfigError, match=r"^tagger\.backend: 'clip' is not one of trained, open_clip, rampp"):
         build_tagger({"backend": "clip"}, CONCEPTS)
-    with pytest.raises(ConfigError, match=r"^image_search\.tagger:"):
+    with pytest.raises(ConfigError, match=r"^tagger:"):
         build_tagger(["open_clip"], CONCEPTS)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="duplicate"):
         build_tagger({"backend": "trained", "checkpoint": "x"}, ["a", "a"])
@@ -327,55 +327,69 @@ def test_backend_key_errors():
         ({"calibration": {"tau": -1}}, "calibration.tau"),
         ({"calibration": {"mode": "platt"}}, "calibration.mode"),
         ({"calibration": {"mode": "reference"}}, "calibration.reference_images"),
+        ({"calibration": {"reference_images": "x/*.jpg"}}, "calibration.reference_images"),
         ({"calibration": {"margin": 0.1, "bins": 3}}, "calibration.bins"),
         ({"templates": ["a photo of a thing."]}, "templates"),
         ({"image_size": 64}, "image_size"),
         ({"pretrained": "no-such-tag-or-file"}, "pretrained"),
-        ({"model": "other-name"}, "model"),
+        ({"name": "other-name"}, "name"),
+        ({"model": "ViT-B-32"}, "model"),  # the architecture key is `name` (the tagger's `model` is gone)
         ({"precision": "fp8"}, "precision"),
         ({"use_descriptions": "yes"}, "use_descriptions"),
     ],
 )
 def test_open_clip_config_errors(tiny_clip, extra, key):
-    with pytest.raises(ConfigError, match=rf"^image_search\.tagger\.{key.replace('.', chr(92) + '.')}:"):
+    with pytest.raises(ConfigError, match=rf"^tagger\.{key.replace('.', chr(92) + '.')}:"):
         build_tagger(clip_config(tiny_clip, **extra), CONCEPTS)
 
 
 def test_open_clip_missing_keys(tiny_clip):
-    with pytest.raises(ConfigError, match=r"^image_search\.tagger\.model: missing"):
+    with pytest.raises(ConfigError, match=r"^tagger\.name: missing"):
         build_tagger({"backend": "open_clip", "pretrained": str(tiny_clip["checkpoint"])}, CONCEPTS)
-    with pytest.raises(ConfigError, match=r"^image_search\.tagger\.pretrained: missing"):
-        build_tagger({"backend": "open_clip", "model": TINY_MODEL}, CONCEPTS)
-    with pytest.raises(ConfigError, match=r"^image_search\.tagger\.model: unknown open_clip model"):
-        build_tagger({"backend": "open_clip", "model": "No-Such-ViT", "pretrained": "x"}, CONCEPTS)
+    with pytest.raises(ConfigError, match=r"^tagger\.pretrained: missing"):
+        build_tagger({"backend": "open_clip", "name": TINY_MODEL}, CONCEPTS)
+    with pytest.raises(ConfigError, match=r"^tagger\.name: unknown open_clip model"):
+        build_tagger({"backend": "open_clip", "name": "No-Such-ViT", "pretrained": "x"}, CONCEPTS)
+
+
+def test_tagger_errors_name_the_image_corpus_entry(tiny_clip, trained):
+    """An error inside image_corpora.<name>.tagger names that path, from the params model and the backend."""
+    prefix = "image_corpora.my_cc3m.tagger"
+    with pytest.raises(ConfigError, match=r"^image_corpora\.my_cc3m\.tagger\.tempreature: unknown key"):
+        build_tagger(clip_config(tiny_clip, tempreature=1), CONCEPTS, prefix=prefix)
+    with pytest.raises(ConfigError, match=r"^image_corpora\.my_cc3m\.tagger\.backend: 'clip' is not one of"):
+        build_tagger({"backend": "clip"}, CONCEPTS, prefix=prefix)
+    checkpoint = str(trained["checkpoint"])
+    with pytest.raises(ConfigError, match=r"^image_corpora\.my_cc3m\.tagger\.image_size: 64 does not match"):
+        build_tagger({"backend": "trained", "checkpoint": checkpoint, "image_size": 64}, CONCEPTS, prefix=prefix)
 
 
 def test_trained_config_errors(trained, tmp_path):
     checkpoint = str(trained["checkpoint"])
-    with pytest.raises(ConfigError, match=r"^image_search\.tagger\.checkpoint: missing"):
+    with pytest.raises(ConfigError, match=r"^tagger\.checkpoint: missing"):
         build_tagger({"backend": "trained"}, CONCEPTS)
-    with pytest.raises(ConfigError, match=r"^image_search\.tagger\.checkpoint: file .* does not exist"):
+    with pytest.raises(ConfigError, match=r"^tagger\.checkpoint: file .* does not exist"):
         build_tagger({"backend": "trained", "checkpoint": str(tmp_path / "none.pt")}, CONCEPTS)
-    with pytest.raises(ConfigError, match=r"^image_search\.tagger\.image_size: 64 does not match .* 32"):
+    with pytest.raises(ConfigError, match=r"^tagger\.image_size: 64 does not match .* 32"):
         build_tagger({"backend": "trained", "checkpoint": checkpoint, "image_size": 64}, CONCEPTS)
-    with pytest.raises(ConfigError, match=r"^image_search\.tagger\.model: unknown key"):
+    with pytest.raises(ConfigError, match=r"^tagger\.model: unknown key"):
         build_tagger({"backend": "trained", "checkpoint": checkpoint, "model": "x"}, CONCEPTS)
-    with pytest.raises(ConfigError, match=r"^image_search\.tagger\.unknown_concepts:"):
+    with pytest.raises(ConfigError, match=r"^tagger\.unknown_concepts:"):
         build_tagger({"backend": "trained", "checkpoint": checkpoint, "unknown_concepts": "drop"}, CONCEPTS)
-    with pytest.raises(ConfigError, match=r"^image_search\.tagger\.checkpoint: 1 of 5 concepts .*'purple'"):
+    with pytest.raises(ConfigError, match=r"^tagger\.checkpoint: 1 of 5 concepts .*'purple'"):
         build_tagger({"backend": "trained", "checkpoint": checkpoint}, [*CONCEPTS, "purple"])
 
 
 def test_rampp_config_errors(fake_ram, ram_checkpoint, tmp_path):
-    with pytest.raises(ConfigError, match=r"^image_search\.tagger\.checkpoint: missing"):
+    with pytest.raises(ConfigError, match=r"^tagger\.checkpoint: missing"):
         build_tagger({"backend": "rampp"}, CONCEPTS)
-    with pytest.raises(ConfigError, match=r"^image_search\.tagger\.image_size:"):
+    with pytest.raises(ConfigError, match=r"^tagger\.image_size:"):
         build_tagger(rampp_config(ram_checkpoint, image_size=512), CONCEPTS)
-    with pytest.raises(ConfigError, match=r"^image_search\.tagger\.vit:"):
+    with pytest.raises(ConfigError, match=r"^tagger\.vit:"):
         build_tagger(rampp_config(ram_checkpoint, vit="vit_h"), CONCEPTS)
-    with pytest.raises(ConfigError, match=r"^image_search\.tagger\.threshold: unknown key"):
+    with pytest.raises(ConfigError, match=r"^tagger\.threshold: unknown key"):
         build_tagger(rampp_config(ram_checkpoint, threshold=0.7), CONCEPTS)
-    with pytest.raises(ConfigError, match=r"^image_search\.tagger\.descriptions: file"):
+    with pytest.raises(ConfigError, match=r"^tagger\.descriptions: file"):
         build_tagger(rampp_config(ram_checkpoint, descriptions=str(tmp_path / "none.json")), CONCEPTS)
 
 
@@ -384,7 +398,7 @@ def test_rampp_missing_package_says_what_to_do(monkeypatch, ram_checkpoint):
     with pytest.raises(ConfigError) as err:
         build_tagger(rampp_config(ram_checkpoint), CONCEPTS)
     message = str(err.value)
-    assert message.startswith("image_search.tagger.backend:")
+    assert message.startswith("tagger.backend:")
     assert "pip install" in message and "git+https://github.com/xinyu1205/recognize-anything.git" in message
     assert "--no-deps" in message and "own environment" in message
 
@@ -434,7 +448,7 @@ def test_open_clip_reference_calibration(tiny_clip, tmp_path, sample_images):
     expected = torch.sigmoid((tagger.similarities(batch) - tagger.reference_background() - 0.05) / 0.01)
     torch.testing.assert_close(tagger.scores(batch), expected, atol=1e-5, rtol=1e-4)
     assert tagger.fingerprint()["calibration"]["n_reference_images"] == 4
-    with pytest.raises(ConfigError, match=r"^image_search\.tagger\.calibration\.mode: 'concepts' needs at least 2"):
+    with pytest.raises(ConfigError, match=r"^tagger\.calibration\.mode: 'concepts' needs at least 2"):
         build_tagger(clip_config(tiny_clip), ["cat"])
 
 
@@ -520,11 +534,11 @@ def test_trained_from_labels_config(tmp_path):
     stamp = checkpoint.stat().st_mtime_ns
     second = build_tagger(config, concepts)  # reuses the checkpoint instead of training again
     assert checkpoint.stat().st_mtime_ns == stamp and second.fingerprint() == first.fingerprint()
-    with pytest.raises(ConfigError, match=r"^image_search\.tagger\.checkpoint: .* other labels or settings"):
+    with pytest.raises(ConfigError, match=r"^tagger\.checkpoint: .* other labels or settings"):
         build_tagger({**config, "train": {**train, "epochs": 2}}, concepts)
-    with pytest.raises(ConfigError, match=r"^image_search\.tagger\.train\.epochs:"):
+    with pytest.raises(ConfigError, match=r"^tagger\.train\.epochs:"):
         build_tagger({**config, "train": {**train, "epochs": 0}}, concepts)
-    with pytest.raises(ConfigError, match=r"^image_search\.tagger\.train\.labels: missing"):
+    with pytest.raises(ConfigError, match=r"^tagger\.train\.labels: missing"):
         build_tagger({"backend": "trained", "train": {}}, concepts)
 
 

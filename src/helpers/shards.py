@@ -57,6 +57,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from helpers.params.errors import ConfigError  # the one error type for bad params
+
 SAMPLE_ID_SHIFT = 32
 MAX_SHARDS = 1 << 31  # keeps sample ids non-negative int64
 MAX_RECORDS_PER_SHARD = 1 << SAMPLE_ID_SHIFT
@@ -65,10 +67,6 @@ EXECUTORS = ("process", "ray", "serial")
 RUN_FILE = "run.json"
 SHARD_DIR = "shards"
 LAYOUT_VERSION = 1
-
-
-class ConfigError(ValueError):
-    """A wrong configuration; the message names the offending config key."""
 
 
 class IncompleteRunError(RuntimeError):

@@ -22,14 +22,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from helpers import config, paths
+from helpers import params as params_lib
+from helpers import paths
 
 
 def stage_spec(stage: str) -> dict:
     """The stage's entry in dvc.yaml; for ``name@key`` the ``do`` block of the foreach stage ``name``.
 
     A ``matrix`` stage is called by its plain name (its axes come with ``--matrix``)."""
-    dvc = config.load_yaml(paths.project_root() / "dvc.yaml")
+    dvc = params_lib.load_yaml(paths.project_root() / "dvc.yaml")
     stages = dvc.get("stages", {})
     name = stage.split("@", 1)[0]
     if name not in stages:
@@ -53,7 +54,7 @@ def stage_parameters(
     ``matrix`` maps each axis to its key: the entry ending in ``${item.<axis>}`` is passed as ``<axis>``,
     with the key as ``<axis>_name``.
     """
-    params = params if params is not None else config.load_params()
+    params = params if params is not None else params_lib.load_params()
     key = stage.split("@", 1)[1] if "@" in stage else None
     spec = stage_spec(stage)
     axes = list(spec.get("matrix", {}))
@@ -65,7 +66,7 @@ def stage_parameters(
         for dotted in keys:
             axis = next((a for a in axes if dotted.endswith(f"${{item.{a}}}")), None)
             if axis is not None:
-                out[axis] = config.get(params, dotted.replace(f"${{item.{axis}}}", matrix[axis]))
+                out[axis] = params_lib.get(params, dotted.replace(f"${{item.{axis}}}", matrix[axis]))
                 out[f"{axis}_name"] = matrix[axis]
                 continue
             # foreach over a mapping names the entry ${key}; over a list of names, ${item}
@@ -73,13 +74,13 @@ def stage_parameters(
             if key is not None and placeholder:
                 if not item:
                     raise SystemExit(f"Stage '{stage}': name the item's parameter with --item (e.g. --item corpus)")
-                out[item] = config.get(params, dotted.replace(placeholder, key))
+                out[item] = params_lib.get(params, dotted.replace(placeholder, key))
                 out[f"{item}_name"] = key
                 continue
             name = dotted.split(".")[-1]
             if name in out:
                 raise SystemExit(f"Stage '{stage}': two params end in '{name}'; rename one in params.yaml")
-            out[name] = config.get(params, dotted)
+            out[name] = params_lib.get(params, dotted)
     return out
 
 
@@ -98,8 +99,14 @@ def run(
     matrix: dict[str, str] | None = None,
     notebook: str | None = None,
 ) -> Path:
-    """Execute the stage's notebook (or the notebook of stage ``notebook``); returns the executed copy's path."""
+    """Execute the stage's notebook (or the notebook of stage ``notebook``); returns the executed copy's path.
+
+    The whole params.yaml is checked first (:func:`helpers.params.require_valid`): a typo anywhere stops the
+    stage before it does any work, with every error named by its full key path.
+    """
     import papermill
+
+    params_lib.require_valid()
 
     parameters = {**stage_parameters(stage, item=item, matrix=matrix), **(extra or {})}
     name = stage.split("@", 1)[0]
@@ -138,7 +145,11 @@ def main(argv: list[str] | None = None) -> int:
         if not sep or not axis or not key:
             parser.error(f"--matrix expects AXIS=KEY, got {pair!r}")
         matrix[axis] = key
-    out = run(args.stage, item=args.item, matrix=matrix or None, notebook=args.notebook)
+    try:
+        out = run(args.stage, item=args.item, matrix=matrix or None, notebook=args.notebook)
+    except params_lib.ConfigError as err:
+        print(err, file=sys.stderr)
+        return 2
     print(f"executed {out.relative_to(paths.workdir())}")
     return 0
 

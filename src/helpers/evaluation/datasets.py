@@ -20,19 +20,19 @@ from tqdm.auto import tqdm
 from helpers.evaluation.specs import (
     ANNOTATION_KEYS,
     DATASET_FORMATS,
-    DATASET_KEYS,
     FOLDER_IMAGE_SUFFIXES,
     IMAGE_EXTS,
     PLACEHOLDER,
     PROMPT_SETS,
     SIMPLE_TEMPLATE,
     TASKS,
-    Section,
+    EntryReader,
     check_templates,
     digest,
     read_lines,
 )
-from helpers.shards import ConfigError
+from helpers.params import ConfigError, validate_union
+from helpers.params.evaluation import Dataset as DatasetParams
 from helpers.text.captions import CaptionSource, iter_tar_samples, list_shards
 
 # =========================================================================================== datasets
@@ -144,7 +144,7 @@ class _TarImages(IterableDataset):
 
 
 def _class_names_from(
-    section: Section, spec: Mapping[str, Any], n_expected: int | None, folders: list[str] | None = None
+    section: EntryReader, spec: Mapping[str, Any], n_expected: int | None, folders: list[str] | None = None
 ) -> list[str] | None:
     """``class_names`` (list, or {folder: name} for imagefolder) or ``class_names_file``; None when neither."""
     given, file_ = spec.get("class_names"), section.existing_path("class_names_file")
@@ -188,7 +188,8 @@ def load_dataset(spec: Mapping[str, Any], preprocess: Callable, *, name: str | N
         raise ConfigError(
             f"evaluation.datasets.{label}.format: expected one of {', '.join(DATASET_FORMATS)}, got {fmt!r}"
         )
-    section = Section(f"evaluation.datasets.{label}", spec, DATASET_KEYS[fmt])
+    validate_union(DatasetParams, dict(spec), f"evaluation.datasets.{label}")
+    section = EntryReader(f"evaluation.datasets.{label}", spec)
     task = spec.get("task", "zero_shot")
     if task not in TASKS or (task == "retrieval" and fmt != "wds"):
         allowed = TASKS if fmt == "wds" else ("zero_shot",)
@@ -205,7 +206,9 @@ def load_dataset(spec: Mapping[str, Any], preprocess: Callable, *, name: str | N
     return ds
 
 
-def _load_imagefolder(section: Section, spec: Mapping[str, Any], preprocess: Callable, name: str | None) -> EvalDataset:
+def _load_imagefolder(
+    section: EntryReader, spec: Mapping[str, Any], preprocess: Callable, name: str | None
+) -> EvalDataset:
     root = section.existing_path("root", required=True, kind="folder")
     folders = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not folders:
@@ -259,7 +262,9 @@ def _torchvision_labels(base: Any) -> np.ndarray:
         base.transform = transform
 
 
-def _load_torchvision(section: Section, spec: Mapping[str, Any], preprocess: Callable, name: str | None) -> EvalDataset:
+def _load_torchvision(
+    section: EntryReader, spec: Mapping[str, Any], preprocess: Callable, name: str | None
+) -> EvalDataset:
     import torchvision.datasets as tvd
 
     cls_name = section.get_str("name", required=True)
@@ -309,7 +314,7 @@ def _load_torchvision(section: Section, spec: Mapping[str, Any], preprocess: Cal
 
 
 def _load_wds(
-    section: Section, spec: Mapping[str, Any], preprocess: Callable, name: str | None, task: str
+    section: EntryReader, spec: Mapping[str, Any], preprocess: Callable, name: str | None, task: str
 ) -> EvalDataset:
     paths = spec.get("paths")
     if paths is None:

@@ -6,7 +6,7 @@ import json
 import os
 import re
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,15 +15,15 @@ from typing import Any
 import torch
 from PIL import Image
 
+from helpers.devices import PRECISIONS, autocast
 from helpers.evaluation.specs import (
     CKPT_SUFFIXES,
-    MODEL_KEYS,
-    PRECISIONS,
     SCHEMA_PREFIXES,
-    Section,
+    EntryReader,
     file_sha256,
 )
-from helpers.shards import ConfigError
+from helpers.params import ConfigError, validate
+from helpers.params.evaluation import OpenClipModel
 
 # ============================================================================================= models
 
@@ -45,10 +45,10 @@ class LoadedModel:
     fingerprint: dict[str, Any] = field(default_factory=dict)
 
     def autocast(self):
-        """CUDA autocast for fp16/bf16; a no-op context otherwise."""
-        if self.precision == "fp32" or not str(self.device).startswith("cuda"):
+        """Autocast for fp16/bf16 on a GPU (:func:`helpers.devices.autocast`); a no-op context otherwise."""
+        if not str(self.device).startswith("cuda"):
             return nullcontext()
-        return torch.autocast("cuda", dtype=torch.float16 if self.precision == "fp16" else torch.bfloat16)
+        return autocast(self.device, self.precision)
 
     def identity(self) -> dict[str, Any]:
         """What the embedding cache compares: key, fingerprint and effective precision."""
@@ -66,7 +66,7 @@ def looks_like_path(value: str) -> bool:
 
 
 def _check_named_model(
-    section: Section, name: str, model_config: Path | None, weights: dict[str, Any], open_clip: Any
+    section: EntryReader, name: str, model_config: Path | None, weights: dict[str, Any], open_clip: Any
 ) -> tuple[str, str]:
     """A built-in or ``model_config`` architecture with a tag or checkpoint file: (pretrained, key)."""
     if model_config is not None:
@@ -106,7 +106,7 @@ def _check_named_model(
 
 
 def _check_schema_model(
-    section: Section, name: str, model_config: Path | None, weights: dict[str, Any]
+    section: EntryReader, name: str, model_config: Path | None, weights: dict[str, Any]
 ) -> tuple[None, str]:
     """``hf-hub:org/repo`` or ``local-dir:/path``: config and weights come with the name; the key is required."""
     for field_name, value in (("model_config", model_config), ("pretrained", section.spec.get("pretrained"))):
@@ -142,19 +142,26 @@ def model_specs(section: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def load_model(spec: Mapping[str, Any], device: str = "cpu", precision: str = "fp32") -> LoadedModel:
+def load_model(
+    spec: Mapping[str, Any], device: str = "cpu", precision: str = "fp32", *, prefix: str | None = None
+) -> LoadedModel:
     """Build an open_clip model from a ``evaluation.models`` entry (keys in the module docstring).
 
-    The checks run before any weights are read, so a typo fails in a second, not after a download.
+    The one open_clip loader of the package: the ``open_clip`` tagger backend loads its model here too.
+    The checks run before any weights are read, so a typo fails in a second, not after a download. Errors
+    name ``evaluation.models.<key>.<field>``, or ``<prefix>.<field>`` when ``prefix`` says where the entry
+    sits in params.yaml (``image_corpora.<name>.tagger``).
     """
     import open_clip
 
     label = spec.get("key") if isinstance(spec, Mapping) else None
     if not label and isinstance(spec, Mapping):
         label = spec.get("name") or (Path(str(spec["model_config"])).stem if spec.get("model_config") else "?")
-    section = Section(f"evaluation.models.{label}", spec, MODEL_KEYS)
+    where = prefix or f"evaluation.models.{label}"
+    checked = validate(OpenClipModel, dict(spec) if isinstance(spec, Mapping) else spec, where)
+    section = EntryReader(where, spec)
     if precision not in PRECISIONS:
-        raise section.error("precision", f"expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise ConfigError(f"evaluation.settings.precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
 
     model_config = section.existing_path("model_config")
     name = section.get_str("name", model_config.stem if model_config is not None else None, required=True)
@@ -163,22 +170,17 @@ def load_model(spec: Mapping[str, Any], device: str = "cpu", precision: str = "f
         pretrained, key = _check_schema_model(section, name, model_config, weights)
     else:
         pretrained, key = _check_named_model(section, name, model_config, weights, open_clip)
-    section.prefix = f"evaluation.models.{key}"
+    section.prefix = prefix or f"evaluation.models.{key}"
 
-    quick_gelu = spec.get("quick_gelu", False)
-    if not isinstance(quick_gelu, bool):
-        raise section.error("quick_gelu", f"expected true or false, got {quick_gelu!r}")
+    quick_gelu = checked.quick_gelu
     pp: dict[str, Any] = {}
-    for field_name in ("image_mean", "image_std"):
-        value = spec.get(field_name)
+    for field_name in ("image_mean", "image_std"):  # three numbers each (checked by OpenClipModel)
+        value = getattr(checked, field_name)
         if value is not None:
-            numbers = isinstance(value, Sequence) and all(isinstance(v, (int, float)) for v in value)
-            if not numbers or len(value) != 3:
-                raise section.error(field_name, f"expected three numbers, got {value!r}")
             pp[field_name] = tuple(float(v) for v in value)
     for field_name in ("image_interpolation", "image_resize_mode"):
-        if spec.get(field_name) is not None:
-            pp[field_name] = section.get_str(field_name)
+        if getattr(checked, field_name) is not None:
+            pp[field_name] = getattr(checked, field_name)
     weights.update({"quick_gelu": quick_gelu, **{k: list(v) if isinstance(v, tuple) else v for k, v in pp.items()}})
 
     effective = precision

@@ -4,25 +4,23 @@ and the release's JSON files."""
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 
+from helpers.devices import resolve_device
 from helpers.evaluation.datasets import load_dataset
 from helpers.evaluation.metrics import retrieval_eval, zero_shot_eval
 from helpers.evaluation.models import load_model, looks_like_path
-from helpers.evaluation.specs import DEFAULT_KS, PROMPT_SETS
 from helpers.evaluation.writers import to_release_json, write_evaluations
+from helpers.params import ConfigError, validate
+from helpers.params.evaluation import EvaluationSettings
 from helpers.paths import resolve as resolve_path
-from helpers.shards import ConfigError
 
 # ============================================================================================== stage
 
-#: keys of ``evaluation.settings`` (shared by every model x dataset run)
-SETTINGS_KEYS = ("cache_dir", "device", "precision", "batch_size", "num_workers", "prompts", "ks")
 _MODEL_PATH_KEYS = ("model_config", "cache_dir")
 _DATASET_PATH_KEYS = ("root", "paths", "class_names_file", "concepts_file")
 EVALUATIONS_FILE = "evaluations.parquet"
@@ -46,36 +44,11 @@ def resolve_spec_paths(spec: Mapping[str, Any], kind: str, base: str | os.PathLi
     return out
 
 
-def _check_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
-    if not isinstance(settings, Mapping):
-        raise ConfigError(f"evaluation.settings: expected a mapping, got {settings!r}")
-    unknown = sorted(set(settings) - set(SETTINGS_KEYS))
-    if unknown:
-        raise ConfigError(
-            f"evaluation.settings: unknown key(s) {', '.join(unknown)} (known: {', '.join(SETTINGS_KEYS)})"
-        )
-    out = {"device": None, "precision": "fp32", "batch_size": 64, "num_workers": 0, "prompts": list(PROMPT_SETS),
-           "ks": list(DEFAULT_KS), "cache_dir": None, **settings}  # fmt: skip
-    if isinstance(out["batch_size"], bool) or not isinstance(out["batch_size"], int) or out["batch_size"] < 1:
-        raise ConfigError(f"evaluation.settings.batch_size: expected a positive integer, got {out['batch_size']!r}")
-    if isinstance(out["num_workers"], bool) or not isinstance(out["num_workers"], int) or out["num_workers"] < 0:
-        raise ConfigError(f"evaluation.settings.num_workers: expected an integer >= 0, got {out['num_workers']!r}")
-    prompts = [out["prompts"]] if isinstance(out["prompts"], str) else list(out["prompts"] or [])
-    bad = [p for p in prompts if p not in PROMPT_SETS]
-    if not prompts or bad:
-        raise ConfigError(
-            f"evaluation.settings.prompts: expected some of {', '.join(PROMPT_SETS)}, got {out['prompts']!r}"
-        )
-    out["prompts"] = prompts
-    ks = out["ks"]
-    if (
-        not isinstance(ks, Sequence)
-        or not ks
-        or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in ks)
-    ):
-        raise ConfigError(f"evaluation.settings.ks: expected a list of positive integers, got {ks!r}")
-    if out["device"] is None:
-        out["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+def _check_settings(settings: Mapping[str, Any] | EvaluationSettings) -> dict[str, Any]:
+    """``evaluation.settings`` checked by :class:`helpers.params.evaluation.EvaluationSettings`, as a dict
+    with the device resolved (``None``: cuda when available)."""
+    out = validate(EvaluationSettings, settings, "evaluation.settings").model_dump()
+    out["device"] = resolve_device(out["device"])
     return out
 
 

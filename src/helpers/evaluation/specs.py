@@ -10,11 +10,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from helpers.shards import ConfigError
+from helpers.params import ConfigError
 
 CACHE_VERSION = 1
 PROMPT_SETS = ("class", "simple", "ensemble")
-PRECISIONS = ("fp32", "fp16", "bf16")
 DEFAULT_KS = (1, 5, 10)
 OVERALL = "__all__"  # the ``concept`` of an overall row
 NO_PROMPT = "-"  # the ``prompt`` of a retrieval row
@@ -24,18 +23,6 @@ IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 FOLDER_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
 DATASET_FORMATS = ("imagefolder", "wds", "torchvision")
 TASKS = ("zero_shot", "retrieval")
-MODEL_KEYS = (
-    "name", "pretrained", "model_config", "key", "quick_gelu", "image_mean", "image_std",
-    "image_interpolation", "image_resize_mode", "cache_dir",
-)  # fmt: skip
-DATASET_KEYS = {
-    "imagefolder": ("format", "root", "class_names", "class_names_file", "templates", "task"),
-    "wds": (
-        "format", "paths", "task", "image_ext", "label_key", "class_names", "class_names_file", "caption_ext",
-        "max_captions", "concepts", "concepts_file", "templates",
-    ),
-    "torchvision": ("format", "name", "root", "split", "class_names", "class_names_file", "templates", "task"),
-}  # fmt: skip
 ANNOTATION_KEYS = ("labels", "class_names", "captions", "task")  # dataset fingerprint parts images ignore
 SCHEMA_PREFIXES = ("hf-hub:", "local-dir:")
 CKPT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
@@ -62,17 +49,13 @@ def read_lines(path: str | os.PathLike) -> list[str]:
     return [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-class Section:
-    """Error messages that name the config key: ``evaluation.<kind>.<entry>.<field>``."""
+class EntryReader:
+    """Reads an entry already checked by its params model, with errors naming ``evaluation.<kind>.<entry>.<key>``
+    for what only the disk can tell (a missing folder, a file without class names)."""
 
-    def __init__(self, prefix: str, spec: Mapping[str, Any], known: Sequence[str]) -> None:
+    def __init__(self, prefix: str, spec: Mapping[str, Any]) -> None:
         self.prefix = prefix
-        if not isinstance(spec, Mapping):
-            raise ConfigError(f"{prefix}: expected a mapping of settings, got {type(spec).__name__}")
         self.spec = spec
-        unknown = sorted(set(spec) - set(known))
-        if unknown:
-            raise self.error(unknown[0], f"unknown key (known: {', '.join(sorted(known))})")
 
     def error(self, field_name: str, message: str) -> ConfigError:
         return ConfigError(f"{self.prefix}.{field_name}: {message}")
@@ -108,7 +91,7 @@ class Section:
         return path
 
 
-def check_templates(section: Section, templates: Sequence[str] | None) -> tuple[str, ...] | None:
+def check_templates(section: EntryReader, templates: Sequence[str] | None) -> tuple[str, ...] | None:
     """Templates with ``{c}``; CLIP's ``{}`` placeholder is accepted and converted."""
     if templates is None:
         return None

@@ -1,4 +1,4 @@
-"""Image-tagger backends and the factory the image-search stage calls with ``image_search.tagger``.
+"""Image-tagger backends and the factory the image-search stage calls with ``image_corpora.<name>.tagger``.
 
 Every backend implements the :class:`helpers.images.taggers.Tagger` protocol, so the stage never needs to know
 which one runs. Three backends exist, each in its own module so that importing this factory does not
@@ -15,7 +15,7 @@ live in the same environment, see :mod:`helpers.images.tagger_rampp`):
     A thin adapter for RAM++ (the tagger of the paper, thresholded at 0.7 there), open-set label
     embeddings from per-concept LLM descriptions. Runs in its own environment.
 
-Config (the ``image_search.tagger`` section of params.yaml), keys common to all backends:
+Config (an ``image_corpora.<name>.tagger`` entry of params.yaml, see :mod:`helpers.params.images`), keys common to all backends:
 
 ``backend``
     ``open_clip`` | ``trained`` | ``rampp`` (required).
@@ -25,7 +25,7 @@ Config (the ``image_search.tagger`` section of params.yaml), keys common to all 
 
 The remaining keys are backend-specific and documented in each module. Unknown keys, missing required
 keys and wrong types raise :class:`helpers.shards.ConfigError` whose message starts with the full key,
-e.g. ``image_search.tagger.calibration.tau: expected a number > 0, got -1``.
+e.g. ``image_corpora.my_cc3m.tagger.calibration.tau: input should be greater than 0, got -1``.
 
 This module also holds the small utilities shared by the backends (config reading, hashing for
 fingerprints, description files), so every backend reports errors and fingerprints the same way.
@@ -35,30 +35,28 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from helpers.images.taggers import Tagger
-from helpers.shards import ConfigError
+from helpers.params import ConfigError, validate_union
+from helpers.params.images import Tagger as TaggerParams
 
-#: where the tagger config sits in params.yaml; every error message starts with ``PREFIX.<key>``
-PREFIX = "image_search.tagger"
+#: where a tagger config sits in params.yaml unless the caller says (``image_corpora.<name>.tagger``)
+PREFIX = "tagger"
 BACKENDS = ("open_clip", "trained", "rampp")
-#: keys every backend accepts
-COMMON_KEYS = ("backend", "image_size")
-
-_MISSING = object()
 
 __all__ = [
     "BACKENDS",
     "ConfigError",
     "PREFIX",
+    "TaggerEntry",
     "build_tagger",
     "concepts_digest",
     "file_sha256",
@@ -76,25 +74,24 @@ def build_tagger(
     concepts: Sequence[str],
     *,
     descriptions: Mapping[str, list[str]] | None = None,
+    prefix: str = PREFIX,
 ) -> Tagger:
-    """The tagger that ``config`` (the ``image_search.tagger`` section) describes, scoring ``concepts``.
+    """The tagger that ``config`` (an ``image_corpora.<name>.tagger`` entry) describes, scoring ``concepts``.
 
     ``concepts`` fixes the score columns: column ``j`` of ``tagger.scores(...)`` is ``concepts[j]``.
     ``descriptions`` maps a concept to description strings (the release's ``gpt_descriptions``); the
     ``rampp`` backend builds its open-set label embeddings from them and ``open_clip`` can add them to its
     prompts (``use_descriptions: true``); ``trained`` ignores them.
 
-    Raises :class:`ConfigError` naming ``image_search.tagger.<key>`` for an unknown backend and for
-    unknown, missing or ill-typed keys, before any model is loaded where possible.
+    Raises :class:`ConfigError` naming ``<prefix>.<key>`` (``prefix``: where the config sits in params.yaml)
+    for an unknown backend and for unknown, missing or ill-typed keys (checked by the models of
+    :mod:`helpers.params.images`), before any model is loaded where possible.
     """
     if not isinstance(config, Mapping):
-        raise ConfigError(f"{PREFIX}: expected a mapping with at least `backend`, got {type(config).__name__}")
+        raise ConfigError(f"{prefix}: expected a mapping with at least `backend`, got {type(config).__name__}")
     concepts = check_concepts(concepts)
-    backend = config.get("backend", _MISSING)
-    if backend is _MISSING or backend is None:
-        raise ConfigError(f"{PREFIX}.backend: missing (expected one of {', '.join(BACKENDS)})")
-    if backend not in BACKENDS:
-        raise ConfigError(f"{PREFIX}.backend: unknown backend {backend!r} (expected one of {', '.join(BACKENDS)})")
+    checked = validate_union(TaggerParams, dict(config), prefix)
+    backend = checked.backend
     # Imported here, not at the top: each backend module imports its own heavy dependencies.
     if backend == "open_clip":
         from helpers.images import tagger_openclip as module
@@ -102,124 +99,39 @@ def build_tagger(
         from helpers.images import tagger_trained as module
     else:
         from helpers.images import tagger_rampp as module
-    section = ConfigSection(config, PREFIX)
-    section.seen.add("backend")
-    return module.from_config(section, concepts, descriptions=descriptions)
+    return module.from_config(TaggerEntry(checked, prefix), concepts, descriptions=descriptions)
 
 
 # ------------------------------------------------------------------------------------ config reading
 
 
-class ConfigSection:
-    """Read a config mapping key by key, with errors that name the full key, and reject unknown keys.
+@dataclass(frozen=True)
+class TaggerEntry:
+    """A tagger config checked by its params model (:mod:`helpers.params.images`), and where it sits.
 
-    Backends call the typed getters for every key they know, then :meth:`finish`, which raises for any
-    key nobody asked for (a typo such as ``tempreature`` must not be silently ignored).
+    Backends read ``config``'s attributes (keys, types, defaults and ranges are the model's) and report what
+    only the disk or the model can tell with :meth:`error`, whose message starts with ``<prefix>.<key>``.
     """
 
-    def __init__(self, data: Mapping[str, Any], prefix: str) -> None:
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"{prefix}: expected a mapping, got {type(data).__name__}")
-        self.data = data
-        self.prefix = prefix
-        self.seen: set[str] = set()
-
-    def where(self, key: str) -> str:
-        return f"{self.prefix}.{key}"
+    config: Any  # TrainedTagger | OpenClipTagger | RamppTagger (helpers.params.images)
+    prefix: str = PREFIX
 
     def error(self, key: str, message: str) -> ConfigError:
-        return ConfigError(f"{self.where(key)}: {message}")
+        return ConfigError(f"{self.prefix}.{key}: {message}")
 
-    def raw(self, key: str, default: Any = _MISSING) -> Any:
-        self.seen.add(key)
-        if key in self.data and self.data[key] is not None:
-            return self.data[key]
-        if default is _MISSING:
-            raise self.error(key, "missing")
-        return default
-
-    def has(self, key: str) -> bool:
-        self.seen.add(key)
-        return self.data.get(key) is not None
-
-    def get_str(self, key: str, default: Any = _MISSING) -> Any:
-        value = self.raw(key, default)
-        if value is default and default is not _MISSING:
-            return value
-        if not isinstance(value, str) or not value.strip():
-            raise self.error(key, f"expected a non-empty string, got {value!r}")
-        return value
-
-    def get_choice(self, key: str, choices: Sequence[str], default: Any = _MISSING) -> Any:
-        value = self.raw(key, default)
-        if value not in choices:
-            raise self.error(key, f"expected one of {', '.join(choices)}, got {value!r}")
-        return value
-
-    def get_int(self, key: str, default: Any = _MISSING, *, minimum: int = 1) -> Any:
-        value = self.raw(key, default)
-        if value is default and default is not _MISSING:
-            return value
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise self.error(key, f"expected an integer >= {minimum}, got {value!r}")
-        return int(value)
-
-    def get_float(self, key: str, default: Any = _MISSING, *, positive: bool = False) -> Any:
-        value = self.raw(key, default)
-        if value is default and default is not _MISSING:
-            return value
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise self.error(key, f"expected a number, got {value!r}")
-        if positive and value <= 0:
-            raise self.error(key, f"expected a number > 0, got {value!r}")
-        return float(value)
-
-    def get_bool(self, key: str, default: Any = _MISSING) -> Any:
-        value = self.raw(key, default)
-        if not isinstance(value, bool):
-            raise self.error(key, f"expected true or false, got {value!r}")
-        return value
-
-    def get_str_list(self, key: str, default: Any = _MISSING) -> Any:
-        """A list of non-empty strings; a single string counts as a one-element list."""
-        value = self.raw(key, default)
-        if value is default and default is not _MISSING:
-            return value
-        if isinstance(value, str):
-            value = [value]
-        ok = isinstance(value, (list, tuple)) and value and all(isinstance(v, str) and v.strip() for v in value)
-        if not ok:
-            raise self.error(key, f"expected a non-empty list of strings, got {value!r}")
-        return list(value)
-
-    def get_path(self, key: str, default: Any = _MISSING, *, must_exist: bool = True) -> Any:
-        value = self.raw(key, default)
-        if value is default and default is not _MISSING:
-            return value
-        if not isinstance(value, (str, Path)) or not str(value).strip():
-            raise self.error(key, f"expected a file path, got {value!r}")
+    def existing_file(self, key: str, value: str | Path) -> Path:
+        """``value`` as a path (``~`` expanded); a :class:`ConfigError` naming ``key`` when it is no file."""
         path = Path(value).expanduser()
-        if must_exist and not path.is_file():
+        if not path.is_file():
             raise self.error(key, f"file {str(path)!r} does not exist")
         return path
 
-    def section(self, key: str) -> ConfigSection:
-        """A nested mapping (an absent or null one reads as empty)."""
-        value = self.raw(key, {})
-        return ConfigSection(value, self.where(key))
 
-    def finish(self, allowed_note: str = "") -> None:
-        unknown = sorted(set(map(str, self.data)) - self.seen)
-        if unknown:
-            known = ", ".join(sorted(self.seen))
-            raise self.error(unknown[0], f"unknown key{allowed_note} (known keys: {known})")
-
-
-def check_image_size(section: ConfigSection, model_size: int) -> None:
+def check_image_size(entry: TaggerEntry, model_size: int) -> None:
     """Fail fast when params.yaml's ``image_size`` differs from the model's input size."""
-    wanted = section.get_int("image_size", None)
+    wanted = entry.config.image_size
     if wanted is not None and wanted != model_size:
-        raise section.error(
+        raise entry.error(
             "image_size",
             f"{wanted} does not match the model's input size {model_size}; set image_size: {model_size} "
             "(or remove the key) -- images are resized to what the model was trained on",
@@ -344,28 +256,22 @@ def match_descriptions(
 
 
 def descriptions_from_config(
-    section: ConfigSection, descriptions: Mapping[str, list[str]] | None
+    entry: TaggerEntry, descriptions: Mapping[str, list[str]] | None
 ) -> Mapping[str, list[str]] | None:
     """The ``descriptions`` argument, completed by the JSON files of the config's ``descriptions`` key.
 
     The argument wins for concepts both describe: the stage passes what it resolved explicitly.
     """
-    paths = section.get_str_list("descriptions", None)
+    paths = entry.config.descriptions
     if paths is None:
         return descriptions
+    paths = [paths] if isinstance(paths, str) else list(paths)
     for path in paths:
         if not Path(path).expanduser().is_file():
-            raise section.error("descriptions", f"file {path!r} does not exist")
+            raise entry.error("descriptions", f"file {path!r} does not exist")
     try:
         loaded = load_descriptions([Path(p).expanduser() for p in paths])
     except (ValueError, json.JSONDecodeError) as err:
-        raise section.error("descriptions", str(err)) from err
+        raise entry.error("descriptions", str(err)) from err
     loaded.update(descriptions or {})
     return loaded
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``auto`` means CUDA when available; anything else is passed to :class:`torch.device`."""
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)

@@ -9,8 +9,9 @@ side under ``corpora`` (the matched counts pair the two by sample id)::
         data: data/raw/samples/wds             # the folder DVC tracks
         images: {format: wds, paths: "data/raw/samples/wds/*.tar", image_ext: [jpg]}
 
-The tagger and inference settings are the ``image_search`` section (see helpers.images.search and
-helpers.images.backends).
+Each entry names its own ``tagger`` (helpers.images.backends); the inference settings shared by every corpus
+are the ``image_search`` section (helpers.images.search). Both are checked by the models of
+helpers.params.images.
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ from PIL import Image
 from helpers import paths, schemas
 from helpers.images.backends import build_tagger
 from helpers.images.frequencies import frequency_table, misalignment
-from helpers.images.search import image_search_dir, run_image_search, run_kwargs
+from helpers.images.search import image_search_dir, run_image_search
 from helpers.images.sources import image_source, list_image_shards
 from helpers.images.tagger_trained import read_labels, train_tagger
-from helpers.shards import ConfigError
+from helpers.params import ConfigError, validate
+from helpers.params.images import ImageCorpus, ImageSearch, TaggerTraining
 from helpers.text import corpora
 from helpers.text.captions import iter_tar_samples
 
@@ -56,22 +58,15 @@ def resolve_tagger_config(tagger: Mapping[str, Any], base: Path | None = None) -
     return out
 
 
-TRAINING_KEYS = {"data", "labels", "image_size", "epochs", "batch_size", "lr", "seed", "checkpoint"}
-
-
 def train_sample_tagger(training: Mapping[str, Any], *, name: str = "sample", progress: bool = True):
     """Train the ``trained`` backend on the labelled image set of params ``taggers.<name>`` and save it.
 
-    Returns the tagger (with ``loss_history``). The checkpoint path is ``training["checkpoint"]``.
+    ``training``: the ``taggers.<name>`` entry (:class:`helpers.params.images.TaggerTraining` or a mapping of
+    its keys). Returns the tagger (with ``loss_history``). The checkpoint path is ``training.checkpoint``.
     """
     prefix = f"taggers.{name}"
-    unknown = sorted(set(training) - TRAINING_KEYS)
-    if unknown:
-        raise ConfigError(f"{prefix}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(TRAINING_KEYS))})")
-    for key in ("labels", "checkpoint"):
-        if key not in training:
-            raise ConfigError(f"{prefix}.{key}: missing")
-    labels_path = Path(paths.resolve(training["labels"]))
+    spec = validate(TaggerTraining, training, prefix)
+    labels_path = Path(paths.resolve(spec.labels))
     if not labels_path.exists():
         raise ConfigError(f"{prefix}.labels: file not found: {labels_path}")
     images, labels = read_labels(labels_path)
@@ -80,14 +75,14 @@ def train_sample_tagger(training: Mapping[str, Any], *, name: str = "sample", pr
         images,
         labels,
         concepts,
-        image_size=int(training.get("image_size", 32)),
-        epochs=int(training.get("epochs", 10)),
-        batch_size=int(training.get("batch_size", 64)),
-        lr=float(training.get("lr", 1e-3)),
-        seed=int(training.get("seed", 0)),
+        image_size=spec.image_size,
+        epochs=spec.epochs,
+        batch_size=spec.batch_size,
+        lr=spec.lr,
+        seed=spec.seed,
         progress=progress,
     )
-    checkpoint = Path(paths.resolve(training["checkpoint"]))
+    checkpoint = Path(paths.resolve(spec.checkpoint))
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     tagger.save(checkpoint)
     return tagger
@@ -110,17 +105,14 @@ def image_shard_table(out_dir: Path) -> pd.DataFrame:
     return corpora.shard_table(out_dir)
 
 
-IMAGE_CORPUS_KEYS = {"corpus", "data", "images", "tagger"}
-
-
 def caption_corpus(name: str, entry: Mapping[str, Any]) -> str:
-    """The ``corpora`` entry whose captions pair with image corpus ``name`` (``corpus``, default ``name``)."""
-    unknown = sorted(set(entry) - IMAGE_CORPUS_KEYS) if isinstance(entry, Mapping) else []
-    if unknown:
-        raise ConfigError(
-            f"image_corpora.{name}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(IMAGE_CORPUS_KEYS))})"
-        )
-    return str(entry.get("corpus") or name)
+    """The ``corpora`` entry whose captions pair with image corpus ``name`` (``corpus``, default ``name``).
+
+    The entry is checked as a whole (:class:`helpers.params.images.ImageCorpus`): errors name
+    ``image_corpora.<name>.<key>``, the tagger's ``image_corpora.<name>.tagger.<key>``.
+    """
+    checked = validate(ImageCorpus, entry, f"image_corpora.{name}")
+    return checked.corpus or name
 
 
 def searched_concepts(name: str, entry: Mapping[str, Any]) -> pd.DataFrame:
@@ -144,15 +136,13 @@ def tag_corpus(
     """Tag the images of corpus ``name``, then count image, matched and misalignment frequencies.
 
     The caption side (``image_corpora.<name>.corpus``, default ``name``) must have been searched first with
-    the same ``concepts``. The tagger is ``image_corpora.<name>.tagger`` (``image_search.tagger`` when the
-    entry has none). A failed image shard stops the stage naming it unless ``image_search.allow_failed_shards``.
+    the same ``concepts``. The tagger is ``image_corpora.<name>.tagger``; ``settings`` is the ``image_search``
+    section (:class:`helpers.params.images.ImageSearch` or a mapping of its keys). A failed image shard stops the stage naming it unless ``image_search.allow_failed_shards``.
     """
     corpus = caption_corpus(name, entry)
-    tagger = entry.get("tagger") or settings.get("tagger")
-    if not tagger:
-        raise ConfigError(f"image_corpora.{name}.tagger: missing (which backend tags the images)")
-    kwargs = run_kwargs({k: v for k, v in settings.items() if k != "tagger"})
-    thresholds = [float(t) for t in settings.get("thresholds", [0.7])]
+    tagger = dict(entry["tagger"])
+    search = validate(ImageSearch, settings, "image_search")
+    thresholds = list(search.thresholds)
     source = image_source(name, entry)
     text_dir = corpora.text_search_dir(corpus)
     if not text_dir.exists():
@@ -161,11 +151,13 @@ def tag_corpus(
         )
     tagger_config = resolve_tagger_config(tagger)
     names = concepts["name"].tolist()
-    factory = functools.partial(build_tagger, tagger_config, names, descriptions=descriptions)
+    factory = functools.partial(
+        build_tagger, tagger_config, names, descriptions=descriptions, prefix=f"image_corpora.{name}.tagger"
+    )
     image_dir = image_search_dir(name, str(tagger_config.get("backend", "tagger")))
-    run_image_search(source, factory, image_dir, overwrite=True, progress=progress, **kwargs)
+    run_image_search(source, factory, image_dir, search, overwrite=True, progress=progress)
     shards = image_shard_table(image_dir)
-    allow_failed = bool(settings.get("allow_failed_shards", False))
+    allow_failed = search.allow_failed_shards
     corpora.require_complete(
         shards, what=f"image corpus {name}", setting="image_search.allow_failed_shards", allow_failed=allow_failed
     )

@@ -58,8 +58,11 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from helpers import paths
+from helpers.devices import autocast, resolve_device
 from helpers.images.sources import ImageSource, ShardImages, list_image_shards
 from helpers.images.taggers import Tagger
+from helpers.params import validate
+from helpers.params.images import ImageSearch as ImageSearchParams
 from helpers.shards import (
     SHARD_DIR,
     ConfigError,
@@ -75,8 +78,6 @@ from helpers.shards import (
     run_shards,
 )
 
-PRECISIONS = ("fp32", "bf16", "fp16")
-EXECUTORS = ("process", "ray", "serial")
 SEMANTICS_VERSION = 1  # bump when what is stored for the same inputs changes
 SCORES_SCHEMA = pa.schema([("sample_id", pa.int64()), ("concept_id", pa.int32()), ("prob", pa.float32())])
 TAGGED_SCHEMA = pa.schema([("sample_id", pa.int64())])
@@ -92,66 +93,10 @@ def image_search_dir(name: str, tagger: str) -> Path:
     return paths.interim_dir() / "image_search" / name / tagger
 
 
-#: keys of the ``image_search:`` section of params.yaml. ``tagger`` (the backend's own config) and
-#: ``thresholds`` / ``allow_failed_shards`` are read by the stage, the rest become run_image_search arguments.
-IMAGE_SEARCH_KEYS = {
-    "tagger",
-    "thresholds",
-    "allow_failed_shards",
-    "prob_floor",
-    "image_size",
-    "batch_size",
-    "num_workers",
-    "device",
-    "precision",
-    "channels_last",
-    "decode_draft",
-    "torch_threads",
-    "executor",
-    "workers",
-    "ray_address",
-    "ray_num_gpus",
-    "ray_num_cpus",
-    "ray_num_actors",
-}
-_STAGE_ONLY_KEYS = {"tagger", "thresholds", "allow_failed_shards"}
-
-
-def run_kwargs(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``run_image_search`` keyword arguments of an ``image_search:`` params section (unknown keys refused)."""
-    unknown = sorted(set(settings) - IMAGE_SEARCH_KEYS)
-    if unknown:
-        raise ConfigError(
-            f"image_search: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(IMAGE_SEARCH_KEYS))})"
-        )
-    return {k: v for k, v in settings.items() if k not in _STAGE_ONLY_KEYS}
-
-
-def _positive_int(key: str, value: Any, *, allow_zero: bool = False, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or value < (0 if allow_zero else 1):
-        kind = "a non-negative" if allow_zero else "a positive"
-        raise ConfigError(f"{key}: expected {kind} integer, got {value!r}")
-
-
-def _check_floor(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
-        raise ConfigError(f"prob_floor: expected a probability in [0, 1], got {value!r}")
-    return float(value)
-
-
 # ------------------------------------------------------------------------------ model per process
 
 
 _TAGGERS: dict[str, Tagger] = {}  # per process: the model is built once and reused for every shard
-
-
-def resolve_device(device: str | None) -> str:
-    """``None`` -> ``cuda`` when available, else ``cpu``."""
-    if device is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(device)
 
 
 def _channels_last(tagger: Tagger) -> None:
@@ -232,13 +177,6 @@ class ImageShardFn:
 
     def __call__(self, shard: Shard) -> Generator[ShardChunk, None, dict]:
         return tag_shard(shard, self)
-
-
-def _autocast(device: str, precision: str):
-    if precision == "fp32":
-        return torch.autocast(device_type=device.split(":")[0], enabled=False)
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.split(":")[0], dtype=dtype)
 
 
 def _empty_chunk() -> ShardChunk:
@@ -325,7 +263,7 @@ def tag_shard(shard: Shard, fn: ImageShardFn) -> Generator[ShardChunk, None, dic
         images = item["images"].to(device, non_blocking=True)
         if channels_last and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), _autocast(device, s.precision):
+        with torch.inference_mode(), autocast(device, s.precision):
             probs = tagger.scores(images)
         probs = probs.detach().to("cpu", torch.float32).numpy()
         stats["seconds_model"] += time.perf_counter() - started
@@ -405,28 +343,16 @@ def run_image_search(
     source: ImageSource | Mapping[str, Any],
     tagger_factory: Callable[[], Tagger],
     out_dir: str | os.PathLike,
+    settings: ImageSearchParams | Mapping[str, Any] | None = None,
     *,
-    prob_floor: float = 0.5,
-    batch_size: int = 64,
-    num_workers: int = 0,
-    device: str | None = None,
-    precision: str = "fp32",
-    channels_last: bool | None = None,
-    image_size: int | None = None,
-    decode_draft: bool = False,
-    torch_threads: int | None = None,
-    executor: str = "process",
-    workers: int | None = 1,
-    ray_address: str | None = None,
-    ray_num_gpus: float | None = None,
-    ray_num_cpus: float | None = None,
-    ray_num_actors: int | None = None,
     retry_failed: bool = True,
     overwrite: bool = False,
     progress: bool = True,
 ) -> RunResult:
     """Tag every image of a webdataset corpus with a tagger and store the probabilities >= ``prob_floor``.
 
+    ``settings``: the ``image_search`` params section (:class:`helpers.params.images.ImageSearch`, or a
+        mapping of its keys, checked by that model; errors name ``image_search.<key>``). Its keys:
     ``tagger_factory``: a picklable zero-argument callable (module-level function, class or
         ``functools.partial``) returning a ``helpers.images.taggers.Tagger``. It is called once here (on the CPU:
         fingerprint, concept count, ``image_size`` check) and once in every worker process or Ray actor.
@@ -445,16 +371,15 @@ def run_image_search(
     fingerprint (tagger, prob_floor, precision, source) in the same folder is refused unless ``overwrite``.
     """
     source = source if isinstance(source, ImageSource) else ImageSource.from_config(source)
-    floor = _check_floor(prob_floor)
-    _positive_int("batch_size", batch_size)
-    _positive_int("num_workers", num_workers, allow_zero=True)
-    _positive_int("torch_threads", torch_threads, allow_none=True)
-    _positive_int("image_size", image_size, allow_none=True)
-    _positive_int("ray_num_actors", ray_num_actors, allow_none=True)
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if executor not in EXECUTORS:
-        raise ConfigError(f"executor: unknown executor {executor!r} (expected one of {', '.join(EXECUTORS)})")
+    params = validate(ImageSearchParams, settings, "image_search")
+    floor, batch_size, num_workers, device = params.prob_floor, params.batch_size, params.num_workers, params.device
+    precision, channels_last, image_size = params.precision, params.channels_last, params.image_size
+    decode_draft, torch_threads, executor, workers = (
+        params.decode_draft, params.torch_threads, params.executor, params.workers
+    )  # fmt: skip
+    ray_address, ray_num_gpus, ray_num_cpus, ray_num_actors = (
+        params.ray_address, params.ray_num_gpus, params.ray_num_cpus, params.ray_num_actors
+    )  # fmt: skip
     if not callable(tagger_factory):
         raise ConfigError(f"tagger: expected a zero-argument callable returning a Tagger, got {tagger_factory!r}")
     shards = list_image_shards(source)
@@ -704,7 +629,6 @@ def tagged_ids(out_dir: str | os.PathLike, shard_index: int) -> np.ndarray:
 
 
 __all__ = [
-    "IMAGE_SEARCH_KEYS",
     "ImageShardFn",
     "ImageSource",
     "InferenceSettings",
@@ -716,7 +640,6 @@ __all__ = [
     "image_search_fingerprint",
     "list_image_shards",
     "run_image_search",
-    "run_kwargs",
     "stored_floor",
     "tag_shard",
     "tagged_ids",

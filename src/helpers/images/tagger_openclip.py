@@ -40,23 +40,26 @@ Calibration (documented choice)
     more than 0.03); since the stage stores every probability above a floor and sweeps thresholds later,
     check the threshold against a small labelled sample of your corpus.
 
-Config keys (``image_search.tagger``)::
+Config keys (an ``image_corpora.<name>.tagger`` entry; the model: :mod:`helpers.params.images`)::
 
     backend: open_clip
-    model: ViT-B-32                 # open_clip model name ('hf-hub:org/repo' and 'local-dir:/path' work too)
+    name: ViT-B-32                  # open_clip model name ('hf-hub:org/repo' and 'local-dir:/path' work too)
     pretrained: laion2b_s34b_b79k   # a pretrained tag (downloads once) or a local checkpoint file path
     model_config: null              # a JSON model config for a custom architecture; registered under its
-                                    # file name (model defaults to the file's stem)
+                                    # file name (name defaults to the file's stem)
     image_size: 224                 # optional check against the model's input size
-    precision: fp32                 # fp32 | fp16 | bf16 (half precision on a GPU only)
+    quick_gelu: false               # as for evaluation.models (OpenAI-trained weights need true)
     cache_dir: null                 # open_clip's download cache
+    weights: null                   # the path DVC tracks as this entry's input (not read here)
     templates: ["a photo of a {c}.", ...]
     use_descriptions: false         # add the concept descriptions to the prompts
     descriptions: null              # JSON file(s) of descriptions (see tagger_backends.load_descriptions)
     text_batch_size: 256
     calibration: {mode: concepts, margin: 0.05, tau: 0.01, reference_images: null, max_reference_images: 1000}
 
-Weights: a checkpoint path goes to open_clip, which loads it with ``torch.load(weights_only=True)``.
+The model is loaded by :func:`helpers.evaluation.models.load_model`, the package's one open_clip loader
+(fp32 weights; ``image_search.precision`` autocasts the forward pass). A checkpoint path goes to open_clip,
+which loads it with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -74,7 +77,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from helpers.images.backends import (
-    ConfigSection,
+    TaggerEntry,
     check_concepts,
     check_image_size,
     concepts_digest,
@@ -84,27 +87,12 @@ from helpers.images.backends import (
     match_descriptions,
 )
 from helpers.images.taggers import check_batch
+from helpers.params.images import DEFAULT_MARGIN, DEFAULT_TAU, DEFAULT_TEMPLATES
 
-#: a small prompt ensemble (a subset of CLIP's ImageNet templates that reads well for objects and scenes)
-DEFAULT_TEMPLATES: tuple[str, ...] = (
-    "a photo of a {c}.",
-    "a picture of a {c}.",
-    "a photo of the {c}.",
-    "an image of a {c}.",
-    "a close-up photo of a {c}.",
-    "a photo of many {c}.",
-)
 PLACEHOLDER = "{c}"
 CALIBRATION_MODES = ("concepts", "reference")
-PRECISIONS = ("fp32", "fp16", "bf16")
-SCHEMA_PREFIXES = ("hf-hub:", "local-dir:")
-DEFAULT_MARGIN = 0.05
-DEFAULT_TAU = 0.01
-DEFAULT_MAX_REFERENCE_IMAGES = 1000
-KEYS = (
-    "backend", "image_size", "model", "pretrained", "model_config", "precision", "cache_dir", "templates",
-    "use_descriptions", "descriptions", "text_batch_size", "calibration",
-)  # fmt: skip
+#: the keys that say which open_clip model to load (those of an ``evaluation.models`` entry)
+LOADER_KEYS = ("name", "pretrained", "model_config", "quick_gelu", "cache_dir")
 
 
 @dataclass(frozen=True)
@@ -305,7 +293,7 @@ def _square_size(size: Any) -> int:
     raise ValueError(f"the model's input size {size!r} is not square; the tagger interface needs a square one")
 
 
-def reference_paths(section: ConfigSection, patterns: list[str], limit: int) -> tuple[str, ...]:
+def reference_paths(entry: TaggerEntry, patterns: list[str], limit: int) -> tuple[str, ...]:
     """The sorted reference image files a glob/list expands to (the first ``limit``)."""
     found: set[str] = set()
     for pattern in patterns:
@@ -313,115 +301,50 @@ def reference_paths(section: ConfigSection, patterns: list[str], limit: int) -> 
         matches = glob.glob(pattern, recursive=True) if glob.has_magic(pattern) else [pattern]
         found.update(m for m in matches if Path(m).is_file())
     if not found:
-        raise section.error("reference_images", f"no image files match {patterns!r}")
+        raise entry.error("calibration.reference_images", f"no image files match {patterns!r}")
     return tuple(sorted(found)[:limit])
 
 
 def from_config(
-    section: ConfigSection, concepts: Sequence[str], *, descriptions: Mapping[str, list[str]] | None = None
+    entry: TaggerEntry, concepts: Sequence[str], *, descriptions: Mapping[str, list[str]] | None = None
 ) -> OpenClipTagger:
-    """Build an :class:`OpenClipTagger` from the ``image_search.tagger`` section (keys in the module doc)."""
-    model_config = section.get_path("model_config", None)
-    default_model = model_config.stem if model_config is not None else None
-    model_name = section.get_str("model", default_model)
-    if model_name is None:
-        raise section.error("model", "missing (an open_clip model name, or give `model_config`)")
-    if model_config is not None and model_name != model_config.stem:
-        raise section.error(
-            "model", f"{model_name!r} differs from the name {model_config.stem!r} that `model_config` registers"
-        )
-    schema_model = model_name.startswith(SCHEMA_PREFIXES)
-    pretrained = section.get_str("pretrained", None)
-    if pretrained is None and not schema_model:
-        raise section.error("pretrained", "missing (a pretrained tag, or a checkpoint file path)")
-    if pretrained is not None and schema_model:
-        raise section.error(
-            "pretrained", f"open_clip ignores it for {model_name!r} (weights come from there); remove it"
-        )
-    precision = section.get_choice("precision", PRECISIONS, "fp32")
-    cache_dir = section.get_str("cache_dir", None)
-    templates = section.get_str_list("templates", list(DEFAULT_TEMPLATES))
-    bad = [t for t in templates if PLACEHOLDER not in t]
-    if bad:
-        raise section.error("templates", f"every template needs the placeholder {PLACEHOLDER}, got {bad[0]!r}")
-    use_descriptions = section.get_bool("use_descriptions", False)
-    descriptions = descriptions_from_config(section, descriptions)
-    text_batch_size = section.get_int("text_batch_size", 256)
-
-    cal_section = section.section("calibration")
-    mode = cal_section.get_choice("mode", CALIBRATION_MODES, "concepts")
-    margin = cal_section.get_float("margin", DEFAULT_MARGIN)
-    tau = cal_section.get_float("tau", DEFAULT_TAU, positive=True)
-    limit = cal_section.get_int("max_reference_images", DEFAULT_MAX_REFERENCE_IMAGES)
-    patterns = cal_section.get_str_list("reference_images", None)
-    cal_section.finish()
-    if mode == "reference":
-        if patterns is None:
-            raise cal_section.error("reference_images", "missing (mode 'reference' needs reference images)")
-        refs = reference_paths(cal_section, patterns, limit)
+    """Build an :class:`OpenClipTagger` from an ``image_corpora.<name>.tagger`` entry (keys in the module doc)."""
+    cfg = entry.config
+    loader_spec = {
+        "name": cfg.name,
+        "pretrained": cfg.pretrained,
+        "model_config": cfg.model_config_file,
+        "quick_gelu": cfg.quick_gelu,
+        "cache_dir": cfg.cache_dir,
+    }
+    loader_spec = {k: v for k, v in loader_spec.items() if v is not None}
+    templates = list(cfg.templates)
+    descriptions = descriptions_from_config(entry, descriptions)
+    cal = cfg.calibration
+    if cal.mode == "reference":
+        patterns = [cal.reference_images] if isinstance(cal.reference_images, str) else list(cal.reference_images)
+        refs = reference_paths(entry, patterns, cal.max_reference_images)
     else:
-        if patterns is not None:
-            raise cal_section.error("reference_images", "only used with mode 'reference'")
         if len(concepts) < 2:
-            raise cal_section.error("mode", "'concepts' needs at least 2 concepts; use mode 'reference'")
+            raise entry.error("calibration.mode", "'concepts' needs at least 2 concepts; use mode 'reference'")
         refs = ()
-    section.get_int("image_size", None)  # read now so that finish() knows the key; checked after loading
-    section.finish(" for backend 'open_clip'")
 
-    import open_clip
+    # the one open_clip loader (helpers.evaluation.models): by name + pretrained tag, a local checkpoint, a
+    # custom model_config JSON, or hf-hub:/local-dir:; fp32 weights on the CPU (the runner moves the model and
+    # autocasts with image_search.precision)
+    from helpers.evaluation.models import load_model
 
-    if model_config is not None:
-        try:
-            cfg = json.loads(model_config.read_text())
-        except json.JSONDecodeError as err:
-            raise section.error("model_config", f"not valid JSON: {err}") from err
-        if not all(k in cfg for k in ("embed_dim", "vision_cfg", "text_cfg")):
-            raise section.error("model_config", "an open_clip model config needs embed_dim, vision_cfg and text_cfg")
-        open_clip.add_model_config(model_config)
-    elif not schema_model and open_clip.get_model_config(model_name) is None:
-        raise section.error("model", f"unknown open_clip model {model_name!r} (see open_clip.list_models())")
-
-    if not schema_model:  # fail before loading a possibly large checkpoint
-        cfg_size = (open_clip.get_model_config(model_name) or {}).get("vision_cfg", {}).get("image_size")
-        if cfg_size is not None:
-            try:
-                cfg_square = _square_size(cfg_size)
-            except ValueError as err:
-                raise section.error("model", str(err)) from err
-            check_image_size(section, cfg_square)
-
-    weights_id: dict[str, Any] = {"model": model_name}
-    if model_config is not None:
-        weights_id["model_config_sha256"] = file_sha256(model_config)
-    pretrained_path = Path(pretrained).expanduser() if pretrained else None
-    if pretrained_path is not None and pretrained_path.is_file():
-        pretrained = str(pretrained_path)
-        weights_id["checkpoint_sha256"] = file_sha256(pretrained_path)
-        weights_id["checkpoint_bytes"] = pretrained_path.stat().st_size
-    elif pretrained is not None:
-        tags = open_clip.list_pretrained_tags_by_model(model_name)
-        if pretrained not in tags:
-            raise section.error(
-                "pretrained",
-                f"{pretrained!r} is neither a checkpoint file nor a pretrained tag of {model_name!r} "
-                f"(tags: {', '.join(tags) or 'none'})",
-            )
-        weights_id["pretrained_tag"] = pretrained
-    try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            model_name, pretrained=pretrained, precision=precision, cache_dir=cache_dir, weights_only=True
-        )
-    except (RuntimeError, FileNotFoundError, ValueError) as err:
-        message = f"open_clip could not load {model_name!r} with {pretrained!r}: {err}"
-        raise section.error("pretrained", message) from err
-    tokenizer = open_clip.get_tokenizer(model_name, cache_dir=cache_dir)
+    name = loader_spec.get("name") or Path(str(loader_spec.get("model_config", "?"))).stem
+    loaded = load_model({**loader_spec, "key": f"open_clip-tagger-{name}"}, device="cpu", prefix=entry.prefix)
+    model, preprocess, tokenizer = loaded.model, loaded.preprocess, loaded.tokenizer
+    weights_id: dict[str, Any] = dict(loaded.fingerprint)
     try:
         model_size = _square_size(getattr(model.visual, "image_size", None))
     except ValueError as err:
-        raise section.error("model", str(err)) from err
-    check_image_size(section, model_size)
+        raise entry.error("name", str(err)) from err
+    check_image_size(entry, model_size)
 
-    concept_desc = match_descriptions(concepts, descriptions) if use_descriptions else None
+    concept_desc = match_descriptions(concepts, descriptions) if cfg.use_descriptions else None
     return OpenClipTagger(
         model,
         preprocess,
@@ -429,7 +352,7 @@ def from_config(
         concepts,
         templates=templates,
         descriptions=concept_desc,
-        calibration=Calibration(mode=mode, margin=margin, tau=tau, reference_images=refs),
-        text_batch_size=text_batch_size,
+        calibration=Calibration(mode=cal.mode, margin=cal.margin, tau=cal.tau, reference_images=refs),
+        text_batch_size=cfg.text_batch_size,
         weights_id=weights_id,
     )

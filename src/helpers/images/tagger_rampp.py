@@ -65,7 +65,7 @@ Installation: a separate environment
     needed at all. The package loads the checkpoint with a plain ``torch.load``; on torch >= 2.6 that
     means ``weights_only=True``.
 
-Config keys (``image_search.tagger``)::
+Config keys (an ``image_corpora.<name>.tagger`` entry; the model: :mod:`helpers.params.images`)::
 
     backend: rampp
     checkpoint: /models/ram_plus_swin_large_14m.pth   # required
@@ -93,7 +93,7 @@ from PIL import Image
 
 from helpers.images.backends import (
     PREFIX,
-    ConfigSection,
+    TaggerEntry,
     check_concepts,
     concepts_digest,
     descriptions_from_config,
@@ -103,17 +103,12 @@ from helpers.images.backends import (
     state_dict_sha256,
 )
 from helpers.images.taggers import check_batch
-from helpers.shards import ConfigError
+from helpers.params import ConfigError
+from helpers.params.images import DEFAULT_CONCEPT_CHUNK
 
 VITS = ("swin_l", "swin_b")
 IMAGE_SIZES = (384, 224)
-DEFAULT_FALLBACK = "a photo of a {c}."
-DEFAULT_CONCEPT_CHUNK = 1024
 EMBEDDING_ENCODER = "ram.utils.build_openset_llm_label_embedding (OpenAI CLIP ViT-B/16)"
-KEYS = (
-    "backend", "image_size", "checkpoint", "vit", "descriptions", "fallback_template", "label_embedding_cache",
-    "concept_chunk",
-)  # fmt: skip
 
 #: label embeddings built in this process, by key: every worker process builds its tagger from the factory,
 #: and a driver that also tags (serial executor) should not encode 200k descriptions twice
@@ -140,15 +135,15 @@ class RamApi:
     version: str | None
 
 
-def import_ram() -> RamApi:
-    """The ``ram`` package's API, or a ConfigError saying how to install it."""
+def import_ram(where: str = PREFIX) -> RamApi:
+    """The ``ram`` package's API, or a ConfigError (naming ``<where>.backend``) saying how to install it."""
     try:
         import ram  # noqa: F401
         from ram import get_transform
         from ram.models import ram_plus
         from ram.utils import build_openset_llm_label_embedding
     except ImportError as err:
-        raise ConfigError(f"{PREFIX}.backend: {INSTALL_HELP} (import failed: {err})") from err
+        raise ConfigError(f"{where}.backend: {INSTALL_HELP} (import failed: {err})") from err
     try:
         from importlib.metadata import version
 
@@ -311,28 +306,21 @@ def label_embeddings(
 
 
 def from_config(
-    section: ConfigSection, concepts: Sequence[str], *, descriptions: Mapping[str, list[str]] | None = None
+    entry: TaggerEntry, concepts: Sequence[str], *, descriptions: Mapping[str, list[str]] | None = None
 ) -> RamPlusTagger:
-    """Build a :class:`RamPlusTagger` from the ``image_search.tagger`` section (keys in the module doc)."""
-    checkpoint = section.get_path("checkpoint")
-    vit = section.get_choice("vit", VITS, "swin_l")
-    image_size = section.raw("image_size", 384)
-    if image_size not in IMAGE_SIZES:
-        raise section.error("image_size", f"RAM++ has configs for {IMAGE_SIZES} only (384 for the released checkpoint)")
-    fallback = section.get_str("fallback_template", DEFAULT_FALLBACK)
-    if "{c}" not in fallback:
-        raise section.error("fallback_template", "needs the placeholder {c}")
-    cache_dir = section.get_str("label_embedding_cache", None)
-    chunk = section.get_int("concept_chunk", DEFAULT_CONCEPT_CHUNK)
-    descriptions = descriptions_from_config(section, descriptions)
-    section.finish(" for backend 'rampp'")
+    """Build a :class:`RamPlusTagger` from an ``image_corpora.<name>.tagger`` entry (keys in the module doc)."""
+    cfg = entry.config
+    checkpoint = entry.existing_file("checkpoint", cfg.checkpoint)
+    vit, image_size, fallback = cfg.vit, cfg.image_size, cfg.fallback_template
+    cache_dir, chunk = cfg.label_embedding_cache, cfg.concept_chunk
+    descriptions = descriptions_from_config(entry, descriptions)
 
-    api = import_ram()
+    api = import_ram(entry.prefix)
     per_concept, n_fallback = concept_descriptions(concepts, descriptions, fallback)
     try:
         model = api.ram_plus(pretrained=str(checkpoint), image_size=image_size, vit=vit)
     except (RuntimeError, OSError, KeyError, ValueError) as err:
-        raise section.error(
+        raise entry.error(
             "checkpoint",
             f"RAM++ could not be built from {str(checkpoint)!r}: {err} (offline? the bert-base-uncased tokenizer "
             "must be in the Hugging Face cache, see helpers/images/tagger_rampp.py)",

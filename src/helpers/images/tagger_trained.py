@@ -13,7 +13,7 @@ Files: :meth:`TrainedTagger.save` writes the state dict (tensors only, ``torch.s
 training record. No Python object is pickled; :func:`load_trained_tagger` reads the weights with
 ``torch.load(weights_only=True)`` and refuses weights whose hash the sidecar does not list.
 
-Config keys (``image_search.tagger``)::
+Config keys (an ``image_corpora.<name>.tagger`` entry; the model: :mod:`helpers.params.images`)::
 
     backend: trained
     checkpoint: models/tagger.pt    # the trained tagger (with models/tagger.pt.json beside it)
@@ -61,27 +61,26 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 from tqdm.auto import tqdm
 
+from helpers.devices import resolve_device
 from helpers.images.backends import (
-    ConfigSection,
+    TaggerEntry,
     check_concepts,
     check_image_size,
     concepts_digest,
     file_sha256,
     json_digest,
     normalise_name,
-    resolve_device,
     state_dict_sha256,
 )
 from helpers.images.taggers import check_batch
+from helpers.params.images import DEFAULT_WIDTHS
 
 FORMAT = "helpers.trained_tagger"
 FORMAT_VERSION = 1
-DEFAULT_WIDTHS: tuple[int, ...] = (32, 64, 128, 256)
 DEFAULT_DROPOUT = 0.1
 NORM_MEAN = (0.5, 0.5, 0.5)
 NORM_STD = (0.5, 0.5, 0.5)
 UNKNOWN_POLICIES = ("error", "zero")
-KEYS = ("backend", "image_size", "checkpoint", "unknown_concepts", "train")
 
 ImageLike = Image.Image | str | os.PathLike
 
@@ -489,24 +488,19 @@ def read_labels(
 
 
 def from_config(
-    section: ConfigSection, concepts: Sequence[str], *, descriptions: Mapping[str, list[str]] | None = None
+    entry: TaggerEntry, concepts: Sequence[str], *, descriptions: Mapping[str, list[str]] | None = None
 ) -> TrainedTagger:
-    """Load (or train, then save) the tagger the ``image_search.tagger`` section describes."""
+    """Load (or train, then save) the tagger an ``image_corpora.<name>.tagger`` entry describes."""
     del descriptions  # a trained tagger learns from labelled images, not from descriptions
-    unknown = section.get_choice("unknown_concepts", UNKNOWN_POLICIES, "error")
-    section.get_int("image_size", None)
-    has_train = section.has("train")
-    if has_train:
-        checkpoint = section.get_path("checkpoint", None, must_exist=False)
-    elif not section.has("checkpoint"):
-        raise section.error("checkpoint", "missing (a trained tagger's weights file, or give `train`)")
+    cfg = entry.config
+    if cfg.train is not None:
+        checkpoint = Path(cfg.checkpoint).expanduser() if cfg.checkpoint is not None else None
     else:
-        checkpoint = section.get_path("checkpoint")
-    train = _read_train_section(section.section("train")) if has_train else None
-    section.finish(" for backend 'trained'")
+        checkpoint = entry.existing_file("checkpoint", cfg.checkpoint)
+    train = _read_train_section(entry, cfg.train) if cfg.train is not None else None
 
     if train is not None and (checkpoint is None or not checkpoint.is_file()):
-        tagger = _train_from_config(section, train, concepts)
+        tagger = _train_from_config(entry, train, concepts)
         if checkpoint is not None:
             tagger.save(checkpoint)
     else:
@@ -514,56 +508,46 @@ def from_config(
         try:
             tagger = load_trained_tagger(checkpoint)
         except (OSError, ValueError, KeyError, RuntimeError) as err:
-            raise section.error("checkpoint", f"cannot load {str(checkpoint)!r}: {err}") from err
+            raise entry.error("checkpoint", f"cannot load {str(checkpoint)!r}: {err}") from err
         if train is not None and tagger.training.get("config_sha256") != train["config_sha256"]:
-            raise section.error(
+            raise entry.error(
                 "checkpoint",
                 f"{str(checkpoint)!r} was trained from other labels or settings than `train` gives; delete it "
                 "to retrain, or point `checkpoint` to a new file",
             )
-    check_image_size(section, tagger.image_size)
+    check_image_size(entry, tagger.image_size)
     try:
-        return tagger.with_concepts(concepts, unknown)
+        return tagger.with_concepts(concepts, cfg.unknown_concepts)
     except ValueError as err:
-        raise section.error("checkpoint", str(err)) from err
+        raise entry.error("checkpoint", str(err)) from err
 
 
-def _read_train_section(train: ConfigSection) -> dict[str, Any]:
-    labels = train.get_path("labels")
-    root = train.get_str("image_root", None)
+def _read_train_section(entry: TaggerEntry, train: Any) -> dict[str, Any]:
+    """The checked ``train`` block (:class:`helpers.params.images.InlineTraining`) as training arguments."""
+    labels = entry.existing_file("train.labels", train.labels)
     settings = {
-        "image_column": train.get_str("image_column", "image"),
-        "concepts_column": train.get_str("concepts_column", "concepts"),
-        "separator": train.get_str("separator", "|"),
-        "image_size": train.get_int("image_size", 64),
-        "epochs": train.get_int("epochs", 20),
-        "batch_size": train.get_int("batch_size", 64),
-        "lr": train.get_float("lr", 1e-3, positive=True),
-        "weight_decay": train.get_float("weight_decay", 1e-4),
-        "widths": train.raw("widths", list(DEFAULT_WIDTHS)),
-        "seed": train.get_int("seed", 0, minimum=0),
+        "image_column": train.image_column,
+        "concepts_column": train.concepts_column,
+        "separator": train.separator,
+        "image_size": train.image_size,
+        "epochs": train.epochs,
+        "batch_size": train.batch_size,
+        "lr": float(train.lr),
+        "weight_decay": float(train.weight_decay),
+        "widths": list(train.widths),
+        "seed": train.seed,
     }
-    widths = settings["widths"]
-    if not isinstance(widths, list) or not widths or not all(isinstance(w, int) and w > 0 for w in widths):
-        raise train.error("widths", f"expected a non-empty list of positive integers, got {widths!r}")
-    if settings["image_size"] < 2 ** len(widths):
-        raise train.error("image_size", f"must be >= {2 ** len(widths)} for {len(widths)} pooling blocks")
-    device = train.get_str("device", "auto")
-    num_workers = train.get_int("num_workers", 0, minimum=0)
-    train.finish()
     return {
-        "section": train,
         "labels": labels,
-        "image_root": Path(root).expanduser() if root else None,
+        "image_root": Path(train.image_root).expanduser() if train.image_root else None,
         "settings": settings,
-        "device": device,
-        "num_workers": num_workers,
+        "device": train.device,
+        "num_workers": train.num_workers,
         "config_sha256": json_digest({"labels_sha256": file_sha256(labels), **settings}),
     }
 
 
-def _train_from_config(section: ConfigSection, train: dict[str, Any], concepts: Sequence[str]) -> TrainedTagger:
-    sub: ConfigSection = train["section"]
+def _train_from_config(entry: TaggerEntry, train: dict[str, Any], concepts: Sequence[str]) -> TrainedTagger:
     settings = train["settings"]
     try:
         images, labels = read_labels(
@@ -574,21 +558,21 @@ def _train_from_config(section: ConfigSection, train: dict[str, Any], concepts: 
             image_root=train["image_root"],
         )
     except (KeyError, ValueError, OSError) as err:
-        raise sub.error("labels", str(err)) from err
+        raise entry.error("train.labels", str(err)) from err
     missing = [p for p in images if not p.is_file()]
     if missing:
-        raise sub.error("labels", f"{len(missing)} image files do not exist, e.g. {str(missing[0])!r}")
+        raise entry.error("train.labels", f"{len(missing)} image files do not exist, e.g. {str(missing[0])!r}")
     # Map label names onto the stage's concept names; train only on concepts some image shows.
     by_name = {normalise_name(c): c for c in reversed(list(concepts))}
     mapped = [[by_name[n] for n in (normalise_name(x) for x in row) if n in by_name] for row in labels]
     shown = {c for row in mapped for c in row}
     trained = [c for c in concepts if c in shown]
     if not trained:
-        raise sub.error("labels", "no labelled image shows any concept of the concept list")
+        raise entry.error("train.labels", "no labelled image shows any concept of the concept list")
     try:
         device = resolve_device(train["device"])
     except RuntimeError as err:
-        raise sub.error("device", str(err)) from err
+        raise entry.error("train.device", str(err)) from err
     return train_tagger(
         images,
         [sorted(set(row)) for row in mapped],

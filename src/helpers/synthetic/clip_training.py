@@ -55,8 +55,10 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm.auto import tqdm
 
+from helpers.devices import resolve_device
+from helpers.params import ConfigError, validate
+from helpers.params.study import ClipTraining
 from helpers.paths import resolve as resolve_path
-from helpers.shards import ConfigError
 from helpers.text.captions import (
     CaptionSource,
     ShardReadError,
@@ -428,6 +430,7 @@ def train_clip(
         steps_per_epoch = max(1, planned // batch_size + (1 if planned % batch_size >= 2 else 0))
         total_steps = steps_per_epoch * epochs
 
+        device = resolve_device(device)  # "auto"/None: cuda when available
         model, train_tf, eval_tf, tokenizer = build_model(config_path, seed, device)
         n_params = sum(p.numel() for p in model.parameters())
         dataset = _ShardStream(
@@ -550,28 +553,20 @@ def result_dict(result: TrainResult) -> dict[str, Any]:
 
 # ============================================================================================== stage
 
-#: keys of params.yaml's ``clip_training`` section
-STAGE_KEYS = ("data", "shards", "out_dir", "model", "epochs", "batch_size", "lr", "weight_decay", "warmup_steps",
-              "seed", "device", "num_threads", "num_workers", "max_samples", "augment")  # fmt: skip
 
-
-def train_from_params(section: Mapping[str, Any], base: str | os.PathLike, *, progress: bool = True) -> TrainResult:
+def train_from_params(
+    section: Mapping[str, Any] | ClipTraining, base: str | os.PathLike, *, progress: bool = True
+) -> TrainResult:
     """Train the CLIP that params ``clip_training`` describes (paths relative to ``base``, the work folder).
 
-    The model config (``tiny_clip_config(**section["model"])``) is written to ``<out_dir>/<out_dir name>.json``,
+    The section is checked by :class:`helpers.params.study.ClipTraining` (errors name ``clip_training.<key>``).
+    The model config (``tiny_clip_config(**section.model)``) is written to ``<out_dir>/<out_dir name>.json``,
     so open_clip registers the model under the output folder's name; evaluation and the open_clip tagger
     load it from there with ``checkpoint.pt``.
     """
-    if not isinstance(section, Mapping):
-        raise ConfigError(f"clip_training: expected a mapping, got {section!r}")
-    unknown = sorted(set(section) - set(STAGE_KEYS))
-    if unknown:
-        raise ConfigError(f"clip_training: unknown key(s) {', '.join(unknown)} (known: {', '.join(STAGE_KEYS)})")
-    for key in ("shards", "out_dir", "epochs", "batch_size", "lr"):
-        if section.get(key) is None:
-            raise ConfigError(f"clip_training.{key}: missing")
+    spec = validate(ClipTraining, section, "clip_training")
     base = Path(base)
-    raw = section["shards"]
+    raw = spec.shards
     patterns = [raw] if isinstance(raw, str) else list(raw)
     patterns = resolve_path(patterns, base)
     try:
@@ -580,17 +575,15 @@ def train_from_params(section: Mapping[str, Any], base: str | os.PathLike, *, pr
         raise ConfigError(f"clip_training.shards: {err}") from err
     if not shards:
         raise ConfigError(f"clip_training.shards: no tar shards match {raw!r}")
-    out_dir = Path(resolve_path(section["out_dir"], base))
+    out_dir = Path(resolve_path(spec.out_dir, base))
     try:
-        config = tiny_clip_config(**dict(section.get("model") or {}))
+        config = tiny_clip_config(**spec.model.given())
     except (TypeError, ValueError) as err:
         raise ConfigError(f"clip_training.model: {err}") from err
     config_path = write_model_config(out_dir / f"{out_dir.name}.json", config)
     return train_clip(
-        shards, config_path, out_dir, epochs=int(section["epochs"]), batch_size=int(section["batch_size"]),
-        lr=float(section["lr"]), weight_decay=float(section.get("weight_decay", 0.1)),
-        warmup_steps=int(section.get("warmup_steps", 0)), seed=int(section.get("seed", 0)),
-        device=str(section.get("device") or "cpu"), num_workers=int(section.get("num_workers") or 0),
-        max_samples=section.get("max_samples"), augment=bool(section.get("augment", True)),
-        num_threads=section.get("num_threads"), progress=progress,
+        shards, config_path, out_dir, epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr,
+        weight_decay=spec.weight_decay, warmup_steps=spec.warmup_steps, seed=spec.seed, device=spec.device,
+        num_workers=spec.num_workers, max_samples=spec.max_samples, augment=spec.augment,
+        num_threads=spec.num_threads, progress=progress,
     )  # fmt: skip

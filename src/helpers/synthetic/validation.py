@@ -42,7 +42,9 @@ from helpers.images.corpora import frequencies_path
 from helpers.images.frequencies import METHODS, _concept_names, paired_shards
 from helpers.images.search import check_thresholds, image_search_dir, stored_floor
 from helpers.naming import concept_key
-from helpers.shards import ConfigError, distinct_pairs
+from helpers.params import ConfigError, validate
+from helpers.params.study import SyntheticValidation
+from helpers.shards import distinct_pairs
 from helpers.text import corpora
 
 PAIR_KEYS = ["sample_id", "concept_id"]
@@ -406,19 +408,10 @@ def synthetic_fit_rows(
 
 # ------------------------------------------------------------------------------------------- stage
 
-#: keys of params.yaml's ``synthetic_validation`` section
-STAGE_KEYS = ("world", "corpus", "image_corpora", "threshold", "model", "datasets", "n_edges")
 
-
-def _check_stage_settings(settings: Mapping[str, Any]) -> None:
-    if not isinstance(settings, Mapping):
-        raise ConfigError(f"synthetic_validation: expected a mapping, got {settings!r}")
-    unknown = sorted(set(settings) - set(STAGE_KEYS))
-    missing = [k for k in STAGE_KEYS if k not in settings]
-    if unknown or missing:
-        raise ConfigError(f"synthetic_validation: unknown key(s) {unknown} / missing key(s) {missing}")
-    if isinstance(settings["image_corpora"], str) or not settings["image_corpora"]:
-        raise ConfigError("synthetic_validation.image_corpora: expected a non-empty list of image_corpora entries")
+def _check_stage_settings(settings: Mapping[str, Any] | SyntheticValidation) -> SyntheticValidation:
+    """The ``synthetic_validation`` section checked by :class:`helpers.params.study.SyntheticValidation`."""
+    return validate(SyntheticValidation, settings, "synthetic_validation")
 
 
 def image_run_dir(image_corpus: str) -> Path:
@@ -442,13 +435,13 @@ def validation_report(settings: Mapping[str, Any], base: str | os.PathLike) -> p
     The first column, ``image_corpus``, names the tagged corpus entry; the text row (no tagger) comes once,
     with ``image_corpus`` ``-``.
     """
-    _check_stage_settings(settings)
-    world = Path(base) / settings["world"]
-    text_dir = corpora.text_search_dir(settings["corpus"])
-    concepts = corpora.searched_concepts(settings["corpus"])
+    settings = _check_stage_settings(settings)
+    world = Path(base) / settings.world
+    text_dir = corpora.text_search_dir(settings.corpus)
+    concepts = corpora.searched_concepts(settings.corpus)
     frames = []
-    for i, name in enumerate(settings["image_corpora"]):
-        table = validation_table(world, text_dir, image_run_dir(name), concepts, float(settings["threshold"]))
+    for i, name in enumerate(settings.image_corpora):
+        table = validation_table(world, text_dir, image_run_dir(name), concepts, float(settings.threshold))
         table.insert(0, "image_corpus", np.where(table["method"] == "text", "-", name))
         frames.append(table if i == 0 else table[table["method"] != "text"])
     return pd.concat(frames, ignore_index=True)
@@ -477,15 +470,15 @@ def fits_report(
     ``synthetic_fit_rows``). Text and true counts do not depend on the tagger, so they come once, with the
     first image corpus (whose rows are the ones the release's fit table receives).
     """
-    _check_stage_settings(settings)
-    world = Path(base) / settings["world"]
+    settings = _check_stage_settings(settings)
+    world = Path(base) / settings.world
     truth = _world_concepts(world)
-    evaluations = read_evaluations(settings["model"], settings["datasets"])
+    evaluations = read_evaluations(settings.model, settings.datasets)
     fit_frames, point_frames = [], []
-    for i, name in enumerate(settings["image_corpora"]):
+    for i, name in enumerate(settings.image_corpora):
         frequencies = schemas.read_table(frequencies_path(name), schemas.CORPUS_FREQUENCIES)
         fits, points = synthetic_fit_rows(
-            frequencies, truth, evaluations, threshold=float(settings["threshold"]), n_edges=int(settings["n_edges"]),
+            frequencies, truth, evaluations, threshold=float(settings.threshold), n_edges=int(settings.n_edges),
             resamples=resamples, seed=seed,
         )  # fmt: skip
         if i:
@@ -538,13 +531,14 @@ def plot_estimated_vs_true(settings: Mapping[str, Any], base: str | os.PathLike)
     """Per-concept estimated counts (text, image, matched; each tagger) against the true ones, log-log."""
     import seaborn as sns
 
-    truth = true_frequency_table(Path(base) / settings["world"])
+    settings = _check_stage_settings(settings)
+    truth = true_frequency_table(Path(base) / settings.world)
     truth = truth.assign(key=truth["name"].map(concept_key))
     target = {"text": "mentioned_count", "image": "shown_count", "matched": "matched_count"}
     frames = []
-    for name in settings["image_corpora"]:
+    for name in settings.image_corpora:
         freq = schemas.read_table(frequencies_path(name), schemas.CORPUS_FREQUENCIES)
-        at = freq["method"].eq("text") | np.isclose(freq["threshold"], float(settings["threshold"]), atol=1e-9)
+        at = freq["method"].eq("text") | np.isclose(freq["threshold"], float(settings.threshold), atol=1e-9)
         freq = freq[at].assign(key=freq["concept"].map(concept_key)).merge(truth, on="key", how="inner")
         for method, column in target.items():
             rows = freq[freq["method"] == method]
@@ -571,7 +565,6 @@ def plot_estimated_vs_true(settings: Mapping[str, Any], base: str | os.PathLike)
 
 __all__ = [
     "COUNT_TYPES",
-    "STAGE_KEYS",
     "SYNTHETIC_VALIDATION",
     "estimated_pairs",
     "fits_report",

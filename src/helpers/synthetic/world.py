@@ -59,7 +59,8 @@ import pyarrow.parquet as pq
 from PIL import Image
 from tqdm.auto import tqdm
 
-from helpers.shards import ConfigError
+from helpers.params import ConfigError, validate
+from helpers.params.study import Synthetic
 from helpers.synthetic.render import Renderer, make_signatures, rng_stream
 from helpers.synthetic.samples import tar_member
 
@@ -539,29 +540,18 @@ def _write_tagger(spec: WorldSpec, renderer: Renderer, folder: Path, progress: b
 
 # ------------------------------------------------------------------------------------------- stage
 
-#: keys of params.yaml's ``synthetic`` section
-STAGE_KEYS = ("size", "out_dir", "downstream_dir", "world", "sizes")
 
-
-def spec_from_params(section: Mapping[str, Any]) -> WorldSpec:
+def spec_from_params(section: Mapping[str, Any] | Synthetic) -> WorldSpec:
     """The WorldSpec of params ``synthetic``: ``world`` overridden by ``sizes[size]`` (``default`` or ``ci``).
 
     A size holds what scales the run (concepts, samples, test-set sizes); ``world`` holds what does not
     (frequency law, misalignment rates, image size, seed), so switching sizes keeps the world's nature.
+    The section is checked by :class:`helpers.params.study.Synthetic` (errors name ``synthetic.<key>``).
     """
-    if not isinstance(section, Mapping):
-        raise ConfigError(f"synthetic: expected a mapping, got {section!r}")
-    unknown = sorted(set(section) - set(STAGE_KEYS))
-    if unknown:
-        raise ConfigError(f"synthetic: unknown key(s) {', '.join(unknown)} (known: {', '.join(STAGE_KEYS)})")
-    sizes = section.get("sizes") or {}
-    size = section.get("size", "default")
-    if not isinstance(sizes, Mapping) or size not in sizes:
-        raise ConfigError(f"synthetic.size: {size!r} is not one of the sizes ({', '.join(map(str, sizes)) or 'none'})")
-    world = section.get("world") or {}
-    if not isinstance(world, Mapping) or not isinstance(sizes[size], Mapping):
-        raise ConfigError("synthetic.world and synthetic.sizes.<size>: expected mappings of WorldSpec fields")
-    return WorldSpec.from_params({**world, **sizes[size]})
+    spec = validate(Synthetic, section, "synthetic")
+    if spec.size not in spec.sizes:
+        raise ConfigError(f"synthetic.size: {spec.size!r} is not one of the sizes ({', '.join(spec.sizes) or 'none'})")
+    return WorldSpec.from_params({**spec.world.given(), **spec.sizes[spec.size].given()})
 
 
 def example_samples(world_dir: str | os.PathLike, n: int = 8) -> list[tuple[Image.Image, str]]:

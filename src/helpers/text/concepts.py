@@ -73,7 +73,8 @@ from tqdm.auto import tqdm
 
 from helpers import schemas
 from helpers.naming import concept_key
-from helpers.shards import ConfigError
+from helpers.params import ConfigError, validate
+from helpers.params.text import Downstream
 from helpers.text.captions import (
     CaptionSource,
     ShardStats,
@@ -85,21 +86,11 @@ from helpers.text.matching import DEFAULT_SPACY_MODEL, PAPER_POS, caption_lemmas
 
 PARAMS_KEY = "concepts.downstream"
 NOUN_EXTRACTORS = ("spacy", "lemmas")
-DEFAULT_MIN_IMAGES = 10
-DEFAULT_CAPTIONS_PER_IMAGE = 5
-DEFAULT_NOUN_EXTRACTOR = "spacy"
+# the defaults of a downstream entry, stated once in its params model
+DEFAULT_MIN_IMAGES = Downstream.model_fields["min_images"].default
+DEFAULT_CAPTIONS_PER_IMAGE = Downstream.model_fields["captions_per_image"].default
+DEFAULT_NOUN_EXTRACTOR = Downstream.model_fields["noun_extractor"].default
 MIN_LEMMA_CHARS = 3  # the ``lemmas`` extractor's shortest word
-ENTRY_KEYS = (
-    "data",  # the folder DVC tracks for the entry (not read here)
-    "class_names",
-    "class_names_file",
-    "captions",
-    "min_images",
-    "captions_per_image",
-    "noun_extractor",
-    "spacy_model",
-)
-RETRIEVAL_KEYS = ("min_images", "captions_per_image", "noun_extractor", "spacy_model")
 ZERO_SHOT_TASK = "zero_shot"
 RETRIEVAL_TASK = "retrieval"
 
@@ -346,19 +337,7 @@ def _check_entry(name: Any, entry: Any) -> str:
     if not isinstance(name, str) or not name.strip() or ":" in name:
         raise ConfigError(f"{PARAMS_KEY}: dataset name {name!r} must be a non-empty string without ':'")
     prefix = f"{PARAMS_KEY}.{name}"
-    if not isinstance(entry, Mapping):
-        raise ConfigError(f"{prefix}: expected a mapping (class_names/class_names_file and/or captions)")
-    unknown = sorted(str(k) for k in set(entry) - set(ENTRY_KEYS))
-    if unknown:
-        raise ConfigError(f"{prefix}: unknown key(s) {', '.join(unknown)} (known: {', '.join(ENTRY_KEYS)})")
-    if "class_names" in entry and "class_names_file" in entry:
-        raise ConfigError(f"{prefix}: give class_names or class_names_file, not both")
-    if not any(k in entry for k in ("class_names", "class_names_file", "captions")):
-        raise ConfigError(f"{prefix}: no concepts: give class_names, class_names_file or captions")
-    if "captions" not in entry:
-        stray = [k for k in RETRIEVAL_KEYS if k in entry]
-        if stray:
-            raise ConfigError(f"{prefix}.{stray[0]}: only applies with captions (no captions given)")
+    validate(Downstream, entry, prefix)  # keys, types and combinations (helpers.params.text.Downstream)
     return prefix
 
 

@@ -24,11 +24,11 @@ import pandas as pd
 import pandera.pandas as pa
 
 from helpers import paths, schemas
-from helpers.shards import ConfigError, read_shard_stats, run_report, shard_records
+from helpers.params import ConfigError, concept_table_error, validate
+from helpers.params.text import Corpus, TextSearch
+from helpers.shards import read_shard_stats, run_report, shard_records
 from helpers.text.captions import CaptionSource
 from helpers.text.search import run_text_search, text_counts
-
-CORPUS_KEYS = {"data", "concepts", "captions", "images"}  # `images` is read by the image-search stage
 
 TEXT_COUNTS = pa.DataFrameSchema(
     {
@@ -42,19 +42,11 @@ TEXT_COUNTS = pa.DataFrameSchema(
     name="text_counts",
 )
 
-TEXT_SEARCH_KEYS = {"mode", "unknown_words", "executor", "workers", "ray_address", "allow_failed_shards"}
-
 
 def caption_source(name: str, entry: Mapping[str, Any], base: Path | None = None) -> CaptionSource:
     """The CaptionSource of corpus ``name``; errors name the params key (``corpora.<name>.captions.<key>``)."""
     prefix = f"corpora.{name}"
-    if not isinstance(entry, Mapping):
-        raise ConfigError(f"{prefix}: expected a mapping with 'data' and 'captions', got {entry!r}")
-    unknown = sorted(set(entry) - CORPUS_KEYS)
-    if unknown:
-        raise ConfigError(f"{prefix}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(CORPUS_KEYS))})")
-    if "captions" not in entry:
-        raise ConfigError(f"{prefix}.captions: missing (how to read the corpus' captions)")
+    validate(Corpus, entry, prefix)
     config = dict(entry["captions"])
     base = base or paths.workdir()
     if "paths" in config:
@@ -66,12 +58,9 @@ def caption_source(name: str, entry: Mapping[str, Any], base: Path | None = None
         raise ConfigError(f"{prefix}.captions.{err}") from err
 
 
-def check_text_search_settings(settings: Mapping[str, Any]) -> None:
-    unknown = sorted(set(settings) - TEXT_SEARCH_KEYS)
-    if unknown:
-        raise ConfigError(
-            f"text_search: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(TEXT_SEARCH_KEYS))})"
-        )
+def check_text_search_settings(settings: Mapping[str, Any] | TextSearch) -> TextSearch:
+    """The ``text_search`` section checked by :class:`helpers.params.text.TextSearch` (errors name its keys)."""
+    return validate(TextSearch, settings, "text_search")
 
 
 @dataclass
@@ -116,6 +105,9 @@ def load_concepts(name: str, entry: Mapping[str, Any]) -> pd.DataFrame:
         raise ConfigError(
             f"corpora.{name}.concepts: missing (the concept table to search, e.g. data/processed/concepts.parquet)"
         )
+    why = concept_table_error(str(entry["concepts"]))
+    if why:
+        raise ConfigError(f"corpora.{name}.concepts: {why}")
     path = Path(paths.resolve(entry["concepts"]))
     if not path.is_file():
         raise ConfigError(f"corpora.{name}.concepts: {path} not found (run its concepts stage first)")
@@ -162,7 +154,12 @@ def require_complete(shards: pd.DataFrame, *, what: str, setting: str, allow_fai
 
 
 def search_corpus(
-    name: str, entry: Mapping[str, Any], concepts: pd.DataFrame, settings: Mapping[str, Any], *, progress: bool = True
+    name: str,
+    entry: Mapping[str, Any],
+    concepts: pd.DataFrame,
+    settings: Mapping[str, Any] | TextSearch,
+    *,
+    progress: bool = True,
 ) -> TextSearchResult:
     """Count the concepts in corpus ``name``'s captions and write its text-counts table.
 
@@ -170,7 +167,7 @@ def search_corpus(
     section of params.yaml. A rerun resumes from the completed shards when nothing changed and starts over
     when the configuration did. A failed shard stops the stage (naming it) unless ``allow_failed_shards``.
     """
-    check_text_search_settings(settings)
+    settings = check_text_search_settings(settings)
     source = caption_source(name, entry)
     if not concepts["concept_id"].equals(pd.Series(range(len(concepts)), dtype=concepts["concept_id"].dtype)):
         raise ValueError("concept ids must be 0..n-1 in table order (the concepts stage writes them so)")
@@ -179,17 +176,17 @@ def search_corpus(
         source,
         concepts["name"].tolist(),
         out_dir,
-        mode=settings.get("mode", "phrase"),
-        unknown_words=settings.get("unknown_words"),
-        executor=settings.get("executor", "process"),
-        workers=settings.get("workers"),
-        ray_address=settings.get("ray_address"),
+        mode=settings.mode,
+        unknown_words=settings.unknown_words,
+        executor=settings.executor,
+        workers=settings.workers,
+        ray_address=settings.ray_address,
         overwrite=True,
         progress=progress,
     )
     report = run_report(out_dir)
     shards = shard_table(out_dir)
-    allow_failed = bool(settings.get("allow_failed_shards", False))
+    allow_failed = settings.allow_failed_shards
     require_complete(
         shards, what=f"corpus {name}", setting="text_search.allow_failed_shards", allow_failed=allow_failed
     )

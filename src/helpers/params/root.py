@@ -1,0 +1,265 @@
+"""The whole params file as one model, and the checks that span sections or look at the disk.
+
+:func:`check` returns every error of a params mapping as ``full.key.path: message`` lines:
+
+* the models' own checks (unknown keys, types, choices, ranges, names DVC can take), all at once;
+* references between sections: an ``image_corpora`` entry's ``corpus``, ``synthetic_validation``'s corpus,
+  image corpora, model and datasets must name existing entries;
+* a corpus' ``concepts:`` must not be the release's tidy concept table (it has no lemmas to search);
+* files that must exist do. A path that a stage of ``dvc.yaml`` writes (a tagger checkpoint made by
+  ``train_tagger``, a concept table, the synthetic world) is not checked: it may not exist before
+  ``dvc repro`` has run that stage.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError
+
+from helpers.params.base import Name, Section
+from helpers.params.errors import error_lines
+from helpers.params.evaluation import Evaluation
+from helpers.params.images import ImageCorpus, ImageSearch, TaggerTraining
+from helpers.params.study import Analysis, ClipTraining, Figures, Release, Synthetic, SyntheticValidation
+from helpers.params.text import RELEASE_CONCEPT_TABLE, Concepts, Corpus, Samples, TextSearch
+
+CKPT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
+_INTERPOLATION = re.compile(r"\$\{\s*([^}]+?)\s*\}")
+
+
+class Params(Section):
+    """params.yaml, section by section (each section's model documents its keys)."""
+
+    release: Release | None = None
+    analysis: Analysis | None = None
+    figures: Figures | None = None
+    samples: Samples = Samples()
+    concepts: Concepts = Concepts()
+    text_search: TextSearch = TextSearch()
+    corpora: dict[Name, Corpus] = {}
+    taggers: dict[Name, TaggerTraining] = {}
+    image_search: ImageSearch = ImageSearch()
+    image_corpora: dict[Name, ImageCorpus] = {}
+    synthetic: Synthetic | None = None
+    clip_training: ClipTraining | None = None
+    evaluation: Evaluation = Evaluation()
+    synthetic_validation: SyntheticValidation | None = None
+    studies: dict[Name, dict[str, Any]] = Field(
+        {}, description="user studies (helpers.analysis.study); their keys are checked here"
+    )
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def _get(data: Any, *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(data, Mapping):
+            return None
+        data = data.get(key)
+    return data
+
+
+def _entries(data: Any, *keys: str) -> dict[str, Any]:
+    value = _get(data, *keys)
+    return {str(k): v for k, v in value.items()} if isinstance(value, Mapping) else {}
+
+
+def looks_like_path(value: str) -> bool:
+    """A model's ``pretrained`` names a file (not a tag such as ``laion2b_s34b_b79k``)."""
+    return "/" in value or os.sep in value or value.endswith(CKPT_SUFFIXES)
+
+
+def concept_table_error(value: str) -> str | None:
+    """Why ``value`` (a corpus' ``concepts:``) cannot be searched, or ``None``: the release's tidy table."""
+    normalised = Path(os.path.normpath(str(value))).as_posix()
+    if normalised == RELEASE_CONCEPT_TABLE or normalised.endswith("/" + RELEASE_CONCEPT_TABLE):
+        return (
+            f"{value} is the release's tidy concept table, which has no lemmas to search; use the `concepts` "
+            "stage's data/processed/concepts.parquet (release + downstream concepts) or "
+            "data/processed/concept_tables/<name>.parquet (stage downstream_concepts@<name>)"
+        )
+    return None
+
+
+# ------------------------------------------------------------------------------- outputs of dvc.yaml
+
+
+def _interpolate(text: str, params: Mapping[str, Any], item: Mapping[str, Any]) -> str | None:
+    """``${key}``, ``${item.x}`` and ``${section.key}`` filled in; ``None`` when one cannot be resolved."""
+    failed = False
+
+    def value(match: re.Match) -> str:
+        nonlocal failed
+        parts = match.group(1).split(".")
+        source: Any = item if parts[0] in item else params
+        for part in parts:
+            source = source.get(part) if isinstance(source, Mapping) else None
+        if source is None or isinstance(source, (Mapping, list)):
+            failed = True
+            return ""
+        return str(source)
+
+    out = _INTERPOLATION.sub(value, text)
+    return None if failed else out
+
+
+def _stage_items(spec: Mapping[str, Any], params: Mapping[str, Any]) -> Iterable[dict[str, Any]]:
+    if "foreach" in spec:
+        over = spec["foreach"]
+        if isinstance(over, str):
+            over = _get(params, *_INTERPOLATION.sub(lambda m: m.group(1), over).strip().split("."))
+        if isinstance(over, Mapping):
+            yield from ({"key": k, "item": v} for k, v in over.items())
+        elif isinstance(over, list):
+            yield from ({"key": str(i), "item": v} for i, v in enumerate(over))
+    elif "matrix" in spec:
+        axes = {}
+        for axis, over in spec["matrix"].items():
+            if isinstance(over, str):
+                over = _get(params, *_INTERPOLATION.sub(lambda m: m.group(1), over).strip().split("."))
+            axes[axis] = list(over) if isinstance(over, (Mapping, list)) else []
+        combos: list[dict[str, Any]] = [{}]
+        for axis, values in axes.items():
+            combos = [{**c, axis: v} for c in combos for v in values]
+        yield from ({"item": c} for c in combos)
+    else:
+        yield {}
+
+
+def produced_paths(dvc: Mapping[str, Any], params: Mapping[str, Any]) -> list[str]:
+    """Every output path of every stage of ``dvc`` (a parsed dvc.yaml), interpolated, as posix strings."""
+    out: list[str] = []
+    for spec in (dvc.get("stages") or {}).values():
+        if not isinstance(spec, Mapping):
+            continue
+        body = spec.get("do", spec)
+        for item in _stage_items(spec, params):
+            for entry in body.get("outs", []) or []:
+                raw = next(iter(entry)) if isinstance(entry, Mapping) else entry
+                path = _interpolate(str(raw), params, item)
+                if path:
+                    out.append(Path(os.path.normpath(path)).as_posix())
+    return out
+
+
+def _is_produced(value: str, produced: list[str], workdir: Path) -> bool:
+    path = Path(os.path.expanduser(value))
+    if path.is_absolute():
+        try:
+            path = path.relative_to(workdir)
+        except ValueError:
+            return False
+    rel = Path(os.path.normpath(path)).as_posix()
+    return any(rel == out or rel.startswith(out.rstrip("/") + "/") for out in produced)
+
+
+# --------------------------------------------------------------------------------------- the checks
+
+
+def _path_keys(data: Mapping[str, Any]) -> Iterable[tuple[str, Any]]:
+    """(full key path, value) of every params value that names a file or folder that must exist."""
+    for name, entry in _entries(data, "corpora").items():
+        for key in ("data", "concepts"):
+            yield f"corpora.{name}.{key}", _get(entry, key)
+    for name, entry in _entries(data, "concepts", "downstream").items():
+        for key in ("data", "class_names_file"):
+            yield f"concepts.downstream.{name}.{key}", _get(entry, key)
+    for name, entry in _entries(data, "taggers").items():
+        for key in ("data", "labels"):
+            yield f"taggers.{name}.{key}", _get(entry, key)
+    for name, entry in _entries(data, "image_corpora").items():
+        yield f"image_corpora.{name}.data", _get(entry, "data")
+        tagger = _get(entry, "tagger")
+        for key in ("checkpoint", "model_config", "weights"):
+            yield f"image_corpora.{name}.tagger.{key}", _get(tagger, key)
+        pretrained = _get(tagger, "pretrained")
+        if isinstance(pretrained, str) and looks_like_path(pretrained):
+            yield f"image_corpora.{name}.tagger.pretrained", pretrained
+        descriptions = _get(tagger, "descriptions")
+        for i, path in enumerate([descriptions] if isinstance(descriptions, str) else descriptions or []):
+            yield f"image_corpora.{name}.tagger.descriptions[{i}]", path
+        yield f"image_corpora.{name}.tagger.train.labels", _get(tagger, "train", "labels")
+    for name, entry in _entries(data, "evaluation", "models").items():
+        for key in ("model_config", "weights"):
+            yield f"evaluation.models.{name}.{key}", _get(entry, key)
+        pretrained = _get(entry, "pretrained")
+        if isinstance(pretrained, str) and looks_like_path(pretrained):
+            yield f"evaluation.models.{name}.pretrained", pretrained
+    for name, entry in _entries(data, "evaluation", "datasets").items():
+        for key in ("data", "root", "class_names_file", "concepts_file"):
+            if key == "root" and _get(entry, "format") == "torchvision":
+                continue  # torchvision checks its own files (and names what is missing)
+            yield f"evaluation.datasets.{name}.{key}", _get(entry, key)
+    yield "clip_training.data", _get(data, "clip_training", "data")
+    yield "synthetic_validation.world", _get(data, "synthetic_validation", "world")
+
+
+def _reference_errors(data: Mapping[str, Any]) -> list[str]:
+    errors = []
+    corpora = _entries(data, "corpora")
+    image_corpora = _entries(data, "image_corpora")
+    models = _entries(data, "evaluation", "models")
+    datasets = _entries(data, "evaluation", "datasets")
+
+    def refer(key: str, value: Any, known: Mapping[str, Any], section: str) -> None:
+        if isinstance(value, str) and value not in known:
+            names = ", ".join(known) or "none"
+            errors.append(f"{key}: {value!r} is not an entry of {section} (entries: {names})")
+
+    for name, entry in image_corpora.items():
+        corpus = _get(entry, "corpus")
+        refer(f"image_corpora.{name}.corpus", name if corpus is None else corpus, corpora, "corpora")
+    validation = _get(data, "synthetic_validation")
+    if isinstance(validation, Mapping):
+        refer("synthetic_validation.corpus", validation.get("corpus"), corpora, "corpora")
+        for i, value in enumerate(validation.get("image_corpora") or []):
+            refer(f"synthetic_validation.image_corpora[{i}]", value, image_corpora, "image_corpora")
+        refer("synthetic_validation.model", validation.get("model"), models, "evaluation.models")
+        for i, value in enumerate(validation.get("datasets") or []):
+            refer(f"synthetic_validation.datasets[{i}]", value, datasets, "evaluation.datasets")
+    for name, entry in corpora.items():
+        concepts = _get(entry, "concepts")
+        why = concept_table_error(concepts) if isinstance(concepts, str) else None
+        if why:
+            errors.append(f"corpora.{name}.concepts: {why}")
+    return errors
+
+
+def check(
+    data: Any, *, dvc: Mapping[str, Any] | None = None, workdir: Path | None = None, files: bool = True
+) -> list[str]:
+    """Every error of the params mapping ``data``, one ``full.key.path: message`` line each; ``[]`` if none.
+
+    ``dvc``: the parsed dvc.yaml whose stage outputs are exempt from the file checks; ``workdir``: the folder
+    relative paths are read against (default :func:`helpers.paths.workdir`); ``files=False`` skips the disk.
+    """
+    if not isinstance(data, Mapping):
+        return [f"(top level): expected a mapping of sections, got {type(data).__name__}"]
+    try:
+        Params.model_validate(data)
+        errors: list[str] = []
+    except ValidationError as err:
+        errors = error_lines(err, "", Params)
+    errors += [e for e in _reference_errors(data) if e not in errors]
+    if files:
+        from helpers import paths
+
+        workdir = Path(workdir) if workdir is not None else paths.workdir()
+        produced = produced_paths(dvc or {}, data)
+        for key, value in _path_keys(data):
+            if not isinstance(value, str) or not value.strip() or any(c in value for c in "*?[{"):
+                continue
+            path = Path(os.path.expanduser(value))
+            path = path if path.is_absolute() else workdir / path
+            if path.exists() or _is_produced(value, produced, workdir):
+                continue
+            line = f"{key}: file not found: {value}"
+            if not any(e.startswith(f"{key}:") for e in errors):
+                errors.append(line)
+    return errors
