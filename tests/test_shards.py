@@ -440,3 +440,100 @@ def test_edit_append_replace_rename_give_a_clean_runs_counts(tmp_path):
     fewer, counts, _ = text_run(folder, out)
     assert fewer.processed == [] and not list((out / "shards").glob("000004.*"))
     assert counts == text_run(folder, tmp_path / "clean2")[1]
+
+
+# ---------------------------------------------------- the Ray executor's logic, on an in-process fake Ray
+# A real local Ray does not start in reasonable time on a small shared machine; test_ray_executor and
+# test_imagesearch.py::test_ray_actor_pool run the real one where it does.
+
+
+class PreparedToyShard:
+    """A shard function with per-process state: ``prepare`` notes each call in a log file."""
+
+    def __init__(self, log: Path) -> None:
+        self.log = str(log)
+
+    def prepare(self) -> None:
+        with open(self.log, "a") as fh:
+            fh.write("prepared\n")
+
+    def __call__(self, shard: Shard):
+        return toy_shard(shard)
+
+
+def fake_ray(monkeypatch, cpus: float = 2.0, gpus: float = 0.0) -> dict:
+    import pickle
+    import sys
+    import types
+
+    seen: dict = {"options": [], "killed": 0}
+
+    class RayTaskError(Exception):
+        def __init__(self, cause):
+            super().__init__(str(cause))
+            self.cause = cause
+
+    class Handle:
+        def __init__(self, obj):
+            self.obj = obj
+
+        def __getattr__(self, name):
+            return types.SimpleNamespace(remote=getattr(self.obj, name))
+
+    def remote(**options):
+        seen["options"].append(options)
+        return lambda cls: types.SimpleNamespace(remote=lambda *args: Handle(cls(*args)))
+
+    class ActorPool:
+        def __init__(self, actors):
+            self.actors = actors
+
+        def map_unordered(self, fn, values):
+            for i, value in enumerate(values):
+                try:
+                    yield fn(self.actors[i % len(self.actors)], value)
+                except Exception as err:
+                    raise RayTaskError(err) from err
+
+    ray = types.ModuleType("ray")
+    ray.is_initialized = lambda: True
+    ray.cluster_resources = lambda: {"CPU": cpus, "GPU": gpus}
+    ray.put = lambda obj: pickle.loads(pickle.dumps(obj))  # what travels must pickle
+    ray.remote = remote
+    ray.kill = lambda actor: seen.__setitem__("killed", seen["killed"] + 1)
+    ray.exceptions = types.SimpleNamespace(RayTaskError=RayTaskError, RayActorError=RuntimeError)
+    util = types.ModuleType("ray.util")
+    util.ActorPool = ActorPool
+    ray.util = util
+    monkeypatch.setitem(sys.modules, "ray", ray)
+    monkeypatch.setitem(sys.modules, "ray.util", util)
+    return seen
+
+
+def test_ray_actor_executor_prepares_once_per_actor_and_matches_serial(tmp_path, monkeypatch):
+    corpus = [[[i % 5, (i * 3) % 5] for i in range(k * 4)] for k in range(1, 6)]
+    shards = make_corpus(tmp_path / "c", corpus)
+    seen = fake_ray(monkeypatch, cpus=2.0)
+    fn = PreparedToyShard(tmp_path / "log")
+    result = run_shards(shards, fn, tmp_path / "ray", fingerprint={}, n_concepts=5, executor="ray", progress=False)
+    assert result.ok and result.processed == [0, 1, 2, 3, 4]
+    assert Path(fn.log).read_text().split() == ["prepared"] * 2  # one actor per CPU, each prepared once
+    assert seen["options"] == [{"num_cpus": 1.0, "num_gpus": 0.0, "max_restarts": 0}] and seen["killed"] == 2
+    run_shards(shards, toy_shard, tmp_path / "serial", fingerprint={}, n_concepts=5, executor="serial", progress=False)
+    assert hit_files(tmp_path / "ray") == hit_files(tmp_path / "serial")
+    # resume rules are the runner's, whatever the executor
+    again = run_shards(shards, fn, tmp_path / "ray", fingerprint={}, n_concepts=5, executor="ray", progress=False)
+    assert again.processed == [] and len(Path(fn.log).read_text().split()) == 2
+    # GPUs: one actor per GPU unless told otherwise
+    seen = fake_ray(monkeypatch, cpus=16.0, gpus=3.0)
+    run_shards(shards, fn, tmp_path / "gpu", fingerprint={}, executor="ray", progress=False)
+    assert seen["options"][0]["num_gpus"] == 1.0 and seen["killed"] == 3
+
+
+def test_ray_actor_executor_stops_on_a_config_error(tmp_path, monkeypatch):
+    shards = make_corpus(tmp_path / "c", [CORPUS[0], "CONFIG"])
+    fake_ray(monkeypatch)
+    with pytest.raises(ConfigError, match="caption_column"):
+        run_shards(shards, toy_shard, tmp_path / "out", fingerprint={}, executor="ray", progress=False)
+    with pytest.raises(ConfigError, match="ray_num_actors"):
+        run_shards(shards, toy_shard, tmp_path / "o2", fingerprint={}, executor="ray", ray_num_actors=0, progress=False)
