@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,14 @@ def sha256_file(path: str | os.PathLike, chunk_bytes: int = _CHUNK) -> str:
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(chunk_bytes), b""):
             digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_chunks(chunks: Iterable[bytes | bytearray | memoryview]) -> str:
+    """Hex SHA-256 of the concatenation of ``chunks`` (streamed: nothing is joined in memory)."""
+    digest = hashlib.sha256()
+    for chunk in chunks:
+        digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -64,10 +73,14 @@ def sha256_json(obj: Any) -> str:
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
 
 
-def file_fingerprint(path: str | os.PathLike, edge_bytes: int = EDGE_BYTES) -> dict[str, Any] | None:
+def file_fingerprint(
+    path: str | os.PathLike, edge_bytes: int = EDGE_BYTES, *, with_mtime: bool = True
+) -> dict[str, Any] | None:
     """A cheap fingerprint of a file's content: size, mtime (ns) and the SHA-256 of its head and tail.
 
-    ``None`` when the file does not exist. Files of at most ``2 * edge_bytes`` bytes are hashed whole
+    ``None`` when the file does not exist. ``with_mtime=False`` leaves the mtime out, for keys that must
+    survive copying the data to another machine (the evaluation embedding cache); a mid-file edit that
+    keeps the size is then seen only within the hashed edges. Files of at most ``2 * edge_bytes`` bytes are hashed whole
     (``"sha256"``); larger ones by their first and last ``edge_bytes`` (``"edges_sha256"``).
 
     Why not always a full hash: a resumed run fingerprints *every* shard of the corpus before deciding what
@@ -82,7 +95,7 @@ def file_fingerprint(path: str | os.PathLike, edge_bytes: int = EDGE_BYTES) -> d
     except FileNotFoundError:
         return None
     size = stat.st_size
-    out: dict[str, Any] = {"size": size, "mtime_ns": stat.st_mtime_ns}
+    out: dict[str, Any] = {"size": size, "mtime_ns": stat.st_mtime_ns} if with_mtime else {"size": size}
     with open(path, "rb") as handle:
         if size <= 2 * edge_bytes:
             out["sha256"] = sha256_bytes(handle.read())
@@ -99,6 +112,7 @@ __all__ = [
     "canonical_json",
     "file_fingerprint",
     "sha256_bytes",
+    "sha256_chunks",
     "sha256_file",
     "sha256_json",
 ]
