@@ -46,7 +46,8 @@ def sha256_chunks(chunks: Iterable[bytes | bytearray | memoryview]) -> str:
     return digest.hexdigest()
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
+    """``json.dumps``'s ``default`` for numpy scalars/arrays, paths and sets; ``TypeError`` for the rest."""
     if isinstance(obj, np.integer):
         return int(obj)
     if isinstance(obj, np.floating):
@@ -65,7 +66,7 @@ def _json_default(obj: Any) -> Any:
 def canonical_json(obj: Any) -> str:
     """The canonical JSON text of ``obj`` (sorted keys, UTF-8 text kept, numpy scalars/arrays and paths
     converted); raises ``TypeError`` for anything else, so that no ``repr`` with a memory address slips in."""
-    return json.dumps(obj, sort_keys=True, ensure_ascii=False, default=_json_default)
+    return json.dumps(obj, sort_keys=True, ensure_ascii=False, default=json_default)
 
 
 def sha256_json(obj: Any) -> str:
@@ -111,6 +112,7 @@ __all__ = [
     "EDGE_BYTES",
     "canonical_json",
     "file_fingerprint",
+    "json_default",
     "sha256_bytes",
     "sha256_chunks",
     "sha256_file",

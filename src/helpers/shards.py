@@ -62,7 +62,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from helpers.hashing import file_fingerprint, sha256_json
+from helpers.hashing import file_fingerprint, json_default, sha256_json
 
 SAMPLE_ID_SHIFT = 32
 MAX_SHARDS = 1 << 31  # keeps sample ids non-negative int64
@@ -145,21 +145,6 @@ def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
     tmp.write_text(text)
     os.replace(tmp, path)
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-def fingerprint_sha256(fingerprint: Mapping) -> str:
-    """SHA-256 of a fingerprint mapping in canonical JSON (``helpers.hashing.sha256_json``)."""
-    return sha256_json(fingerprint)
 
 
 def _shard_file(out_dir: Path, index: int, name: str) -> Path:
@@ -281,7 +266,7 @@ def process_shard(
         w.commit()
         files[name] = {"file": w.path.name, "rows": w.rows}
     _atomic_write_text(
-        _shard_file(out_dir, shard.index, "stats.json"), json.dumps(stats, indent=1, default=_json_default)
+        _shard_file(out_dir, shard.index, "stats.json"), json.dumps(stats, indent=1, default=json_default)
     )
     record = {
         "shard": shard.index,
@@ -390,7 +375,7 @@ def _prepare_run(
     for f in shard_dir.glob("*"):
         if f.name.lstrip(".").split(".")[0] not in wanted:  # a shard that left the list (renamed, removed)
             f.unlink(missing_ok=True)
-    _atomic_write_text(path, json.dumps(run, indent=1, default=_json_default))
+    _atomic_write_text(path, json.dumps(run, indent=1, default=json_default))
     return fp_sha
 
 
@@ -509,7 +494,7 @@ def _set_last_run(out_dir: Path, reused: int, reasons: Mapping[int, str]) -> Non
     for reason in reasons.values():
         by_reason[reason] = by_reason.get(reason, 0) + 1
     run["last_run"] = {"reused": reused, "rerun": len(reasons), "rerun_reasons": by_reason}
-    _atomic_write_text(out_dir / RUN_FILE, json.dumps(run, indent=1, default=_json_default))
+    _atomic_write_text(out_dir / RUN_FILE, json.dumps(run, indent=1, default=json_default))
 
 
 # ----------------------------------------------------------------------------------------- merging
