@@ -13,6 +13,7 @@ import dataclasses
 import io
 import json
 import os
+import shutil
 import tarfile
 import warnings
 
@@ -655,3 +656,24 @@ def test_imagefolder_names_that_are_the_folders_in_another_order_are_matched_by_
         {"format": "imagefolder", "root": str(image_folder), "class_names": ["tabby", "hound", "panda"]}, _to_tensor
     )
     assert renamed.class_names == ["tabby", "hound", "panda"]  # other names: by position, as documented
+
+
+def test_image_cache_key_covers_file_content(image_folder) -> None:
+    """A same-size replacement of one image (another colour: PNG of equal length) or an edit of a wds shard
+    changes the dataset's image fingerprint, the key of the embedding cache; a copy elsewhere does not."""
+    spec = {"format": "imagefolder", "root": str(image_folder)}
+    before = datasets.load_dataset(spec, _to_tensor, name="toy").image_fingerprint()
+    target = image_folder / "dog" / "1.png"
+    size = target.stat().st_size
+    replacement = next(
+        data for c in range(256) if len(data := _png((c, 255 - c, 7))) == size and data != target.read_bytes()
+    )
+    assert len(replacement) == target.stat().st_size  # same size: a (name, size) key would not move
+    stat = target.stat()
+    target.write_bytes(replacement)
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    after = datasets.load_dataset(spec, _to_tensor, name="toy").image_fingerprint()
+    assert after != before
+    copy = image_folder.parent / "copy"
+    shutil.copytree(image_folder, copy)  # new mtimes, same content
+    assert datasets.load_dataset({**spec, "root": str(copy)}, _to_tensor, name="toy").image_fingerprint() == after

@@ -181,3 +181,40 @@ def test_the_stage_runs_with_the_open_clip_backend_from_a_local_checkpoint(world
     assert result.image_dir.name == "open_clip"
     assert set(result.frequencies["method"]) == {"text", "image", "matched"}
     assert (result.shards["status"] == "ok").all()
+
+
+def test_a_failed_shard_with_both_settings_on_finishes_and_is_reported(world):
+    """Issue 10, case 3: an empty tar with text_ and image_search.allow_failed_shards true used to tag every
+    shard and then stop with IncompleteRunError in the matched counts."""
+    folder = world["tmp"] / "data" / "raw" / "samples" / "wds"
+    (folder / "00002.tar").write_bytes(b"")  # an empty tar: a third shard of both sides
+    entry = {**world["entry"], "images": {**world["entry"]["images"], "paths": str(folder / "*.tar")}}
+    captions = {**world["configs"]["wds"], "paths": str(folder / "*.tar")}
+    with pytest.raises(RuntimeError, match="text_search.allow_failed_shards"):
+        corpora.search_corpus(
+            "toy", {"data": "x", "concepts": "concepts.parquet", "captions": captions}, world["concepts"], TEXT_SETTINGS
+        )
+    with pytest.raises(RuntimeError, match="did not accept"):  # the image stage honours the text stage's decision
+        image_corpora.tag_corpus("toy", entry, world["concepts"], world["settings"], progress=False)
+    text_settings = {**TEXT_SETTINGS, "allow_failed_shards": True}
+    text = corpora.search_corpus(
+        "toy", {"data": "x", "concepts": "concepts.parquet", "captions": captions}, world["concepts"], text_settings
+    )
+    assert list(text.shards["status"]) == ["ok", "ok", "error"]
+    with pytest.raises(RuntimeError, match="image_search.allow_failed_shards"):
+        image_corpora.tag_corpus("toy", entry, world["concepts"], world["settings"], progress=False)
+    settings = {**world["settings"], "allow_failed_shards": True}
+    result = image_corpora.tag_corpus("toy", entry, world["concepts"], settings, progress=False)
+    assert list(result.shards["status"]) == ["ok", "ok", "error"]
+    assert list(result.shards["caption_status"]) == ["ok", "ok", "error"]
+    assert "truncated" in result.shards["error"].iloc[2] and "truncated" in result.shards["caption_error"].iloc[2]
+    assert [f["shard"] for f in result.report["failed"]] == [2] and [
+        f["shard"] for f in result.report["caption_failed"]
+    ] == [2]
+    # the empty shard adds nothing: the counts equal those of the two good shards alone
+    (folder / "00002.tar").unlink()
+    corpora.search_corpus(
+        "toy", {"data": "x", "concepts": "concepts.parquet", "captions": captions}, world["concepts"], TEXT_SETTINGS
+    )
+    clean = image_corpora.tag_corpus("toy", world["entry"], world["concepts"], world["settings"], progress=False)
+    assert clean.frequencies.equals(result.frequencies)

@@ -340,6 +340,34 @@ def test_resume_recomputes_nothing_and_gives_identical_results(tmp_path):
         run({"paths": pattern}, out, prob_floor=0.5)
 
 
+def test_replaced_appended_edited_renamed_tars_give_a_clean_runs_counts(tmp_path):
+    """Issue 10, case 1 on the image side: a replaced tar's counts and records move on a rerun."""
+    folder = tmp_path / "c"
+    make_corpus(folder, sizes=(5, 4, 3, 2))
+    pattern = str(folder / "*.tar")
+    out = tmp_path / "o"
+    assert run({"paths": pattern}, out, prob_floor=0.4).processed == [0, 1, 2, 3]
+    write_tar(folder / "00000.tar", clean_samples(100, 6))  # replaced: other images, more of them
+    write_tar(folder / "00001.tar", clean_samples(5, 4) + clean_samples(200, 2))  # appended samples
+    samples = clean_samples(9, 3)
+    samples[1] = (samples[1][0], {"txt": b"edited", "jpg": image_bytes(300)})  # one image edited in place
+    stat = (folder / "00002.tar").stat()
+    write_tar(folder / "00002.tar", samples)
+    os.utime(folder / "00002.tar", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    os.rename(folder / "00003.tar", folder / "00009.tar")
+    resumed = run({"paths": pattern}, out, prob_floor=0.4, overwrite=True)
+    assert resumed.processed == [0, 1, 2, 3] and resumed.skipped == []
+    assert resumed.reasons == {0: "input changed", 1: "input changed", 2: "input changed", 3: "path changed"}
+    clean = run({"paths": pattern}, tmp_path / "clean", prob_floor=0.4)
+    assert clean.ok
+    for name in ("scores", "hits", "tagged"):
+        assert read(out, name) == read(tmp_path / "clean", name)
+    assert [stats_of(out, i)["records"] for i in range(4)] == [6, 6, 3, 2]
+    assert image_counts(out, [0.4, 0.7]).equals(image_counts(tmp_path / "clean", [0.4, 0.7]))
+    again = run({"paths": pattern}, out, prob_floor=0.4)
+    assert again.processed == [] and again.skipped == [0, 1, 2, 3]
+
+
 def test_dataloader_workers_and_process_pool_give_identical_results(tmp_path):
     folder = tmp_path / "c"
     pattern = make_corpus(folder, sizes=(23, 11))

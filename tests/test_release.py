@@ -299,6 +299,54 @@ def test_failed_import_keeps_previous_destination_intact(tmp_path, monkeypatch):
     assert not (tmp_path / "dest.partial").exists()
 
 
+def test_a_copy_damaged_while_staged_leaves_the_good_release_intact(tmp_path, monkeypatch):
+    """Issue 10, case 5: a bad copy must never cost the good data/raw/release."""
+    dest = tmp_path / "dest"
+    _write_files(dest, {"LICENSE": LICENSE, "OLD": b"previous good import"})
+    copy = _fake_release(tmp_path, monkeypatch, [_entry("LICENSE", LICENSE)], {"LICENSE": LICENSE})
+    real_write = Path.write_bytes
+
+    def short_write(self, data):  # a full disk: the staged file is cut short
+        return real_write(self, data[: len(data) // 2])
+
+    monkeypatch.setattr(Path, "write_bytes", short_write)
+    with pytest.raises(ReleaseError, match="LICENSE differs from the manifest checksum"):
+        _import(dest, copy)
+    assert sorted(p.name for p in dest.iterdir()) == ["LICENSE", "OLD"] and (dest / "LICENSE").read_bytes() == LICENSE
+    assert not (tmp_path / "dest.partial").exists() and not (tmp_path / "dest.previous").exists()
+
+
+def test_swap_keeps_the_old_copy_until_the_new_one_is_in_place(tmp_path, monkeypatch):
+    dest, staging = tmp_path / "dest", tmp_path / "dest.partial"
+    _write_files(dest, {"OLD": b"good"})
+    _write_files(staging, {"NEW": b"new"})
+    real_rename = Path.rename
+
+    def failing_rename(self, target):
+        if self == staging:
+            raise OSError("disk gone")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", failing_rename)
+    with pytest.raises(OSError, match="disk gone"):
+        release.swap_in(staging, dest)
+    assert (dest / "OLD").read_bytes() == b"good" and not (tmp_path / "dest.previous").exists()
+    # a crash between the two renames leaves only <dest>.previous: the next swap restores it first
+    monkeypatch.setattr(Path, "rename", real_rename)
+    dest.rename(tmp_path / "dest.previous")
+    release.swap_in(staging, dest)
+    assert sorted(p.name for p in dest.iterdir()) == ["NEW"] and not (tmp_path / "dest.previous").exists()
+
+
+def test_dvc_keeps_the_release_folder_while_the_import_runs():
+    """dvc repro deletes a stage's outputs before its command runs unless they are ``persist``."""
+    import yaml
+
+    stage = yaml.safe_load((Path(__file__).resolve().parents[1] / "dvc.yaml").read_text())["stages"]["import_release"]
+    outs = {next(iter(o)) if isinstance(o, dict) else o: o for o in stage["outs"]}
+    assert outs["data/raw/release"]["data/raw/release"]["persist"] is True
+
+
 def test_successful_import_replaces_previous_destination(tmp_path, monkeypatch):
     dest = tmp_path / "dest"
     _write_files(dest, {"STALE": b"x"})

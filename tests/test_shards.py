@@ -158,8 +158,11 @@ def test_changed_configuration_is_refused(tmp_path):
     run_shards(shards, toy_shard, out, fingerprint={"concepts": "a"}, executor="serial", progress=False)
     with pytest.raises(ConfigError, match="concepts"):
         run_shards(shards, toy_shard, out, fingerprint={"concepts": "b"}, executor="serial", progress=False)
-    with pytest.raises(ConfigError, match="shard list"):
-        run_shards(shards[:2], toy_shard, out, fingerprint={"concepts": "a"}, executor="serial", progress=False)
+    # another shard list is no reason to refuse: each shard's record says what it was made from
+    fewer = run_shards(shards[:2], toy_shard, out, fingerprint={"concepts": "a"}, executor="serial", progress=False)
+    assert fewer.skipped == [0, 1] and fewer.processed == [] and not (out / "shards" / "000002.done.json").exists()
+    more = run_shards(shards, toy_shard, out, fingerprint={"concepts": "a"}, executor="serial", progress=False)
+    assert more.skipped == [0, 1] and more.processed == [2] and more.reasons == {2: "new"}
     redo = run_shards(
         shards, toy_shard, out, fingerprint={"concepts": "b"}, executor="serial", overwrite=True, progress=False
     )
@@ -378,3 +381,159 @@ def test_paper_mode_sharded_equals_in_memory(tmp_path):
     tally = Counter(n for names in match_captions(captions, concepts, mode="paper", nlp=nlp) for n in names)
     assert counts_dict(text_counts(tmp_path / "out")) == {i: tally[c] for i, c in enumerate(concepts) if tally[c]}
     assert counts_dict(text_counts(tmp_path / "out")) == {0: 1, 1: 1, 2: 1, 3: 1, 4: 1, 5: 1}
+
+
+# ------------------------------------------------------------------ results keyed by input content
+
+
+def text_run(folder: Path, out: Path, concepts=("dog", "cat", "sofa")):
+    source = CaptionSource("txt", str(folder / "*.txt"))
+    result = run_text_search(source, list(concepts), out, executor="serial", overwrite=True, progress=False)
+    return result, counts_dict(text_counts(out)), run_report(out)
+
+
+def test_appended_caption_is_counted_issue_example(tmp_path):
+    """Issue 10, case 1: append 'a cat and a dog' to a one-caption corpus; the counts must move."""
+    folder = tmp_path / "c"
+    folder.mkdir()
+    shard = folder / "00000.txt"
+    shard.write_text("A dog on a sofa\n")
+    first, counts, report = text_run(folder, tmp_path / "out")
+    assert counts == {0: 1, 2: 1} and report["totals"]["records"] == 1
+    with open(shard, "a") as fh:
+        fh.write("a cat and a dog\n")
+    again, counts, report = text_run(folder, tmp_path / "out")
+    assert again.processed == [0] and again.reasons == {0: "input changed"}
+    assert counts == {0: 2, 1: 1, 2: 1} and report["totals"]["records"] == 2
+    assert report["last_run"] == {"reused": 0, "rerun": 1, "rerun_reasons": {"input changed": 1}}
+
+
+def test_edit_append_replace_rename_give_a_clean_runs_counts(tmp_path):
+    folder = tmp_path / "c"
+    folder.mkdir()
+    lines = ["a dog", "a cat on a sofa", "two dogs", "a sofa", "cats and dogs", "nothing here"]
+    for i in range(5):
+        (folder / f"a{i}.txt").write_text("\n".join(lines[i:] + lines[:i]) + "\n")
+    out = tmp_path / "out"
+    first, _, _ = text_run(folder, out)
+    assert first.processed == [0, 1, 2, 3, 4]
+    # edit in place keeping size and mtime (only the content hash can tell), append, replace, rename
+    a0 = folder / "a0.txt"
+    stat = a0.stat()
+    a0.write_text(a0.read_text().replace("a dog", "a cat", 1))
+    os.utime(a0, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with open(folder / "a1.txt", "a") as fh:
+        fh.write("a dog and a cat\n")
+    replacement = tmp_path / "new.txt"
+    replacement.write_text("sofa\nsofa\n")
+    os.replace(replacement, folder / "a2.txt")
+    os.rename(folder / "a4.txt", folder / "a5.txt")
+    resumed, counts, report = text_run(folder, out)
+    assert resumed.skipped == [3] and resumed.processed == [0, 1, 2, 4]
+    assert resumed.reasons == {0: "input changed", 1: "input changed", 2: "input changed", 4: "path changed"}
+    assert report["last_run"]["reused"] == 1 and report["last_run"]["rerun"] == 4
+    clean, clean_counts, clean_report = text_run(folder, tmp_path / "clean")
+    assert counts == clean_counts and report["totals"] == clean_report["totals"]
+    assert hit_files(out) == hit_files(tmp_path / "clean")
+    # a removed shard leaves the list and its records go with it
+    (folder / "a5.txt").unlink()
+    fewer, counts, _ = text_run(folder, out)
+    assert fewer.processed == [] and not list((out / "shards").glob("000004.*"))
+    assert counts == text_run(folder, tmp_path / "clean2")[1]
+
+
+# ---------------------------------------------------- the Ray executor's logic, on an in-process fake Ray
+# A real local Ray does not start in reasonable time on a small shared machine; test_ray_executor and
+# test_imagesearch.py::test_ray_actor_pool run the real one where it does.
+
+
+class PreparedToyShard:
+    """A shard function with per-process state: ``prepare`` notes each call in a log file."""
+
+    def __init__(self, log: Path) -> None:
+        self.log = str(log)
+
+    def prepare(self) -> None:
+        with open(self.log, "a") as fh:
+            fh.write("prepared\n")
+
+    def __call__(self, shard: Shard):
+        return toy_shard(shard)
+
+
+def fake_ray(monkeypatch, cpus: float = 2.0, gpus: float = 0.0) -> dict:
+    import pickle
+    import sys
+    import types
+
+    seen: dict = {"options": [], "killed": 0}
+
+    class RayTaskError(Exception):
+        def __init__(self, cause):
+            super().__init__(str(cause))
+            self.cause = cause
+
+    class Handle:
+        def __init__(self, obj):
+            self.obj = obj
+
+        def __getattr__(self, name):
+            return types.SimpleNamespace(remote=getattr(self.obj, name))
+
+    def remote(**options):
+        seen["options"].append(options)
+        return lambda cls: types.SimpleNamespace(remote=lambda *args: Handle(cls(*args)))
+
+    class ActorPool:
+        def __init__(self, actors):
+            self.actors = actors
+
+        def map_unordered(self, fn, values):
+            for i, value in enumerate(values):
+                try:
+                    yield fn(self.actors[i % len(self.actors)], value)
+                except Exception as err:
+                    raise RayTaskError(err) from err
+
+    ray = types.ModuleType("ray")
+    ray.is_initialized = lambda: True
+    ray.cluster_resources = lambda: {"CPU": cpus, "GPU": gpus}
+    ray.put = lambda obj: pickle.loads(pickle.dumps(obj))  # what travels must pickle
+    ray.remote = remote
+    ray.kill = lambda actor: seen.__setitem__("killed", seen["killed"] + 1)
+    ray.exceptions = types.SimpleNamespace(RayTaskError=RayTaskError, RayActorError=RuntimeError)
+    util = types.ModuleType("ray.util")
+    util.ActorPool = ActorPool
+    ray.util = util
+    monkeypatch.setitem(sys.modules, "ray", ray)
+    monkeypatch.setitem(sys.modules, "ray.util", util)
+    return seen
+
+
+def test_ray_actor_executor_prepares_once_per_actor_and_matches_serial(tmp_path, monkeypatch):
+    corpus = [[[i % 5, (i * 3) % 5] for i in range(k * 4)] for k in range(1, 6)]
+    shards = make_corpus(tmp_path / "c", corpus)
+    seen = fake_ray(monkeypatch, cpus=2.0)
+    fn = PreparedToyShard(tmp_path / "log")
+    result = run_shards(shards, fn, tmp_path / "ray", fingerprint={}, n_concepts=5, executor="ray", progress=False)
+    assert result.ok and result.processed == [0, 1, 2, 3, 4]
+    assert Path(fn.log).read_text().split() == ["prepared"] * 2  # one actor per CPU, each prepared once
+    assert seen["options"] == [{"num_cpus": 1.0, "num_gpus": 0.0, "max_restarts": 0}] and seen["killed"] == 2
+    run_shards(shards, toy_shard, tmp_path / "serial", fingerprint={}, n_concepts=5, executor="serial", progress=False)
+    assert hit_files(tmp_path / "ray") == hit_files(tmp_path / "serial")
+    # resume rules are the runner's, whatever the executor
+    again = run_shards(shards, fn, tmp_path / "ray", fingerprint={}, n_concepts=5, executor="ray", progress=False)
+    assert again.processed == [] and len(Path(fn.log).read_text().split()) == 2
+    # GPUs: one actor per GPU unless told otherwise
+    seen = fake_ray(monkeypatch, cpus=16.0, gpus=3.0)
+    run_shards(shards, fn, tmp_path / "gpu", fingerprint={}, executor="ray", progress=False)
+    assert seen["options"][0]["num_gpus"] == 1.0 and seen["killed"] == 3
+
+
+def test_ray_actor_executor_stops_on_a_config_error(tmp_path, monkeypatch):
+    shards = make_corpus(tmp_path / "c", [CORPUS[0], "CONFIG"])
+    fake_ray(monkeypatch)
+    with pytest.raises(ConfigError, match="caption_column"):
+        run_shards(shards, toy_shard, tmp_path / "out", fingerprint={}, executor="ray", progress=False)
+    with pytest.raises(ConfigError, match="ray_num_actors"):
+        run_shards(shards, toy_shard, tmp_path / "o2", fingerprint={}, executor="ray", ray_num_actors=0, progress=False)

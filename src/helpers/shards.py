@@ -14,18 +14,27 @@ Shard function
 
 Output folder layout (``out_dir``)::
 
-    run.json                          fingerprint, shard list, n_concepts
+    run.json                          settings fingerprint, shard list with input fingerprints, n_concepts,
+                                      last_run (shards reused / rerun, and why)
     shards/000042.hits.parquet        sample_id int64, concept_id int32 (one row per distinct pair)
     shards/000042.<name>.parquet      extra tables of the shard function, if any
     shards/000042.stats.json          the shard function's stats
-    shards/000042.done.json           completion record: status, error, row counts (written last)
+    shards/000042.done.json           completion record: status, error, row counts, settings sha, path,
+                                      input fingerprint (written last)
 
 Every file is written to a temporary name and renamed into place, and the completion record is written
-last, so a shard either has a completion record and all its files, or counts as not done. A rerun skips
-shards whose completion record has status ``ok`` (and reruns failed ones unless ``retry_failed=False``),
-which gives results identical to a single uninterrupted run. A rerun with a different fingerprint (other
-concepts, semantics, or shard list) is refused rather than mixed, unless ``overwrite=True``. One run at a
-time per output folder.
+last, so a shard either has a completion record and all its files, or counts as not done.
+
+Resuming is keyed by content. A shard's result is reused only when (1) the run's settings fingerprint
+(every setting that changes the output: concepts, matcher, tagger, source options...), (2) the shard's
+path at its index and (3) its file's content fingerprint (``helpers.hashing.file_fingerprint``: size,
+mtime in ns and SHA-256 of the first and last 64 KiB, whole-file SHA-256 up to 128 KiB; cheap, because
+every shard is fingerprinted on every run) all equal what its completion record stores, and it succeeded
+(failed ones are rerun unless ``retry_failed=False``). So editing, appending to, truncating, replacing or
+renaming shard files and rerunning gives the counts of a clean run, rerunning only the shards that changed;
+``RunResult`` and ``run.json``'s ``last_run`` say how many were reused and rerun, and why. Other settings
+in the same folder are refused rather than mixed, unless ``overwrite=True``. One run at a time per output
+folder.
 
 Memory: a worker holds one chunk of one shard at a time, the driver only completion records, and the merge
 one shard's hits at a time, so peak memory does not grow with the corpus.
@@ -37,16 +46,12 @@ included; see ``helpers.text.captions``.
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 import json
-import multiprocessing
 import os
 import time
 import traceback
 import uuid
 from collections.abc import Callable, Generator, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +63,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from helpers.params.errors import ConfigError  # the one error type for bad params
+from helpers.hashing import file_fingerprint, json_default, sha256_json
 
 SAMPLE_ID_SHIFT = 32
 MAX_SHARDS = 1 << 31  # keeps sample ids non-negative int64
@@ -66,7 +72,7 @@ HITS_SCHEMA = pa.schema([("sample_id", pa.int64()), ("concept_id", pa.int32())])
 EXECUTORS = ("process", "ray", "serial")
 RUN_FILE = "run.json"
 SHARD_DIR = "shards"
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2  # 2: settings and shard contents are keyed separately (per-shard input fingerprints)
 
 
 class IncompleteRunError(RuntimeError):
@@ -109,6 +115,7 @@ class RunResult:
     skipped: list[int]
     failed: dict[int, str]
     records: list[dict]
+    reasons: dict[int, str] = field(default_factory=dict)  # why each processed shard was (re)run
 
     @property
     def ok(self) -> bool:
@@ -135,20 +142,6 @@ def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
     tmp.write_text(text)
     os.replace(tmp, path)
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-def fingerprint_sha256(fingerprint: Mapping) -> str:
-    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=_json_default).encode()).hexdigest()
 
 
 def _shard_file(out_dir: Path, index: int, name: str) -> Path:
@@ -204,10 +197,19 @@ def _hits_table(sample_ids: np.ndarray, concept_ids: np.ndarray) -> pa.Table:
     return pa.table({"sample_id": sample_ids, "concept_id": concept_ids}, schema=HITS_SCHEMA)
 
 
-def process_shard(shard_fn: Callable[[Shard], Any], shard: Shard, out_dir: str | os.PathLike, fp_sha: str) -> dict:
+def process_shard(
+    shard_fn: Callable[[Shard], Any],
+    shard: Shard,
+    out_dir: str | os.PathLike,
+    fp_sha: str,
+    *,
+    input_fp: Mapping[str, Any] | None = None,
+) -> dict:
     """Run ``shard_fn`` on one shard and write its outputs atomically; returns the completion record.
 
     This is what every executor runs, in the worker. Only the small completion record travels back.
+    ``input_fp`` is the shard file's content fingerprint taken by the driver *before* the shard was read
+    (so a file changed while it is read is rerun next time); it is stored in the record.
     """
     out_dir = Path(out_dir)
     shard_dir = out_dir / SHARD_DIR
@@ -261,7 +263,7 @@ def process_shard(shard_fn: Callable[[Shard], Any], shard: Shard, out_dir: str |
         w.commit()
         files[name] = {"file": w.path.name, "rows": w.rows}
     _atomic_write_text(
-        _shard_file(out_dir, shard.index, "stats.json"), json.dumps(stats, indent=1, default=_json_default)
+        _shard_file(out_dir, shard.index, "stats.json"), json.dumps(stats, indent=1, default=json_default)
     )
     record = {
         "shard": shard.index,
@@ -269,6 +271,7 @@ def process_shard(shard_fn: Callable[[Shard], Any], shard: Shard, out_dir: str |
         "status": "error" if error else "ok",
         "error": error,
         "fingerprint_sha256": fp_sha,
+        "input": dict(input_fp) if input_fp is not None else None,
         "files": files,
         "seconds": round(time.time() - started, 3),
     }
@@ -291,45 +294,85 @@ def _load_record(out_dir: Path, index: int) -> dict | None:
 
 
 def read_run(out_dir: str | os.PathLike) -> dict:
-    """The run description (fingerprint, shard list, n_concepts) of an output folder."""
+    """The run description (fingerprint, shard list with input fingerprints, n_concepts) of an output folder."""
     path = Path(out_dir) / RUN_FILE
     if not path.exists():
         raise FileNotFoundError(f"{out_dir}: no {RUN_FILE}; not a sharded run folder")
     return json.loads(path.read_text())
 
 
+def _settings_sha(fingerprint: Mapping, n_concepts: int | None) -> str:
+    return sha256_json({"layout_version": LAYOUT_VERSION, "fingerprint": dict(fingerprint), "n_concepts": n_concepts})
+
+
+def reuse_reason(record: dict | None, shard: Shard, settings_sha: str, input_fp: dict | None) -> str | None:
+    """Why a shard's stored result cannot stand for ``shard`` now (``None``: it can).
+
+    A stored result stands only when it was made with the same settings (``settings_sha``), for the same
+    path at the same index, from a file with the same content fingerprint (``hashing.file_fingerprint``).
+    Reasons: ``new``, ``settings changed``, ``path changed``, ``input changed``.
+    """
+    if record is None:
+        return "new"
+    if record.get("fingerprint_sha256") != settings_sha:
+        return "settings changed"
+    if record.get("path") != shard.path:
+        return "path changed"
+    if record.get("input") != input_fp:
+        return "input changed"
+    return None
+
+
 def _prepare_run(
-    out_dir: Path, shards: Sequence[Shard], fingerprint: Mapping, n_concepts: int | None, overwrite: bool
+    out_dir: Path,
+    shards: Sequence[Shard],
+    inputs: Mapping[int, dict | None],
+    fingerprint: Mapping,
+    n_concepts: int | None,
+    overwrite: bool,
 ) -> str:
+    """Write run.json (settings, shard list with input fingerprints); refuse other settings unless overwrite.
+
+    A changed shard list or changed shard contents are no reason to refuse: each shard's record says what
+    it was made from, and only what no longer matches is rerun. Records of shard indices that are no longer
+    in the list are deleted.
+    """
+    fp_sha = _settings_sha(fingerprint, n_concepts)
     run = {
         "layout_version": LAYOUT_VERSION,
         "fingerprint": dict(fingerprint),
+        "fingerprint_sha256": fp_sha,
         "n_concepts": n_concepts,
-        "shards": [{"index": s.index, "path": s.path} for s in shards],
+        "shards": [{"index": s.index, "path": s.path, "input": inputs[s.index]} for s in shards],
     }
-    fp_sha = fingerprint_sha256({k: run[k] for k in ("layout_version", "fingerprint", "n_concepts", "shards")})
-    run["fingerprint_sha256"] = fp_sha
     path = out_dir / RUN_FILE
+    shard_dir = out_dir / SHARD_DIR
     if path.exists():
-        old = json.loads(path.read_text())
-        if old.get("fingerprint_sha256") != fp_sha:
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            old = {}
+        if old.get("fingerprint_sha256") != fp_sha and old.get("layout_version") == LAYOUT_VERSION:
             if not overwrite:
                 changed = sorted(
                     k
                     for k in set(old.get("fingerprint", {})) | set(fingerprint)
                     if old.get("fingerprint", {}).get(k) != fingerprint.get(k)
                 )
-                if old.get("shards") != run["shards"]:
-                    changed.append("shard list")
                 raise ConfigError(
                     f"out_dir: {out_dir} holds a run with a different configuration (changed: "
-                    f"{', '.join(map(str, changed)) or 'n_concepts/layout'}); use a new folder or overwrite=True"
+                    f"{', '.join(map(str, changed)) or 'n_concepts'}); use a new folder or overwrite=True"
                 )
-            for f in (out_dir / SHARD_DIR).glob("*"):
+        if old.get("fingerprint_sha256") != fp_sha and shard_dir.exists():
+            for f in shard_dir.glob("*"):  # other settings (or an older layout): nothing is reusable
                 f.unlink()
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / SHARD_DIR).mkdir(exist_ok=True)
-    _atomic_write_text(path, json.dumps(run, indent=1, default=_json_default))
+    shard_dir.mkdir(exist_ok=True)
+    wanted = {f"{s.index:06d}" for s in shards}
+    for f in shard_dir.glob("*"):
+        if f.name.lstrip(".").split(".")[0] not in wanted:  # a shard that left the list (renamed, removed)
+            f.unlink(missing_ok=True)
+    _atomic_write_text(path, json.dumps(run, indent=1, default=json_default))
     return fp_sha
 
 
@@ -343,6 +386,9 @@ def run_shards(
     executor: str = "process",
     workers: int | None = None,
     ray_address: str | None = None,
+    ray_num_cpus: float | None = None,
+    ray_num_gpus: float | None = None,
+    ray_num_actors: int | None = None,
     retry_failed: bool = True,
     overwrite: bool = False,
     progress: bool = True,
@@ -350,9 +396,18 @@ def run_shards(
     """Map ``shard_fn`` over ``shards``, writing each shard's outputs to ``out_dir`` (resumable).
 
     ``executor``: ``"process"`` (a local process pool, ``workers`` processes, default all cores),
-    ``"ray"`` (Ray remote tasks; connects to ``ray_address`` or ``RAY_ADDRESS``, else starts a local Ray;
-    an already initialised Ray is used as is; ``out_dir`` must be on storage every node sees) or
-    ``"serial"`` (in this process). ``fingerprint`` describes everything the outputs depend on.
+    ``"ray"`` (a pool of Ray actors, see ``helpers.executors.run_ray_actors``: each actor builds the shard
+    function's state once, e.g. a model, and tags the shards the pool hands it; ``ray_num_cpus`` /
+    ``ray_num_gpus`` are reserved per actor, ``ray_num_actors`` defaults to what the cluster holds; connects
+    to ``ray_address`` or ``RAY_ADDRESS``, else starts a local Ray; ``out_dir`` must be on storage every
+    node sees) or ``"serial"`` (in this process). ``fingerprint`` describes every setting the outputs
+    depend on; the shards' contents are fingerprinted here (``hashing.file_fingerprint``).
+
+    Resuming: a shard's stored result is reused only when its settings, path and input fingerprint all
+    match (``reuse_reason``) and it succeeded (or failed, with ``retry_failed=False``); everything else is
+    rerun. ``RunResult.processed`` / ``skipped`` say which, ``reasons`` why, and run.json keeps the
+    summary (``last_run``) for ``run_report``. Other settings in the same folder raise ``ConfigError``
+    unless ``overwrite=True`` (then the old results are deleted).
     """
     if executor not in EXECUTORS:
         raise ConfigError(f"executor: unknown executor {executor!r} (expected one of {', '.join(EXECUTORS)})")
@@ -362,25 +417,39 @@ def run_shards(
     if len(set(indices)) != len(indices):
         raise ValueError("shard indices are not unique")
     out_dir = Path(out_dir)
-    fp_sha = _prepare_run(out_dir, shards, fingerprint, n_concepts, overwrite)
-    todo, skipped, records = [], [], {}
+    inputs = {s.index: file_fingerprint(s.path) for s in shards}
+    fp_sha = _prepare_run(out_dir, shards, inputs, fingerprint, n_concepts, overwrite)
+    todo, skipped, records, reasons = [], [], {}, {}
     for shard in shards:
         record = _load_record(out_dir, shard.index)
-        if record and record.get("fingerprint_sha256") == fp_sha and (record["status"] == "ok" or not retry_failed):
+        reason = reuse_reason(record, shard, fp_sha, inputs[shard.index])
+        if reason is None and record["status"] != "ok" and retry_failed:
+            reason = "failed before"
+        if reason is None:
             skipped.append(shard.index)
             records[shard.index] = record
         else:
             todo.append(shard)
+            reasons[shard.index] = reason
+    _set_last_run(out_dir, len(skipped), reasons)
     bar = tqdm(total=len(shards), initial=len(skipped), desc="shards", unit="shard", disable=not progress)
+    work = ShardWork(shard_fn, str(out_dir), fp_sha, inputs)
+
+    def done(record: dict) -> None:
+        records[record["shard"]] = record
+        bar.update()
+
+    from helpers import executors  # imports this module: loaded when first needed
+
     try:
         if executor == "serial" or (executor == "process" and (workers == 1 or len(todo) <= 1)):
             for shard in todo:
-                records[shard.index] = process_shard(shard_fn, shard, out_dir, fp_sha)
-                bar.update()
+                done(work(shard))
         elif executor == "process":
-            _run_pool(todo, shard_fn, out_dir, fp_sha, workers, records, bar)
-        else:
-            _run_ray(todo, shard_fn, out_dir, fp_sha, ray_address, records, bar)
+            executors.run_process_pool(todo, work, workers, done)
+        elif todo:
+            options = executors.RayOptions(ray_address, ray_num_cpus, ray_num_gpus, ray_num_actors)
+            executors.run_ray_actors(todo, work, options, done)
     finally:
         bar.close()
     ordered = [records[i] for i in sorted(records)]
@@ -390,66 +459,39 @@ def run_shards(
         skipped=sorted(skipped),
         failed={r["shard"]: r["error"] for r in ordered if r["status"] != "ok"},
         records=ordered,
+        reasons=dict(sorted(reasons.items())),
     )
 
 
-def _run_pool(todo, shard_fn, out_dir, fp_sha, workers, records, bar) -> None:
-    workers = min(workers or os.cpu_count() or 1, len(todo))
-    queue = iter(todo)
-    # spawn, not fork: the parent may hold threads (pyarrow, tqdm) that fork would copy mid-state
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        pending: set = set()
-        try:
-            while True:
-                # a bounded number of shards in flight: the driver's memory does not grow with the corpus
-                for shard in itertools.islice(queue, 2 * workers - len(pending)):
-                    pending.add(pool.submit(process_shard, shard_fn, shard, str(out_dir), fp_sha))
-                if not pending:
-                    break
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    record = future.result()  # a ConfigError from a worker stops the run here
-                    records[record["shard"]] = record
-                    bar.update()
-        except BaseException:
-            for future in pending:
-                future.cancel()
-            raise
+@dataclass(frozen=True)
+class ShardWork:
+    """What an executor runs per shard: ``process_shard`` bound to one run (picklable when ``shard_fn`` is).
+
+    ``prepare()`` builds the shard function's per-process state ahead of the first shard when the shard
+    function offers a ``prepare`` method (a Ray actor calls it once, when it starts).
+    """
+
+    shard_fn: Callable[[Shard], Any]
+    out_dir: str
+    fp_sha: str
+    inputs: Mapping[int, dict | None]
+
+    def prepare(self) -> None:
+        hook = getattr(self.shard_fn, "prepare", None)
+        if callable(hook):
+            hook()
+
+    def __call__(self, shard: Shard) -> dict:
+        return process_shard(self.shard_fn, shard, self.out_dir, self.fp_sha, input_fp=self.inputs.get(shard.index))
 
 
-def _run_ray(todo, shard_fn, out_dir, fp_sha, ray_address, records, bar) -> None:
-    import ray
-
-    started_here = False
-    if not ray.is_initialized():
-        address = ray_address or os.environ.get("RAY_ADDRESS") or None
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
-        started_here = True
-    try:
-        task = ray.remote(num_cpus=1, max_retries=0)(process_shard)
-        fn_ref = ray.put(shard_fn)  # shipped to the object store once, not with every task
-        in_flight = max(2 * int(ray.cluster_resources().get("CPU", 1)), 2)
-        queue = iter(todo)
-        pending: list = []
-        while True:
-            for shard in itertools.islice(queue, in_flight - len(pending)):
-                pending.append(task.remote(fn_ref, shard, str(out_dir), fp_sha))
-            if not pending:
-                break
-            done, pending = ray.wait(pending, num_returns=1)
-            for ref in done:
-                try:
-                    record = ray.get(ref)
-                except ray.exceptions.RayTaskError as err:
-                    cause = getattr(err, "cause", None)
-                    if isinstance(cause, ConfigError):
-                        raise ConfigError(str(cause)) from None
-                    raise
-                records[record["shard"]] = record
-                bar.update()
-    finally:
-        if started_here:
-            ray.shutdown()
+def _set_last_run(out_dir: Path, reused: int, reasons: Mapping[int, str]) -> None:
+    run = read_run(out_dir)
+    by_reason: dict[str, int] = {}
+    for reason in reasons.values():
+        by_reason[reason] = by_reason.get(reason, 0) + 1
+    run["last_run"] = {"reused": reused, "rerun": len(reasons), "rerun_reasons": by_reason}
+    _atomic_write_text(out_dir / RUN_FILE, json.dumps(run, indent=1, default=json_default))
 
 
 # ----------------------------------------------------------------------------------------- merging
@@ -462,7 +504,8 @@ def shard_records(out_dir: str | os.PathLike) -> tuple[dict, list[dict], list[in
     records, missing = [], []
     for entry in run["shards"]:
         record = _load_record(out_dir, entry["index"])
-        if record is None or record.get("fingerprint_sha256") != run["fingerprint_sha256"]:
+        shard = Shard(entry["index"], entry["path"])
+        if reuse_reason(record, shard, run["fingerprint_sha256"], entry.get("input")) is not None:
             missing.append(entry["index"])
         else:
             records.append(record)
@@ -485,6 +528,7 @@ def run_report(out_dir: str | os.PathLike) -> dict:
     paths = {e["index"]: e["path"] for e in run["shards"]}
     return {
         "shards": len(run["shards"]),
+        "last_run": run.get("last_run", {}),
         "done": len(records),
         "ok": sum(r["status"] == "ok" for r in records),
         "failed": [

@@ -33,6 +33,7 @@ from helpers.evaluation.specs import (
 )
 from helpers.params import ConfigError, validate_union
 from helpers.params.evaluation import Dataset as DatasetParams
+from helpers.hashing import file_fingerprint
 from helpers.text.captions import CaptionSource, iter_tar_samples, list_shards
 
 # =========================================================================================== datasets
@@ -169,12 +170,21 @@ def _class_names_from(
     return names
 
 
+#: bytes hashed at each end of every dataset file for the image cache's key (whole files up to twice this)
+DATASET_EDGE_BYTES = 1 << 12
+
+
 def _fingerprint_files(paths: Iterable[str], root: str | None = None) -> list[list[Any]]:
-    """(relative name, size) of each file: cheap and stable under copies (see the module docstring)."""
+    """(relative name, content fingerprint) of each file: size and SHA-256 of its first and last 4 KiB
+    (``helpers.hashing.file_fingerprint`` without the mtime, so the key survives copying the dataset).
+
+    A replaced or edited image changes its size or its hashed edges (JPEG/PNG headers and the end of the
+    coded data), so the embedding cache does not serve stale vectors; reading 8 KiB per file costs far less
+    than embedding it."""
     out = []
     for p in paths:
         name = os.path.relpath(p, root) if root else os.path.basename(p)
-        out.append([name.replace(os.sep, "/"), os.path.getsize(p) if os.path.exists(p) else None])
+        out.append([name.replace(os.sep, "/"), file_fingerprint(p, DATASET_EDGE_BYTES, with_mtime=False)])
     return out
 
 

@@ -33,7 +33,6 @@ fingerprints, description files), so every backend reports errors and fingerprin
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import unicodedata
@@ -44,6 +43,7 @@ from typing import Any
 
 import torch
 
+from helpers.hashing import sha256_chunks, sha256_file, sha256_json
 from helpers.images.taggers import Tagger
 from helpers.params import ConfigError, validate_union
 from helpers.params.images import Tagger as TaggerParams
@@ -160,21 +160,12 @@ def check_concepts(concepts: Sequence[str]) -> list[str]:
 
 def concepts_digest(concepts: Sequence[str]) -> str:
     """SHA-256 of the ordered concept list (the order is the column order of the scores)."""
-    return hashlib.sha256(json.dumps(list(concepts), ensure_ascii=False).encode()).hexdigest()
+    return sha256_json(list(concepts))
 
 
-def json_digest(value: Any) -> str:
-    """SHA-256 of a JSON-serialisable value in canonical form."""
-    return hashlib.sha256(json.dumps(value, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
-
-
-def file_sha256(path: str | Path, chunk_bytes: int = 1 << 22) -> str:
-    """SHA-256 of a file's bytes, read in chunks (multi-GB checkpoints need no memory)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(chunk_bytes), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+# the package's one hashing helper, under the names the tagger modules use
+json_digest = sha256_json
+file_sha256 = sha256_file
 
 
 def state_dict_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
@@ -183,12 +174,14 @@ def state_dict_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
     Unlike a file hash it identifies the weights themselves, so a tagger trained in memory and the same
     tagger saved and loaded again have the same fingerprint.
     """
-    digest = hashlib.sha256()
-    for name in sorted(state_dict):
-        tensor = state_dict[name].detach().cpu().contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    return digest.hexdigest()
+
+    def chunks():
+        for name in sorted(state_dict):
+            tensor = state_dict[name].detach().cpu().contiguous()
+            yield f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode()
+            yield tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
+
+    return sha256_chunks(chunks())
 
 
 # ------------------------------------------------------------------------------------ descriptions

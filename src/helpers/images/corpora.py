@@ -20,7 +20,7 @@ import functools
 import io
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from helpers.images.sources import image_source, list_image_shards
 from helpers.images.tagger_trained import read_labels, train_tagger
 from helpers.params import ConfigError, validate
 from helpers.params.images import ImageCorpus, ImageSearch, TaggerTraining
+from helpers.shards import run_report
 from helpers.text import corpora
 from helpers.text.captions import iter_tar_samples
 
@@ -92,17 +93,42 @@ def train_sample_tagger(training: Mapping[str, Any], *, name: str = "sample", pr
 class ImageSearchResult:
     frequencies: pd.DataFrame  # corpus, concept_id, concept, method, threshold, count
     misalignment: pd.DataFrame  # threshold, n_text_and_image, n_misaligned, degree_extracted, degree_fixed
-    shards: pd.DataFrame  # per-shard status and reader stats of the image side
+    shards: pd.DataFrame  # per-shard status and reader stats of the image side, and the caption side's status
     image_dir: Path
+    report: dict = field(default_factory=dict)  # the image run's report, and the failed shards of both sides
 
 
 def frequencies_path(name: str) -> Path:
     return paths.processed_dir() / "corpora" / name / "frequencies.parquet"
 
 
-def image_shard_table(out_dir: Path) -> pd.DataFrame:
-    """One row per image shard: status, error and the reader's counters (corrupt, missing images...)."""
-    return corpora.shard_table(out_dir)
+def image_shard_table(out_dir: Path, text_dir: Path | None = None) -> pd.DataFrame:
+    """One row per image shard: status, error and the reader's counters (corrupt, missing images...); with
+    ``text_dir``, also the caption side's ``caption_status`` / ``caption_error`` of the same shard."""
+    table = corpora.shard_table(out_dir)
+    if text_dir is not None:
+        text = corpora.shard_table(text_dir)[["shard", "status", "error"]]
+        text = text.rename(columns={"status": "caption_status", "error": "caption_error"})
+        table = table.merge(text, on="shard", how="left")
+    return table
+
+
+def check_caption_failures(name: str, text_dir: Path) -> list[int]:
+    """The caption side's failed shards, which its stage must have accepted (``text_search.allow_failed_shards``).
+
+    Raises ``RuntimeError`` naming the shards and the setting when a failed caption shard was not accepted
+    (a caption search run by hand, or changed since its stage ran). Checked before any image is tagged.
+    """
+    shards = corpora.shard_table(text_dir)
+    failed = set(shards.loc[shards["status"] != "ok", "shard"].astype(int))
+    refused = sorted(failed - corpora.accepted_failures(text_dir))
+    if refused:
+        raise RuntimeError(
+            f"image corpus {name}: the caption search in {text_dir} has failed or missing shard(s) {refused} that "
+            "its stage did not accept; rerun the text_search stage (with text_search.allow_failed_shards: true "
+            "to count the rest)"
+        )
+    return sorted(failed)
 
 
 def caption_corpus(name: str, entry: Mapping[str, Any]) -> str:
@@ -137,7 +163,11 @@ def tag_corpus(
 
     The caption side (``image_corpora.<name>.corpus``, default ``name``) must have been searched first with
     the same ``concepts``. The tagger is ``image_corpora.<name>.tagger``; ``settings`` is the ``image_search``
-    section (:class:`helpers.params.images.ImageSearch` or a mapping of its keys). A failed image shard stops the stage naming it unless ``image_search.allow_failed_shards``.
+    section (:class:`helpers.params.images.ImageSearch` or a mapping of its keys). A failed image shard stops the
+    stage naming it unless ``image_search.allow_failed_shards``; a failed caption shard must have been accepted
+    by the text stage (``text_search.allow_failed_shards``). With both, the stage finishes: matched counts and
+    misalignment use what failed shards kept, and the shard table (``caption_status`` too) and ``report`` list
+    the failures.
     """
     corpus = caption_corpus(name, entry)
     tagger = dict(entry["tagger"])
@@ -155,18 +185,32 @@ def tag_corpus(
         build_tagger, tagger_config, names, descriptions=descriptions, prefix=f"image_corpora.{name}.tagger"
     )
     image_dir = image_search_dir(name, str(tagger_config.get("backend", "tagger")))
+    caption_failed = check_caption_failures(name, text_dir)
     run_image_search(source, factory, image_dir, search, overwrite=True, progress=progress)
-    shards = image_shard_table(image_dir)
-    allow_failed = search.allow_failed_shards
+    shards = image_shard_table(image_dir, text_dir)
     corpora.require_complete(
-        shards, what=f"image corpus {name}", setting="image_search.allow_failed_shards", allow_failed=allow_failed
+        shards,
+        what=f"image corpus {name}",
+        setting="image_search.allow_failed_shards",
+        allow_failed=search.allow_failed_shards,
     )
-    table = frequency_table(name, text_dir, image_dir, thresholds, concepts[["concept_id", "name"]])
+    image_failed = sorted(shards.loc[shards["status"] != "ok", "shard"].astype(int))
+    # each side's failures were accepted by its own setting: the joins use what the failed shards kept
+    allow_failed = bool(caption_failed or image_failed)
+    names = concepts[["concept_id", "name"]]
+    table = frequency_table(name, text_dir, image_dir, thresholds, names, allow_failed=allow_failed)
     mis = misalignment(text_dir, image_dir, thresholds, allow_failed=allow_failed)
+    report = {
+        **run_report(image_dir),
+        "caption_failed": [
+            {"shard": int(r.shard), "file": r.file, "error": r.caption_error}
+            for r in shards[shards["shard"].isin(caption_failed)].itertuples()
+        ],
+    }
     table = table.assign(concept_id=table["concept_id"].astype("int32"), count=table["count"].astype("int64"))
     frequencies_path(name).parent.mkdir(parents=True, exist_ok=True)
     schemas.write_table(table, schemas.CORPUS_FREQUENCIES, frequencies_path(name))
-    return ImageSearchResult(frequencies=table, misalignment=mis, shards=shards, image_dir=image_dir)
+    return ImageSearchResult(frequencies=table, misalignment=mis, shards=shards, image_dir=image_dir, report=report)
 
 
 def qualitative_examples(

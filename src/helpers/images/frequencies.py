@@ -13,8 +13,9 @@ memory does not grow with the corpus. Both run folders must be complete (``Incom
 same number of shards and, for shards both completed, the same number of records (else the ids would not
 refer to the same samples and a ``ValueError`` says so).
 
-Text pairs are read exactly as ``helpers.text.search.text_counts`` counts them, including the corpus-level
-vocabulary rule of ``unknown_words="drop"`` runs, so ``text`` counts and the text side of the joins agree.
+Text pairs are read by ``helpers.text.search.TextRunPairs``, the reading ``text_counts`` counts, including
+the corpus-level vocabulary rule of ``unknown_words="drop"`` runs, so ``text`` counts and the text side of
+the joins agree by construction.
 """
 
 from __future__ import annotations
@@ -34,64 +35,15 @@ from helpers.images.search import check_thresholds, image_counts, stored_floor
 from helpers.shards import (
     SHARD_DIR,
     check_complete,
-    distinct_pairs,
     read_run,
     read_shard_stats,
 )
-from helpers.text.search import text_counts
+from helpers.text.search import TextRunPairs, text_counts
 
 METHODS = ("text", "image", "matched")
 
 
 # ------------------------------------------------------------------------------------- text pairs
-
-
-class _TextPairs:
-    """The (sample, concept) pairs a caption-search run counts, shard by shard.
-
-    For ``unknown_words="drop"`` runs a concept's query is the set of its words present *somewhere in the
-    corpus* (the union of the shards' ``present_words``): a ``hits`` row counts only when the whole query is
-    the concept's full word set, and a ``partial`` row when its word mask is exactly the reduced query. This
-    mirrors ``textsearch.text_counts``; other runs use their ``hits`` as they are.
-    """
-
-    def __init__(self, text_dir: Path, records: Sequence[dict], allow_failed: bool) -> None:
-        self.text_dir = text_dir
-        fp = read_run(text_dir).get("fingerprint", {})
-        matcher = fp.get("matcher", {})
-        self.drop = not (matcher.get("mode") == "phrase" or matcher.get("unknown_words") != "drop")
-        if not self.drop:
-            return
-        present = np.zeros(len(fp["vocabulary"]), dtype=bool)
-        for record in records:
-            if record["status"] == "ok" or allow_failed:
-                present[read_shard_stats(text_dir, record["shard"]).get("present_words", [])] = True
-        n = len(fp["concept_words"])
-        self.full = np.zeros(n, dtype=np.uint64)
-        self.query = np.zeros(n, dtype=np.uint64)
-        for c, words in enumerate(fp["concept_words"]):
-            for bit, w in enumerate(words):
-                self.full[c] |= np.uint64(1) << np.uint64(bit)
-                if present[w]:
-                    self.query[c] |= np.uint64(1) << np.uint64(bit)
-
-    def shard(self, record: dict) -> tuple[np.ndarray, np.ndarray]:
-        """Distinct sorted (sample_id, concept_id) arrays of one shard."""
-        hits = _read(self.text_dir, record, "hits")
-        if hits is None:
-            return np.zeros(0, np.int64), np.zeros(0, np.int32)
-        sample, concept = hits["sample_id"].to_numpy(), hits["concept_id"].to_numpy()
-        if self.drop:
-            keep = self.query[concept] == self.full[concept]
-            sample, concept = sample[keep], concept[keep]
-            partial = _read(self.text_dir, record, "partial")
-            if partial is not None and partial.num_rows:
-                pc = partial["concept_id"].to_numpy()
-                wanted = self.query[pc]
-                ok = (partial["word_mask"].to_numpy() == wanted) & (wanted != 0) & (wanted != self.full[pc])
-                sample = np.concatenate([sample, partial["sample_id"].to_numpy()[ok]])
-                concept = np.concatenate([concept, pc[ok]])
-        return distinct_pairs(sample, concept)
 
 
 def _read(out_dir: Path, record: dict, table: str):
@@ -138,7 +90,7 @@ def _paired_shards(
     n_text, n_image = text_run.get("n_concepts"), image_run.get("n_concepts")
     if n_text != n_image:
         raise ValueError(f"the caption run has {n_text} concepts and the image run {n_image}; use one concept list")
-    text_pairs = _TextPairs(text_dir, list(text_records.values()), allow_failed)
+    text_pairs = TextRunPairs(text_dir, allow_failed=allow_failed)
 
     def iterate() -> Iterator[_ShardPair]:
         for entry in tqdm(image_run["shards"], desc="shards", unit="shard", disable=not progress):

@@ -34,15 +34,14 @@ Any threshold >= the floor can be applied afterwards (``image_counts``) without 
 threshold t equal those of a run with ``prob_floor=t``. Thresholds are compared in float32, the dtype of
 the stored probabilities, both while tagging and afterwards, so that this holds exactly.
 
-Executors: ``process`` (``workers`` processes, each building the model once; ``workers=1`` runs in this
-process), ``serial`` (this process), ``ray`` (an actor pool: one long-lived actor per model replica, e.g.
-one per GPU with ``ray_num_gpus=1``, each building the model once in its constructor).
+Executors (those of ``helpers.shards.run_shards``): ``process`` (``workers`` processes, each building the
+model once; ``workers=1`` runs in this process), ``serial`` (this process), ``ray`` (an actor pool: one
+long-lived actor per model replica, e.g. one per GPU with ``ray_num_gpus=1``, each building the model once
+when it starts, through ``ImageShardFn.prepare``).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import time
 from collections.abc import Callable, Generator, Mapping, Sequence
@@ -59,6 +58,7 @@ from tqdm.auto import tqdm
 
 from helpers import paths
 from helpers.devices import autocast, resolve_device
+from helpers.hashing import sha256_json
 from helpers.images.sources import ImageSource, ShardImages, list_image_shards
 from helpers.images.taggers import Tagger
 from helpers.params import validate
@@ -69,11 +69,8 @@ from helpers.shards import (
     RunResult,
     Shard,
     ShardChunk,
-    _load_record,
-    _prepare_run,
     iter_shard_tables,
     make_sample_ids,
-    process_shard,
     read_run,
     run_shards,
 )
@@ -118,8 +115,7 @@ def clear_tagger_cache() -> None:
 
 
 def _tagger_key(fingerprint: Mapping, device: str, channels_last: bool) -> str:
-    text = json.dumps({"fp": fingerprint, "device": device, "cl": channels_last}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return sha256_json({"fp": fingerprint, "device": device, "cl": channels_last})
 
 
 @dataclass(frozen=True)
@@ -174,6 +170,10 @@ class ImageShardFn:
                 _channels_last(tagger)
             _TAGGERS[key] = tagger
         return tagger
+
+    def prepare(self) -> None:
+        """Build this process's model now (a Ray actor calls it once, when it starts)."""
+        self.tagger()
 
     def __call__(self, shard: Shard) -> Generator[ShardChunk, None, dict]:
         return tag_shard(shard, self)
@@ -420,21 +420,6 @@ def run_image_search(
             _TAGGERS[key] = moved
     del tagger
     try:
-        if executor == "ray":
-            return _run_ray_actors(
-                shards,
-                fn,
-                out_dir,
-                fingerprint=fingerprint,
-                n_concepts=fn.n_concepts,
-                ray_address=ray_address,
-                num_gpus=ray_num_gpus,
-                num_cpus=ray_num_cpus,
-                num_actors=ray_num_actors,
-                retry_failed=retry_failed,
-                overwrite=overwrite,
-                progress=progress,
-            )
         return run_shards(
             shards,
             fn,
@@ -443,6 +428,10 @@ def run_image_search(
             n_concepts=fn.n_concepts,
             executor=executor,
             workers=workers,
+            ray_address=ray_address,
+            ray_num_cpus=ray_num_cpus,
+            ray_num_gpus=ray_num_gpus,
+            ray_num_actors=ray_num_actors,
             retry_failed=retry_failed,
             overwrite=overwrite,
             progress=progress,
@@ -450,100 +439,6 @@ def run_image_search(
     finally:
         for stale in set(_TAGGERS) - held_before:  # models are released with the run (GPU memory in notebooks)
             _TAGGERS.pop(stale, None)
-
-
-class _ShardActor:
-    """A Ray actor holding one model replica; it tags the shards the pool hands it."""
-
-    def __init__(self, shard_fn: ImageShardFn) -> None:
-        self.shard_fn = shard_fn
-        shard_fn.tagger()  # build the model now, once per actor
-
-    def run(self, shard: Shard, out_dir: str, fp_sha: str) -> dict:
-        return process_shard(self.shard_fn, shard, out_dir, fp_sha)
-
-
-def _run_ray_actors(
-    shards: Sequence[Shard],
-    shard_fn: ImageShardFn,
-    out_dir: str | os.PathLike,
-    *,
-    fingerprint: Mapping,
-    n_concepts: int,
-    ray_address: str | None,
-    num_gpus: float | None,
-    num_cpus: float | None,
-    num_actors: int | None,
-    retry_failed: bool,
-    overwrite: bool,
-    progress: bool,
-) -> RunResult:
-    """``run_shards`` semantics (same files, same resume rules) on a pool of model-holding Ray actors."""
-    import ray
-    from ray.util import ActorPool
-
-    out_dir = Path(out_dir)
-    fp_sha = _prepare_run(out_dir, shards, fingerprint, n_concepts, overwrite)
-    todo, skipped, records = [], [], {}
-    for shard in shards:
-        record = _load_record(out_dir, shard.index)
-        if record and record.get("fingerprint_sha256") == fp_sha and (record["status"] == "ok" or not retry_failed):
-            skipped.append(shard.index)
-            records[shard.index] = record
-        else:
-            todo.append(shard)
-    started_here = False
-    if todo and not ray.is_initialized():
-        address = ray_address or os.environ.get("RAY_ADDRESS") or None
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
-        started_here = True
-    bar = tqdm(total=len(shards), initial=len(skipped), desc="shards", unit="shard", disable=not progress)
-    actors: list = []
-    try:
-        if todo:
-            resources = ray.cluster_resources()
-            gpus = float(resources.get("GPU", 0))
-            per_gpu = float(num_gpus) if num_gpus is not None else (1.0 if gpus >= 1 else 0.0)
-            per_cpu = float(num_cpus) if num_cpus is not None else 1.0
-            if num_actors is None:
-                num_actors = max(int(gpus // per_gpu), 1) if per_gpu > 0 else 1
-            num_actors = min(num_actors, len(todo))
-            actor_cls = ray.remote(num_gpus=per_gpu, num_cpus=per_cpu, max_restarts=0)(_ShardActor)
-            fn_ref = ray.put(shard_fn)
-            actors = [actor_cls.remote(fn_ref) for _ in range(num_actors)]
-            pool = ActorPool(actors)
-            results = pool.map_unordered(lambda actor, shard: actor.run.remote(shard, str(out_dir), fp_sha), todo)
-            while True:
-                try:
-                    record = next(results)
-                except StopIteration:
-                    break
-                except ray.exceptions.RayTaskError as err:
-                    cause = getattr(err, "cause", None)
-                    if isinstance(cause, ConfigError):
-                        raise ConfigError(str(cause)) from None
-                    raise
-                except ray.exceptions.RayActorError as err:
-                    cause = getattr(err, "cause", None) or getattr(err, "error_msg", "")
-                    if isinstance(cause, ray.exceptions.RayTaskError) and isinstance(cause.cause, ConfigError):
-                        raise ConfigError(str(cause.cause)) from None
-                    raise
-                records[record["shard"]] = record
-                bar.update()
-    finally:
-        bar.close()
-        for actor in actors:
-            ray.kill(actor)
-        if started_here:
-            ray.shutdown()
-    ordered = [records[i] for i in sorted(records)]
-    return RunResult(
-        out_dir=out_dir,
-        processed=sorted(s.index for s in todo),
-        skipped=sorted(skipped),
-        failed={r["shard"]: r["error"] for r in ordered if r["status"] != "ok"},
-        records=ordered,
-    )
 
 
 # ------------------------------------------------------------------------------------------ counting

@@ -18,7 +18,6 @@ says which row of it belongs to which model key).
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import os
@@ -31,6 +30,8 @@ from importlib import resources
 from pathlib import Path
 
 from tqdm.auto import tqdm
+
+from helpers.hashing import sha256_bytes, sha256_file
 
 LOCAL_COPY_ENV = "FDP_RELEASE_LOCAL_COPY"
 RAW_URL = "https://raw.githubusercontent.com/{repo}/{commit}/{path}"
@@ -99,7 +100,8 @@ def resolve_local_copy(param_value: str | os.PathLike | None) -> Path | None:
 
 
 def sha256_of(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+    """Hex SHA-256 of ``data`` (``helpers.hashing.sha256_bytes``)."""
+    return sha256_bytes(data)
 
 
 def verify_bytes(entry: ManifestEntry, data: bytes) -> None:
@@ -172,7 +174,15 @@ def import_release(
     workers: int = 8,
     progress: bool = True,
 ) -> ImportReport:
-    """Copy and verify the pinned release into ``dest`` (replaced atomically on success)."""
+    """Copy and verify the pinned release into ``dest``; what was there is kept unless the import succeeds.
+
+    Every file is verified in memory (checksum, JSON) as it arrives, written to a staging folder next to
+    ``dest`` (``<dest>.partial``), and the staged copy is verified again from disk (``verify_staged``) before
+    it is swapped in: the old ``dest`` is renamed aside, the staging folder renamed into place, and only
+    then is the old one deleted. Any failure removes the staging folder and leaves ``dest`` as it was.
+    (``dvc repro`` would delete ``dest`` itself before running the stage; dvc.yaml marks it ``persist``.)
+    Raises ``ReleaseError`` naming the file at fault.
+    """
     source_dir = resolve_local_copy(local_copy)
     manifest = load_manifest()
     report = ImportReport(source=str(source_dir) if source_dir else f"github.com/{repo}@{commit}", commit=commit)
@@ -225,10 +235,45 @@ def import_release(
         # fail fast: queued downloads are cancelled instead of each waiting for its time-out
         pool.shutdown(wait=False, cancel_futures=True)
 
-    (staging / REPORT_NAME).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-    shutil.rmtree(dest, ignore_errors=True)
-    staging.rename(dest)
+    try:
+        verify_staged(staging, manifest, report.copied)
+        (staging / REPORT_NAME).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    swap_in(staging, dest)
     return report
+
+
+def verify_staged(staging: Path, manifest: list[ManifestEntry], copied: list[str]) -> None:
+    """Check the staged copy on disk: every copied file exists with its manifest checksum (a short write,
+    a full disk or a concurrent edit is caught before the copy replaces anything); raises ``ReleaseError``."""
+    expected = {e.path: e for e in manifest}
+    for path in copied:
+        target = staging / path
+        entry = expected[path]
+        if not target.is_file():
+            raise ReleaseError(f"Staged release file {path} vanished from {staging} before it was swapped in")
+        if entry.sha256 and sha256_file(target) != entry.sha256:
+            raise ReleaseError(f"Staged release file {path} differs from the manifest checksum after writing")
+
+
+def swap_in(staging: Path, dest: Path) -> None:
+    """Replace ``dest`` by ``staging`` with renames only: the old copy is moved aside first and deleted last,
+    so no moment leaves neither (a crash in between leaves ``<dest>.previous``, restored on the next call)."""
+    previous = dest.with_name(dest.name + ".previous")
+    if previous.exists() and not dest.exists():
+        previous.rename(dest)  # a crash in an earlier swap: put the good copy back first
+    shutil.rmtree(previous, ignore_errors=True)
+    if dest.exists():
+        dest.rename(previous)
+    try:
+        staging.rename(dest)
+    except BaseException:
+        if previous.exists() and not dest.exists():
+            previous.rename(dest)
+        raise
+    shutil.rmtree(previous, ignore_errors=True)
 
 
 def read_import_report(release: Path) -> dict:

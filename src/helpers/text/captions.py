@@ -43,10 +43,9 @@ import math
 import os
 import re
 import sys
-import tarfile
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import IO, Any
 
 import numpy as np
@@ -60,6 +59,7 @@ from helpers.shards import (
     Shard,
     make_sample_ids,
 )
+from helpers.text.tars import ShardReadError, iter_tar_samples
 
 FORMATS = ("tsv", "csv", "parquet", "wds", "txt")
 SUFFIXES = {
@@ -73,10 +73,6 @@ DEFAULT_MAX_CAPTION_CHARS = 4096
 DEFAULT_READ_BATCH = 8192
 _BRACE_RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
 _BRACE_LIST = re.compile(r"\{([^{}]*,[^{}]*)\}")
-
-
-class ShardReadError(Exception):
-    """A shard cannot be read (further); recorded in the shard's stats, never raised to the caller."""
 
 
 @dataclass
@@ -468,60 +464,6 @@ def _read_parquet(
                     return
     except (pa.ArrowException, OSError) as err:
         raise ShardReadError(f"Parquet file damaged after {batcher.stats.records} records: {err}") from err
-
-
-@dataclass
-class TarSample:
-    """One webdataset sample: its position in the tar, key, and files by (lower-case) extension."""
-
-    position: int
-    key: str
-    files: dict[str, bytes] = field(default_factory=dict)
-
-
-def _split_name(name: str) -> tuple[str, str] | None:
-    """webdataset's key/extension split: key = path up to the first dot of the file name."""
-    directory, _, base = name.rpartition("/")
-    if "." not in base:
-        return None
-    stem, _, ext = base.partition(".")
-    return (f"{directory}/{stem}" if directory else stem), ext.lower()
-
-
-def iter_tar_samples(path: str, extensions: set[str] | None = None) -> Iterator[TarSample]:
-    """Samples of a webdataset tar, streamed in file order (the grouping both caption and image sides use).
-
-    Consecutive files with the same key form a sample; a repeated extension starts a new one (as
-    webdataset does). Files without an extension and ``__*__`` metadata files are skipped. Only the
-    ``extensions`` asked for are read into memory (all when None). A damaged or truncated tar raises
-    ``ShardReadError`` after the samples completed before the damage; the sample being read is lost.
-    """
-    position = 0
-    current: TarSample | None = None
-    try:
-        with tarfile.open(path, mode="r|*") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                split = _split_name(member.name)
-                base = member.name.rpartition("/")[2]
-                if split is None or (base.startswith("__") and base.endswith("__")):
-                    continue
-                key, ext = split
-                if current is None or key != current.key or ext in current.files:
-                    if current is not None:
-                        yield current
-                        position += 1
-                    current = TarSample(position, key)
-                if extensions is None or ext in extensions:
-                    data = tar.extractfile(member)
-                    current.files[ext] = data.read() if data is not None else b""
-                else:
-                    current.files.setdefault(ext, b"")  # presence only; the bytes are skipped
-            if current is not None:
-                yield current
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
-        raise ShardReadError(f"damaged or truncated tar after {position} complete samples: {err}") from err
 
 
 def _read_wds(source: CaptionSource, path: str, batcher: _Batcher, max_records: int | None) -> Iterator[CaptionBatch]:

@@ -15,6 +15,8 @@ entry fails before any shard is read, with an error naming the params key.
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,6 +155,40 @@ def require_complete(shards: pd.DataFrame, *, what: str, setting: str, allow_fai
         )
 
 
+ACCEPTED_FILE = "accepted_failures.json"
+
+
+def accept_failures(out_dir: Path, setting: str) -> list[int]:
+    """Note in a finished run folder that its failed shards were accepted under ``setting`` (the params key,
+    e.g. ``text_search.allow_failed_shards``), so that later stages reading the run (the image stage's matched
+    counts and misalignment) honour the same decision instead of asking again. Returns the shard indices.
+
+    The note holds the run's settings sha and each failed shard's input fingerprint: after a rerun that
+    changed either, ``accepted_failures`` no longer vouches for that shard.
+    """
+    run, records, _ = shard_records(out_dir)
+    failed = {r["shard"]: r.get("input") for r in records if r["status"] != "ok"}
+    note = {"setting": setting, "fingerprint_sha256": run["fingerprint_sha256"], "shards": list(failed.items())}
+    tmp = Path(out_dir) / f".{ACCEPTED_FILE}.tmp"
+    tmp.write_text(json.dumps(note, indent=1))
+    os.replace(tmp, Path(out_dir) / ACCEPTED_FILE)
+    return sorted(failed)
+
+
+def accepted_failures(out_dir: Path) -> set[int]:
+    """The failed shards of the run in ``out_dir`` that its stage accepted (``accept_failures``) and that
+    have not changed since."""
+    try:
+        note = json.loads((Path(out_dir) / ACCEPTED_FILE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return set()
+    run, records, _ = shard_records(out_dir)
+    if note.get("fingerprint_sha256") != run["fingerprint_sha256"]:
+        return set()
+    failed = {r["shard"]: r.get("input") for r in records if r["status"] != "ok"}
+    return {int(i) for i, fp in note.get("shards", []) if int(i) in failed and failed[int(i)] == fp}
+
+
 def search_corpus(
     name: str,
     entry: Mapping[str, Any],
@@ -172,6 +208,7 @@ def search_corpus(
     if not concepts["concept_id"].equals(pd.Series(range(len(concepts)), dtype=concepts["concept_id"].dtype)):
         raise ValueError("concept ids must be 0..n-1 in table order (the concepts stage writes them so)")
     out_dir = text_search_dir(name)
+    (out_dir / ACCEPTED_FILE).unlink(missing_ok=True)  # decided again below, for this run
     run_text_search(
         source,
         concepts["name"].tolist(),
@@ -190,6 +227,8 @@ def search_corpus(
     require_complete(
         shards, what=f"corpus {name}", setting="text_search.allow_failed_shards", allow_failed=allow_failed
     )
+    if allow_failed:
+        accept_failures(out_dir, "text_search.allow_failed_shards")
     counts = text_counts(out_dir, allow_failed=allow_failed)
     table = (
         concepts[["concept_id", "name"]].rename(columns={"name": "concept"}).merge(counts, on="concept_id", how="left")

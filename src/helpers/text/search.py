@@ -7,9 +7,8 @@ shards (process pool, Ray or serial, resumable) and reduces the per-shard hits t
 from __future__ import annotations
 
 import functools
-import json
 import os
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,15 +16,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
 
 from helpers.shards import (
+    SHARD_DIR,
     RunResult,
     Shard,
     ShardChunk,
-    merge_counts,
-    read_run,
+    check_complete,
+    distinct_pairs,
+    read_shard_stats,
     run_shards,
-    shard_records,
 )
 from helpers.text.captions import (
     CaptionSource,
@@ -180,42 +182,79 @@ def run_text_search(
     )
 
 
+class TextRunPairs:
+    """The (sample, concept) pairs a caption-search run counts, shard by shard: the one reading of a text run,
+    used by ``text_counts`` and by the matched counts (``helpers.images.frequencies``).
+
+    For ``unknown_words="drop"`` runs a concept's query is the set of its words present *somewhere in the
+    corpus* (the union of the counted shards' ``present_words``): a ``hits`` row counts only when the query
+    is the concept's full word set, and a ``partial`` row when its word mask is exactly the reduced query
+    (the paper's rule, see ``helpers.text.matching``). Other runs count their ``hits`` as they are.
+
+    Raises ``IncompleteRunError`` when a shard is not done, or failed and ``allow_failed`` is false.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, *, allow_failed: bool = False) -> None:
+        self.out_dir = Path(out_dir)
+        run, self.records = check_complete(self.out_dir, allow_failed)
+        fp = run.get("fingerprint", {})
+        self.n_concepts = int(run.get("n_concepts") or 0)
+        matcher = fp.get("matcher", {})
+        self.drop = matcher.get("mode") != "phrase" and matcher.get("unknown_words") == "drop"
+        if not self.drop:
+            return
+        present = np.zeros(len(fp["vocabulary"]), dtype=bool)
+        for record in self.records:  # failed ones are here only with allow_failed: they count
+            present[read_shard_stats(self.out_dir, record["shard"]).get("present_words", [])] = True
+        n = len(fp["concept_words"])
+        self.full = np.zeros(n, dtype=np.uint64)
+        self.query = np.zeros(n, dtype=np.uint64)
+        for c, words in enumerate(fp["concept_words"]):
+            for bit, w in enumerate(words):
+                self.full[c] |= np.uint64(1) << np.uint64(bit)
+                if present[w]:
+                    self.query[c] |= np.uint64(1) << np.uint64(bit)
+
+    def _table(self, record: dict, name: str) -> pa.Table | None:
+        info = record.get("files", {}).get(name)
+        return None if info is None else pq.read_table(self.out_dir / SHARD_DIR / info["file"])
+
+    def shard(self, record: dict) -> tuple[np.ndarray, np.ndarray]:
+        """Distinct sorted (sample_id int64, concept_id int32) arrays of one shard's completion record."""
+        hits = self._table(record, "hits")
+        if hits is None:
+            return np.zeros(0, np.int64), np.zeros(0, np.int32)
+        sample, concept = hits["sample_id"].to_numpy(), hits["concept_id"].to_numpy()
+        if self.drop:
+            keep = self.query[concept] == self.full[concept]
+            sample, concept = sample[keep], concept[keep]
+            partial = self._table(record, "partial")
+            if partial is not None and partial.num_rows:
+                pc = partial["concept_id"].to_numpy()
+                wanted = self.query[pc]
+                ok = (partial["word_mask"].to_numpy() == wanted) & (wanted != 0) & (wanted != self.full[pc])
+                sample = np.concatenate([sample, partial["sample_id"].to_numpy()[ok]])
+                concept = np.concatenate([concept, pc[ok]])
+        return distinct_pairs(sample, concept)
+
+    def __iter__(self) -> Iterator[tuple[dict, np.ndarray, np.ndarray]]:
+        """(completion record, sample ids, concept ids) per shard, one shard in memory at a time."""
+        for record in self.records:
+            yield (record, *self.shard(record))
+
+
 def text_counts(out_dir: str | os.PathLike, *, allow_failed: bool = False, progress: bool = False) -> pd.DataFrame:
     """Counts table of a caption search: concept_id (int32), count (int64) = distinct samples.
 
-    For ``unknown_words="drop"`` runs the corpus vocabulary is the union of the shards' present words, and
-    each concept is counted with exactly the query the whole corpus gives it.
+    Counts the pairs of ``TextRunPairs`` (so ``unknown_words="drop"`` runs count each concept with exactly
+    the query the whole corpus gives it). Streams one shard at a time.
     """
-    run = read_run(out_dir)
-    fp = run["fingerprint"]
-    matcher_fp = fp.get("matcher", {})
-    if matcher_fp.get("mode") == "phrase" or matcher_fp.get("unknown_words") != "drop":
-        return merge_counts(out_dir, allow_failed=allow_failed, progress=progress)
-    _, records, _ = shard_records(out_dir)
-    present = np.zeros(len(fp["vocabulary"]), dtype=bool)
-    for record in records:
-        if record["status"] == "ok" or allow_failed:
-            stats = json.loads((Path(out_dir) / "shards" / f"{record['shard']:06d}.stats.json").read_text())
-            present[stats.get("present_words", [])] = True
-    n = len(fp["concept_words"])
-    full = np.zeros(n, dtype=np.uint64)
-    query = np.zeros(n, dtype=np.uint64)
-    for c, words in enumerate(fp["concept_words"]):
-        for bit, w in enumerate(words):
-            full[c] |= np.uint64(1) << np.uint64(bit)
-            if present[w]:
-                query[c] |= np.uint64(1) << np.uint64(bit)
-
-    def complete(record: dict, table: pa.Table) -> np.ndarray:
-        concept = table["concept_id"].to_numpy()
-        return query[concept] == full[concept]
-
-    def reduced(record: dict, table: pa.Table) -> np.ndarray:
-        concept = table["concept_id"].to_numpy()
-        wanted = query[concept]
-        return (table["word_mask"].to_numpy() == wanted) & (wanted != 0) & (wanted != full[concept])
-
-    counts = merge_counts(out_dir, row_filter=complete, allow_failed=allow_failed, progress=progress)
-    extra = merge_counts(out_dir, table="partial", n_concepts=n, row_filter=reduced, allow_failed=allow_failed)
-    counts["count"] = counts["count"].to_numpy() + extra["count"].to_numpy()
-    return counts
+    pairs = TextRunPairs(out_dir, allow_failed=allow_failed)
+    counts = np.zeros(pairs.n_concepts, dtype=np.int64)
+    for _, _, concepts in tqdm(pairs, desc="merge", disable=not progress, total=len(pairs.records)):
+        if len(concepts):
+            shard_counts = np.bincount(concepts, minlength=len(counts))
+            if len(shard_counts) > len(counts):
+                raise ValueError(f"{out_dir}: concept id {len(shard_counts) - 1} >= n_concepts {len(counts)}")
+            counts += shard_counts
+    return pd.DataFrame({"concept_id": np.arange(len(counts), dtype=np.int32), "count": counts})
