@@ -248,9 +248,9 @@ def test_a_study_over_the_sample_corpus_end_to_end(workdir):
     assert got == {"Dog": expected["dog"], "mouse": expected["mouse"], "Hot-Dog": expected["hot dog"],
                    "teddy_bear": expected["teddy bear"], "knife": expected["knife"], "child": expected["child"]}  # fmt: skip
     assert fits["n_rows"].tolist() == [6, 6] and fits["count_type"].unique().tolist() == ["text"]
-    fig = figures.accuracy_vs_frequency(points, study, "tiny")
+    fig = figures.accuracy_vs_frequency(points, study, "tiny", "zero_shot")
     assert len([ax for ax in fig.axes if ax.get_legend()]) == 1
-    assert fig.axes[0].get_legend().get_texts()[1].get_text().startswith("binned r=")
+    assert fig.axes[0].get_legend().get_texts()[0].get_text().startswith("binned r=")
     fig = figures.concept_scatter(points, fits, study)
     assert "slope" in fig.axes[0].get_title()
 

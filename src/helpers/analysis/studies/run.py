@@ -84,12 +84,16 @@ def read_study_fits(tables_dir: str | os.PathLike | None = None) -> pd.DataFrame
     """Every study's fits.csv under ``<tables>/studies/*/`` stacked (``fits.FIT_COLUMNS``), for
     ``log_linear_fits.csv``; an empty table when no study has run."""
     folder = Path(tables_dir) if tables_dir else paths.tables_dir()
-    frames = [
-        pd.read_csv(p, keep_default_na=False, na_values=[""]) for p in sorted(folder.glob(f"studies/*/{FITS_FILE}"))
-    ]
+    frames = [read_fits_csv(p) for p in sorted(folder.glob(f"studies/*/{FITS_FILE}"))]
     if not frames:
         return pd.DataFrame(columns=list(fits_lib.FIT_COLUMNS))
     return schemas.FITS.validate(pd.concat(frames, ignore_index=True), lazy=True)
+
+
+def read_fits_csv(path: str | os.PathLike) -> pd.DataFrame:
+    """A fits CSV with its name columns read as text: a count type ``true`` stays the name, not a bool."""
+    names = ["task", "pretrain", "model", "prompt", "count_type", "metric", "zero_rule"]
+    return pd.read_csv(path, dtype=dict.fromkeys(names, str), keep_default_na=False, na_values=[""])
 
 
 def headline(fits: pd.DataFrame, zero_rule: str = "to_one") -> pd.DataFrame:
