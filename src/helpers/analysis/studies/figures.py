@@ -57,7 +57,10 @@ def accuracy_vs_frequency(points: pd.DataFrame, study: Study, model: str, task: 
             shown = panel[panel["k"] == panel["k"].min()] if task == "retrieval" else panel
             x = np.log10(np.maximum(shown["count"].to_numpy(), 1))
             ax.scatter(x, shown["score"], s=9, alpha=0.35, color="grey", label="_concepts")
-            for line, group in panel.groupby("line", sort=False):
+            for line in lines:
+                group = panel[panel["line"] == line]
+                if group.empty:
+                    continue
                 res = loglinear.binned_statistic(
                     group["count"], group["score"], n_edges=stats.n_edges[task], plotted=stats.plotted[task]
                 )
@@ -65,11 +68,13 @@ def accuracy_vs_frequency(points: pd.DataFrame, study: Study, model: str, task: 
                 label = _label(res.r, res.p) if task == "zero_shot" else f"{line}, {_label(res.r, res.p)}"
                 ax.plot(np.log10(curve["frequency"]), curve["mean"], marker="o", ms=4, color=palette[line], label=label)
             ax.legend(loc="upper left", fontsize=8, frameon=True)
-            ax.set_title(f"{count_type} counts, {column}", fontsize=10)
+            ax.set_ylim(-3, 103)
+            if i == 0:  # column headings once, row headings on the y axis: long count-type names never collide
+                ax.set_title(column, fontsize=11)
             ax.set_xlabel("log10 frequency" if i == len(count_types) - 1 else "")
-            ax.set_ylabel("score (%)" if j == 0 else "")
+            ax.set_ylabel(f"{count_type} counts\nscore (%)" if j == 0 else "")
     what = "zero-shot top-1 accuracy" if task == "zero_shot" else "retrieval recall"
-    fig.suptitle(f"Study {study.name}: {model}, per-concept {what} vs pretraining frequency")
+    fig.suptitle(f"Study {study.name}, {model}:\nper-concept {what} vs pretraining frequency", fontsize=12)
     fig.tight_layout()
     return fig
 
@@ -120,8 +125,9 @@ def concept_scatter(points: pd.DataFrame, fits: pd.DataFrame, study: Study) -> p
                     f"\nslope {f['slope_per_decade']:.1f} [{f['slope_ci_low']:.1f}, {f['slope_ci_high']:.1f}]/decade"
                 )
             ax.set_title(title, fontsize=10)
+            ax.set_ylim(-3, 103)
             ax.set_xlabel("log10 frequency")
             ax.set_ylabel(f"{model}\nscore (%)" if j == 0 else "")
-    fig.suptitle(f"Study {study.name}: {kind}, OLS fit with 95% CI (zeros {rule.replace('_', ' ')})")
+    fig.suptitle(f"Study {study.name}: {kind},\nOLS fit with 95% CI (zeros {rule.replace('_', ' ')})", fontsize=12)
     fig.tight_layout()
     return fig
