@@ -73,6 +73,11 @@ def _read_csv(path: Path) -> pd.DataFrame | None:
     return pd.read_csv(path, keep_default_na=False, na_values=[""]) if path.is_file() else None
 
 
+def _task_order(fig: Path) -> tuple[int, str]:
+    """A study's figures in the paper's order: zero-shot, then retrieval, then the rest."""
+    return (0 if "zero_shot" in fig.stem else 1 if "retrieval" in fig.stem else 2, fig.stem)
+
+
 def _truth_studies(tables: Path) -> set[str]:
     """Studies with true counts (a synthetic world): shown with the world, not with the user's studies."""
     out = set()
@@ -171,7 +176,7 @@ def build_index(reports: Path, title: str, intro: str = "") -> Path:
             if (folder == prefix or folder.startswith(prefix + "/")) and folder not in used:
                 used.add(folder)
                 out.extend(figs)
-        return out
+        return sorted(out, key=_task_order) if prefix.startswith(STUDIES + "/") else out
 
     blocks: list[tuple[str, str, list[str], int]] = []  # (id, heading, html parts, figures)
 

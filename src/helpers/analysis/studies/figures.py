@@ -14,7 +14,7 @@ import seaborn as sns
 from helpers.analysis import loglinear
 from helpers.analysis.studies.spec import Study
 
-PANEL_SIZE = (3.4, 3.0)  # inches per panel: labels stay readable at the report's width
+PANEL_SIZE = (3.0, 2.6)  # inches per panel: labels stay readable at the report's width
 WRAP = 3  # panels per row of the concept scatter
 
 
@@ -67,7 +67,7 @@ def accuracy_vs_frequency(points: pd.DataFrame, study: Study, model: str, task: 
                 curve = res.curve()
                 label = _label(res.r, res.p) if task == "zero_shot" else f"{line}, {_label(res.r, res.p)}"
                 ax.plot(np.log10(curve["frequency"]), curve["mean"], marker="o", ms=4, color=palette[line], label=label)
-            ax.legend(loc="upper left", fontsize=8, frameon=True)
+            ax.legend(loc="upper left", fontsize=8.5, frameon=True)
             ax.set_ylim(-3, 103)
             if i == 0:  # column headings once, row headings on the y axis: long count-type names never collide
                 ax.set_title(column, fontsize=11)
