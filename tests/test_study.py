@@ -293,3 +293,28 @@ def test_a_study_of_release_counts_with_a_local_model(workdir):
     with pytest.raises(ConfigError, match=r"counts.count_types: the release has no \['rampp0.7'\] counts for cc3m"):
         studies.run_study(check({"counts": {"release": "cc3m", "count_types": ["rampp0.7"]}, "models": ["tiny"],
                                  "datasets": ["syn-cls"]}))  # fmt: skip
+
+
+def test_a_release_model_is_scored_from_the_tidy_release_tables(workdir):
+    """A release model key reads its scores from the tidy tables; a dataset the release counted uses its own
+    count files (cifar10's 'cat' count, not imagenet's)."""
+    release = workdir / "data" / "processed" / "release"
+    freq = pd.DataFrame({
+        "downstream": ["cifar10", "cifar10", "imagenet"], "pretrain": "cc3m", "method": "lemmatized", "kind": "text",
+        "threshold": np.nan, "concept": ["cat", "airplane", "cat"], "count": [40, 4000, 999],
+    })  # fmt: skip
+    schemas.write_table(freq, schemas.FREQUENCIES, release / "frequencies.parquet")
+    zero_shot = pd.DataFrame({
+        "dataset": "cifar10", "prompt": "class", "model": "backboneRN50_pretrainedcc3m", "class_name": ["cat", "plane"],
+        "concept": ["cat", "airplane"], "accuracy": [30.0, 70.0],
+    })  # fmt: skip
+    schemas.write_table(zero_shot, schemas.ZERO_SHOT, release / "zero_shot.parquet")
+    retrieval = pd.DataFrame({"dataset": ["coco"], "direction": ["i2t"], "k": [1], "model": ["backboneRN50_pretrainedcc3m"],
+                              "concept": ["cat"], "recall": [0.5]}).astype({"k": "int64"})  # fmt: skip
+    schemas.write_table(retrieval, schemas.RETRIEVAL, release / "retrieval.parquet")
+    study = check({"counts": {"release": "cc3m", "count_types": ["lemmatized"]}, "models": ["backboneRN50_pretrainedcc3m"],
+                   "datasets": ["cifar10"]})  # fmt: skip
+    fits, points, coverage = studies.run_study(study)
+    assert points.set_index("concept")["count"].to_dict() == {"cat": 40, "airplane": 4000}
+    assert coverage["n_matched"].tolist() == [2] and set(points["task"]) == {"zero_shot"}
+    assert len(fits) == 2 and fits["n_rows"].tolist() == [2, 2]
