@@ -202,8 +202,6 @@ def test_a_synthetic_validation_threshold_is_a_probability(params):
     [
         ("image_corpora.sample_wds.corpus", "sample_wdss", "image_corpora.sample_wds.corpus: 'sample_wdss' is not an"),
         ("synthetic_validation.corpus", "nope", "synthetic_validation.corpus: 'nope' is not an entry of corpora"),
-        ("synthetic_validation.model", "clip", "synthetic_validation.model: 'clip' is not an entry of evaluation."),
-        ("synthetic_validation.datasets", ["x"], "synthetic_validation.datasets[0]: 'x' is not an entry of evaluation"),
         ("synthetic_validation.image_corpora", ["synthetic", "y"], "synthetic_validation.image_corpora[1]: 'y'"),
     ],
 )

@@ -59,8 +59,8 @@ def test_index_mentions_every_figure_path(built):
 
 def test_index_has_one_heading_per_figure_section(built):
     _, text = built
-    assert "<h2 id='zero_shot'>Zero shot</h2>" in text
-    assert "<h2 id='let_it_wag'>Let it wag</h2>" in text
+    assert "<h2 id='zero_shot'>Zero-shot classification</h2>" in text
+    assert "<h2 id='let_it_wag'>Let It Wag!</h2>" in text
     assert "4 figures, 2 tables" in text
 
 
@@ -98,3 +98,61 @@ def test_index_escapes_html_in_names_title_and_intro(built):
 def test_build_index_on_an_empty_reports_folder(tmp_path):
     text = report.build_index(tmp_path, title="Empty").read_text()
     assert "0 figures, 0 tables" in text
+
+
+def _fits(pretrain: str, count_type: str, slope: float) -> pd.DataFrame:
+    from helpers.analysis.fits import FIT_COLUMNS
+
+    row = dict.fromkeys(FIT_COLUMNS, 0.5)
+    row.update(task="zero_shot", pretrain=pretrain, model="m", prompt="class", count_type=count_type, metric="top1",
+               zero_rule="to_one", n_rows=10, n_bins_plotted=4, slope_per_decade=slope)  # fmt: skip
+    return pd.DataFrame([row])
+
+
+@pytest.fixture(scope="module")
+def paper_ordered(tmp_path_factory) -> str:
+    reports = tmp_path_factory.mktemp("ordered")
+    for folder in ("controls", "let_it_wag", "zero_shot", "retrieval", "misalignment", "text_search/sample_tsv",
+                   "image_search/sample_tsv", "tagger/sample", "synthetic", "synthetic_world", "studies/mine",
+                   "studies/synthetic", "brand_new"):  # fmt: skip
+        _png(reports / "figures" / folder / "f.png")
+    tables = reports / "tables"
+    (tables / "studies" / "mine").mkdir(parents=True)
+    (tables / "studies" / "synthetic").mkdir(parents=True)
+    _fits("mine", "text", 7.25).to_csv(tables / "studies" / "mine" / "fits.csv", index=False)
+    _fits("synthetic", "true", 3.0).to_csv(tables / "studies" / "synthetic" / "fits.csv", index=False)
+    pd.DataFrame({"dataset": ["cls"], "task": ["zero_shot"], "count_type": ["text"], "n_concepts": [3], "n_matched": [2],
+                  "n_unmatched": [1], "unmatched": ["yak"]}).to_csv(tables / "studies" / "mine" / "coverage.csv", index=False)  # fmt: skip
+    pd.concat([_fits("cc3m", "integrated_tlemmatized_i0.7", 4.5), _fits("mine", "text", 7.25)]).to_csv(
+        tables / "log_linear_fits.csv", index=False
+    )
+    pd.DataFrame({"matches": [True, True, False]}).to_csv(tables / "paper_legend_check.csv", index=False)
+    pd.DataFrame({"pretrain": ["cc3m"], "misaligned_samples": [5], "degree_extracted_size": [0.16],
+                  "degree_fixed_size": [0.14]}).to_csv(tables / "misalignment.csv", index=False)  # fmt: skip
+    return report.build_index(reports, title="t").read_text()
+
+
+def test_the_page_opens_with_the_summary_and_follows_the_papers_order(paper_ordered):
+    text = paper_ordered
+    order = ["id='summary'", "id='zero_shot'", "id='retrieval'", "id='controls'", "id='misalignment'",
+             "id='let_it_wag'", "id='studies'", "id='corpora'", "id='taggers'", "id='synthetic_world'",
+             "id='brand_new'", "id='tables'"]  # fmt: skip
+    positions = [text.index(f"<h2 {key}") for key in order]
+    assert positions == sorted(positions)
+    assert "<h3>sample_tsv</h3>" in text and "<h3>Tagger sample</h3>" in text
+
+
+def test_the_summary_holds_the_legend_check_slopes_misalignment_and_study_headlines(paper_ordered):
+    summary = paper_ordered[paper_ordered.index("id='summary'") : paper_ordered.index("<h2 id='zero_shot'")]
+    assert "2 of 3 binned r values" in summary
+    assert "<td>4.5</td>" in summary  # the release's headline slope (matched counts, class prompts)
+    assert "<td>0.16</td>" in summary  # the misalignment degree
+    assert "<td>7.25</td>" in summary and "<td>mine</td>" in summary  # the study's headline fit
+
+
+def test_a_study_with_true_counts_is_shown_with_the_synthetic_world(paper_ordered):
+    text = paper_ordered
+    studies = text[text.index("<h2 id='studies'") : text.index("<h2 id='corpora'")]
+    world = text[text.index("<h2 id='synthetic_world'") : text.index("<h2 id='brand_new'")]
+    assert "figures/studies/mine/f.png" in studies and "no count for: yak" in studies
+    assert "figures/studies/synthetic/f.png" in world and "figures/studies/synthetic/f.png" not in studies

@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import shutil
-import warnings
 
 import numpy as np
 import pandas as pd
@@ -20,10 +19,8 @@ import pandera.pandas as pa
 import pytest
 import torch
 
-from helpers import schemas
-from helpers.analysis import fits as analysis
-from helpers.evaluation.specs import OVERALL
-from helpers.evaluation.writers import EVALUATIONS
+from helpers.analysis import studies
+from helpers.analysis.studies.spec import Statistics
 from helpers.images.frequencies import frequency_table, matched_counts, misalignment
 from helpers.images.search import run_image_search
 from helpers.images.sources import decode_image
@@ -31,7 +28,6 @@ from helpers.images.taggers import Tagger
 from helpers.synthetic.validation import (
     SYNTHETIC_VALIDATION,
     estimated_pairs,
-    synthetic_fit_rows,
     true_frequency_table,
     validation_table,
 )
@@ -314,172 +310,36 @@ def test_true_frequency_table(world, truth_sets, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ fits
-
-NAMES = ["mouse", "fire truck", "goose", "cat", "child", "teddy bear"]
-TRUE = np.array([1, 3, 10, 30, 100, 1000])
-
-
-def corpus_frequencies(text, image, matched, names=NAMES, threshold=THRESHOLD) -> pd.DataFrame:
-    parts = [("text", np.nan, text), ("image", threshold, image), ("matched", threshold, matched)]
-    frames = [
-        pd.DataFrame(
-            {
-                "corpus": "syn",
-                "concept_id": np.arange(len(names), dtype=np.int32),
-                "concept": names,
-                "method": method,
-                "threshold": t,
-                "count": np.asarray(c, dtype=np.int64),
-            }
-        )
-        for method, t, c in parts
-    ]
-    return pd.concat(frames, ignore_index=True)
+# The fits on estimated and true counts are the study `synthetic` (tests/test_study.py); here only what needs
+# the world: with an oracle tagger, the image counts are the true shown counts, so their fits are equal.
 
 
-def evaluations(scores: dict[str, float], *, dataset="synthetic-cls", retrieval=True) -> pd.DataFrame:
-    rows = [
-        {
-            "model": "m",
-            "dataset": dataset,
-            "task": "zero_shot",
-            "prompt": "class",
-            "concept": c,
-            "metric": "top1",
-            "value": v,
-            "n": 5,
-        }
-        for c, v in scores.items()
-    ]
-    rows.append(
-        {
-            "model": "m",
-            "dataset": dataset,
-            "task": "zero_shot",
-            "prompt": "class",
-            "concept": OVERALL,
-            "metric": "top1",
-            "value": 50.0,
-            "n": 30,
-        }
-    )
-    if retrieval:
-        rows += [
-            {
-                "model": "m",
-                "dataset": "synthetic-ret",
-                "task": "retrieval",
-                "prompt": "-",
-                "concept": c,
-                "metric": "i2t_k=1",
-                "value": v / 100,
-                "n": 3,
-            }
-            for c, v in scores.items()
-        ]
-    return EVALUATIONS.validate(pd.DataFrame(rows).astype({"n": "int64"}))
-
-
-def test_fits_recover_a_known_log_linear_relation():
-    a, b = 20.0, 12.0
-    scores = {name.replace(" ", "_"): a + b * np.log10(c) for name, c in zip(NAMES, TRUE)}  # class-name spelling
-    freq = corpus_frequencies(text=TRUE * 10, image=TRUE[::-1], matched=TRUE)
-    truth = pd.DataFrame({"name": NAMES, "shown_count": TRUE})
-    fits, points = synthetic_fit_rows(
-        freq, truth, evaluations(scores), threshold=THRESHOLD, n_edges=4, resamples=50, seed=0
-    )
-    assert list(fits.columns) == list(analysis.FIT_COLUMNS)
-    schemas.FITS.validate(fits)
-    assert len(fits) == 2 * 4 * 2  # tasks x count types x zero rules
-    assert set(fits["pretrain"]) == {"synthetic"} and set(fits["count_type"]) == {"text", "image", "matched", "true"}
-    assert set(zip(fits["task"], fits["prompt"], fits["metric"])) == {
-        ("zero_shot", "class", "top1"),
-        ("retrieval", "-", "i2t_k=1"),
-    }
-    f = fits.set_index(["task", "count_type", "zero_rule"])
-    for task in ("zero_shot", "retrieval"):
-        for count_type, intercept in (("true", a), ("matched", a), ("text", a - b)):  # text counts are 10x
-            row = f.loc[(task, count_type, "to_one")]
-            assert row["slope_per_decade"] == pytest.approx(b) and row["intercept"] == pytest.approx(intercept)
-            assert row["concept_pearson_r"] == pytest.approx(1.0) and row["n_rows"] == len(NAMES)
-        assert f.loc[(task, "image", "to_one"), "concept_pearson_r"] < -0.5  # image counts are reversed
-    assert list(points.columns) == [
-        "task",
-        "model",
-        "dataset",
-        "prompt",
-        "metric",
-        "count_type",
-        "concept",
-        "count",
-        "score",
-    ]
-    assert len(points) == 2 * 4 * len(NAMES) and fits.attrs["unmatched"] == []
-    assert len(pd.concat([fits, fits])) == 2 * len(fits)  # what attrs hold does not break a concat
-    true_points = points[(points["count_type"] == "true") & (points["task"] == "retrieval")]
-    assert true_points.set_index("concept")["score"].to_dict() == pytest.approx(scores)
-
-
-def test_fits_report_unmatched_concepts_and_refuse_ambiguous_inputs():
-    scores = {**{n: 10.0 + i for i, n in enumerate(NAMES)}, "unicorn": 3.0}
-    freq = corpus_frequencies(text=TRUE, image=TRUE, matched=TRUE)
-    truth = pd.DataFrame({"name": NAMES[:-1], "shown_count": TRUE[:-1]})  # no true count for "teddy bear"
-    with pytest.warns(UserWarning, match="have no count"):
-        fits, points = synthetic_fit_rows(
-            freq, truth, evaluations(scores, retrieval=False), threshold=THRESHOLD, n_edges=4, resamples=0, seed=0
-        )
-    unmatched = pd.DataFrame(fits.attrs["unmatched"])
-    assert set(unmatched.columns) == {"task", "model", "dataset", "prompt", "metric", "count_type", "concept"}
-    assert sorted(unmatched[unmatched["count_type"] == "text"]["concept"]) == ["unicorn"]
-    assert sorted(unmatched[unmatched["count_type"] == "true"]["concept"]) == ["teddy bear", "unicorn"]
-    assert fits.set_index(["count_type", "zero_rule"]).loc[("true", "to_one"), "n_rows"] == 5
-    assert "unicorn" not in set(points["concept"])
-    with pytest.raises(ValueError, match="no image counts at threshold 0.7"):
-        synthetic_fit_rows(freq, truth, evaluations(scores), threshold=0.7, n_edges=4, resamples=0, seed=0)
-    two = pd.concat([evaluations(scores, retrieval=False), evaluations(scores, dataset="other", retrieval=False)])
-    with pytest.raises(ValueError, match="several datasets"):
-        synthetic_fit_rows(freq, truth, two, threshold=THRESHOLD, n_edges=4, resamples=0, seed=0)
-
-
-def test_fits_on_the_oracle_runs_match_the_true_counts(world, runs, table):
-    """End to end: the oracle's image counts are the shown counts, so their fits equal the true-count fits."""
+def test_study_fits_on_the_oracle_runs_match_the_true_counts(world, runs, table):
     freq = frequency_table("syn", runs["text"], runs["oracle"], [THRESHOLD], table)
     truth = true_frequency_table(world["out_dir"])
     scores = {n: float(5 + 10 * np.log10(c)) for n, c in zip(truth["name"], truth["shown_count"])}
-    with warnings.catch_warnings():  # counts without a score ("photo", "airplane") are no reason to warn
-        warnings.simplefilter("error")
-        fits, points = synthetic_fit_rows(
-            freq, truth, evaluations(scores, retrieval=False), threshold=THRESHOLD, n_edges=4, resamples=20, seed=0
-        )
-    assert fits.attrs["unmatched"] == []
+    counts = pd.concat(
+        [
+            pd.DataFrame({"count_type": freq["method"], "name": freq["concept"], "count": freq["count"]}),
+            pd.DataFrame({"count_type": "true", "name": truth["name"], "count": truth["shown_count"]}),
+        ],
+        ignore_index=True,
+    ).assign(downstream="")
+    evaluations = pd.DataFrame(
+        {"task": "zero_shot", "model": "m", "dataset": "syn-cls", "prompt": "class", "metric": "top1",
+         "concept": list(scores), "score": list(scores.values())}
+    )  # fmt: skip
+    points, coverage = studies.join_counts(
+        counts, evaluations, ["text", "image", "matched", "true"], preferred=truth["name"]
+    )
+    assert (coverage["n_unmatched"] == 0).all()  # counts without a score ("photo", "airplane") are no miss
+    study = studies.Study(
+        name="synthetic",
+        statistics=Statistics({"zero_shot": 4}, {"zero_shot": (None, None)}, "to_one", 20, 0),
+    )
+    fits = studies.study_fits(points, study)
     f = fits.set_index(["count_type", "zero_rule"])
     stat = ["n_rows", "concept_pearson_r", "slope_per_decade", "intercept", "binned_r"]
     assert f.loc[("image", "to_one"), stat].tolist() == pytest.approx(f.loc[("true", "to_one"), stat].tolist())
     assert f.loc[("true", "to_one"), "slope_per_decade"] == pytest.approx(10.0)
     assert set(points["concept"]) == set(world["concepts"])
-
-
-def test_spellings_of_one_concept_in_a_broad_table_are_joined_once():
-    """A searched table with the release's spellings ("fire-truck", "Fire Truck") beside the world's name."""
-    names = [*NAMES, "fire-truck", "Fire Truck", "American_Coot", "American coot"]
-    same = np.concatenate([TRUE, [3, 3, 7, 9]])  # equal counts for the fire truck spellings
-    truth = pd.DataFrame({"name": NAMES, "shown_count": TRUE})
-    scores = {n: 10.0 + i for i, n in enumerate(NAMES)}
-    freq = corpus_frequencies(text=same, image=same, matched=same, names=names)
-    fits, points = synthetic_fit_rows(
-        freq, truth, evaluations(scores, retrieval=False), threshold=THRESHOLD, n_edges=4, resamples=0, seed=0
-    )
-    assert (points.groupby(["count_type", "concept"]).size() == 1).all()
-    assert points[(points["count_type"] == "text") & (points["concept"] == "fire truck")]["count"].item() == 3
-    differing = np.concatenate([TRUE, [5, 6, 7, 9]])  # spellings disagree: the world's own spelling decides
-    freq = corpus_frequencies(text=differing, image=differing, matched=differing, names=names)
-    _, points = synthetic_fit_rows(
-        freq, truth, evaluations(scores, retrieval=False), threshold=THRESHOLD, n_edges=4, resamples=0, seed=0
-    )
-    assert points[(points["count_type"] == "text") & (points["concept"] == "fire truck")]["count"].item() == 3
-    without_world_spelling = [n if n != "fire truck" else "fire_truck" for n in names]
-    freq = corpus_frequencies(text=differing, image=differing, matched=differing, names=without_world_spelling)
-    with pytest.raises(ValueError, match="sharing a concept_key"):
-        synthetic_fit_rows(
-            freq, truth, evaluations(scores, retrieval=False), threshold=THRESHOLD, n_edges=4, resamples=0, seed=0
-        )

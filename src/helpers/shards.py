@@ -62,8 +62,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from helpers.params.errors import ConfigError  # the one error type for bad params
 from helpers.hashing import file_fingerprint, json_default, sha256_json
+from helpers.params.errors import ConfigError  # the one error type for bad params
 
 SAMPLE_ID_SHIFT = 32
 MAX_SHARDS = 1 << 31  # keeps sample ids non-negative int64

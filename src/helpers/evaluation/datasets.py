@@ -31,9 +31,9 @@ from helpers.evaluation.specs import (
     digest,
     read_lines,
 )
+from helpers.hashing import file_fingerprint
 from helpers.params import ConfigError, validate_union
 from helpers.params.evaluation import Dataset as DatasetParams
-from helpers.hashing import file_fingerprint
 from helpers.text.captions import CaptionSource, iter_tar_samples, list_shards
 
 # =========================================================================================== datasets

@@ -8,8 +8,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from helpers.params import ConfigError
 from helpers.hashing import sha256_file, sha256_json
+from helpers.params import ConfigError
 
 CACHE_VERSION = 1
 PROMPT_SETS = ("class", "simple", "ensemble")

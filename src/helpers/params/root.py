@@ -204,8 +204,6 @@ def _reference_errors(data: Mapping[str, Any]) -> list[str]:
     errors = []
     corpora = _entries(data, "corpora")
     image_corpora = _entries(data, "image_corpora")
-    models = _entries(data, "evaluation", "models")
-    datasets = _entries(data, "evaluation", "datasets")
 
     def refer(key: str, value: Any, known: Mapping[str, Any], section: str) -> None:
         if isinstance(value, str) and value not in known:
@@ -220,9 +218,6 @@ def _reference_errors(data: Mapping[str, Any]) -> list[str]:
         refer("synthetic_validation.corpus", validation.get("corpus"), corpora, "corpora")
         for i, value in enumerate(validation.get("image_corpora") or []):
             refer(f"synthetic_validation.image_corpora[{i}]", value, image_corpora, "image_corpora")
-        refer("synthetic_validation.model", validation.get("model"), models, "evaluation.models")
-        for i, value in enumerate(validation.get("datasets") or []):
-            refer(f"synthetic_validation.datasets[{i}]", value, datasets, "evaluation.datasets")
     for name, entry in corpora.items():
         concepts = _get(entry, "concepts")
         why = concept_table_error(concepts) if isinstance(concepts, str) else None

@@ -177,9 +177,6 @@ class SyntheticValidation(Section):
     world: NonEmptyStr
     corpus: NonEmptyStr = Field(description="the caption side: a corpora entry")
     image_corpora: Annotated[list[NonEmptyStr], Field(min_length=1)] = Field(
-        description="image_corpora entries; the first gives the fits' image and matched counts"
+        description="image_corpora entries, each tagger scored against the truth"
     )
     threshold: Probability = 0.7
-    model: NonEmptyStr = Field(description="an evaluation.models entry")
-    datasets: Annotated[list[NonEmptyStr], Field(min_length=1)] = Field(description="evaluation.datasets entries")
-    n_edges: Annotated[int, Field(ge=2)] = 8

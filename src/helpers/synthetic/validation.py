@@ -2,8 +2,9 @@
 
 Why: on a real corpus the caption search, the image tagger and the log-linear fit can only be checked
 against each other. In a synthetic world every sample's *shown* and *mentioned* concepts are known, so each
-estimate of the pipeline gets a precision and a recall, the estimated misalignment gets its true value, and
-the log-linear fits can be redone with the true counts beside the estimated ones.
+estimate of the pipeline gets a precision and a recall, and the estimated misalignment gets its true value.
+The log-linear fits on the estimated and the true counts are not done here: the world is an ordinary study
+(``params.yaml`` ``studies.synthetic``, ``helpers.analysis.studies``) whose count types include ``true``.
 
 Concept ids: the runs number concepts by the searched *concept table* (any superset of the world's concepts);
 the truth tables by the *world* (0..K-1, names in ``truth/concepts.parquet``). Table concepts are mapped to
@@ -16,13 +17,11 @@ Public API::
     estimated_pairs(text_dir, image_dir, threshold, concepts, world_names) -> (sample_id, concept_id, in_text, in_image)
     validation_table(world_dir, text_dir, image_dir, concepts, threshold) -> SYNTHETIC_VALIDATION rows
     true_frequency_table(world_dir) -> truth/concepts.parquet + matched_count
-    synthetic_fit_rows(frequencies, truth_concepts, evaluations, threshold=..., ...) -> (fits, points)
 """
 
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,12 +31,7 @@ import pandas as pd
 import pandera.pandas as pa
 from scipy import stats
 
-from helpers import paths, schemas
-from helpers.analysis import fits as analysis
-from helpers.evaluation.pair import EVALUATIONS_FILE
-from helpers.evaluation.specs import NO_PROMPT, OVERALL
-from helpers.evaluation.writers import EVALUATIONS
-from helpers.evaluation.writers import read_evaluations as read_evaluations_table
+from helpers import schemas
 from helpers.images.corpora import frequencies_path
 from helpers.images.frequencies import METHODS, _concept_names, paired_shards
 from helpers.images.search import check_thresholds, image_search_dir, stored_floor
@@ -48,7 +42,6 @@ from helpers.shards import distinct_pairs
 from helpers.text import corpora
 
 PAIR_KEYS = ["sample_id", "concept_id"]
-COUNT_TYPES = ("text", "image", "matched", "true")
 VALIDATION_METHODS = (*METHODS, "misalignment")
 # estimator -> (estimated flag(s), true flag(s), what the truth is): a pair is counted when all its flags hold
 _ESTIMATORS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
@@ -280,132 +273,6 @@ def validation_table(
     return SYNTHETIC_VALIDATION.validate(table, lazy=True)
 
 
-# --------------------------------------------------------------------------------------------- fits
-
-
-def _count_table(
-    frequencies: pd.DataFrame, truth_concepts: pd.DataFrame, threshold: float, keys: set[str]
-) -> pd.DataFrame:
-    """(count_type, key, count) for the text, image and matched counts at ``threshold`` and the true counts."""
-    frequencies = schemas.CORPUS_FREQUENCIES.validate(frequencies, lazy=True)
-    corpora = frequencies["corpus"].unique()
-    if len(corpora) > 1:
-        raise ValueError(f"frequencies: one corpus expected, got {sorted(corpora)}")
-    at = np.isclose(frequencies["threshold"], threshold, rtol=0.0, atol=1e-9)
-    parts = []
-    for method in METHODS:
-        rows = frequencies[(frequencies["method"] == method) & (at | (method == "text"))]
-        if rows.empty:
-            have = sorted(frequencies.loc[frequencies["method"] == method, "threshold"].dropna().unique())
-            raise ValueError(f"frequencies: no {method} counts at threshold {threshold} (thresholds: {have})")
-        parts.append(pd.DataFrame({"count_type": method, "name": rows["concept"], "count": rows["count"]}))
-    parts.append(
-        pd.DataFrame({"count_type": "true", "name": truth_concepts["name"], "count": truth_concepts["shown_count"]})
-    )
-    counts = pd.concat(parts, ignore_index=True).assign(key=lambda df: df["name"].map(concept_key))
-    # only the scored concepts are joined: a broader searched table (the release's 4,029 concepts, say) may
-    # hold spellings of other concepts that share a key ("American_Coot", "American coot")
-    world_names = set(truth_concepts["name"])
-    counts = counts[counts["key"].isin(keys)]
-    # Spellings of one concept ("hot dog", "hot-dog") count alike under the phrase search: keep one of them;
-    # if their counts differ, the world's own spelling decides, and without it the join is ambiguous.
-    same = counts.groupby(["count_type", "key"])["count"].transform("nunique") == 1
-    exact = counts["name"].isin(world_names)
-    has_exact = exact.groupby([counts["count_type"], counts["key"]]).transform("any")
-    counts = counts[(same & ~counts.duplicated(["count_type", "key"])) | (~same & exact) | (~same & ~has_exact)]
-    clash = counts[counts.duplicated(["count_type", "key"], keep=False)]
-    if len(clash):
-        raise ValueError(f"counts: names sharing a concept_key cannot be joined: {sorted(set(clash['name']))[:10]}")
-    return counts[["count_type", "key", "count"]].astype({"count": "int64"})
-
-
-def _score_groups(evaluations: pd.DataFrame) -> pd.DataFrame:
-    """Per-concept scores: (task, model, dataset, prompt, metric, concept, score) in percent points."""
-    evaluations = EVALUATIONS.validate(evaluations, lazy=True)  # percent vs fraction is checked per task
-    per_concept = evaluations[evaluations["concept"] != OVERALL]
-    zero_shot = per_concept[(per_concept["task"] == "zero_shot") & (per_concept["metric"] == "top1")]
-    retrieval = per_concept[per_concept["task"] == "retrieval"]
-    scores = pd.concat(
-        [
-            zero_shot.assign(score=zero_shot["value"]),
-            retrieval.assign(prompt=NO_PROMPT, score=100.0 * retrieval["value"]),
-        ],
-        ignore_index=True,
-    )
-    several = scores.groupby(["task", "model", "prompt", "metric"])["dataset"].nunique()
-    if (several > 1).any():
-        raise ValueError(
-            "evaluations: several datasets for one (task, model, prompt, metric); the fit table has no dataset "
-            f"column, so give one dataset per task ({several[several > 1].index.tolist()[:5]})"
-        )
-    return scores[["task", "model", "dataset", "prompt", "metric", "concept", "score"]]
-
-
-def synthetic_fit_rows(
-    frequencies: pd.DataFrame,
-    truth_concepts: pd.DataFrame,
-    evaluations: pd.DataFrame,
-    *,
-    threshold: float,
-    n_edges: int,
-    resamples: int,
-    seed: int,
-    pretrain: str = "synthetic",
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Log-linear fits of per-concept scores on the estimated (text, image, matched) and the true counts.
-
-    Why: the slope per decade the study reports is only as good as its counts; fitting the same scores on
-    the true shown counts shows how much the estimated counts bend it. ``frequencies``: the corpus frequency
-    table (``schemas.CORPUS_FREQUENCIES``), image and matched counts taken at ``threshold``; ``truth_concepts``:
-    ``truth/concepts.parquet`` (name, shown_count); ``evaluations``: the tidy ``evaluation.EVALUATIONS`` table.
-    Each zero-shot (model, dataset, prompt) group (top1, percent) and each retrieval (model, dataset, metric)
-    group (100 x recall, prompt ``-``) is fitted per count type with ``analysis.fit_rows``; counts and scores
-    are joined by ``concept_key``. Returns (fits with exactly ``analysis.FIT_COLUMNS``, points: task, model,
-    dataset, prompt, metric, count_type, concept, count, score). Evaluated concepts without a count are
-    warned about and listed in ``fits.attrs["unmatched"]`` (records with task, model, dataset, prompt, metric,
-    count_type, concept), never dropped silently.
-    """
-    scores = _score_groups(evaluations).assign(key=lambda df: df["concept"].map(concept_key))
-    counts = _count_table(frequencies, truth_concepts, threshold, set(scores["key"]))
-    group_keys = ["task", "model", "dataset", "prompt", "metric"]
-    full = scores.merge(pd.DataFrame({"count_type": COUNT_TYPES}), how="cross")  # every score per count type
-    full = full.merge(counts, on=["count_type", "key"], how="left", validate="many_to_one")
-    unmatched = full[full["count"].isna()][[*group_keys, "count_type", "concept"]].reset_index(drop=True)
-    points = full[full["count"].notna()].astype({"count": "int64"})
-    points = (
-        points[[*group_keys, "count_type", "concept", "count", "score"]]
-        .sort_values([*group_keys, "count_type", "concept"], kind="stable")
-        .reset_index(drop=True)
-    )
-    records = []
-    for (task, model, _dataset, prompt, metric, count_type), group in points.groupby(
-        [*group_keys, "count_type"], sort=True
-    ):
-        rows = analysis.Rows(data=group[["dataset", "concept", "count", "score"]].reset_index(drop=True))
-        key = {
-            "task": task,
-            "pretrain": pretrain,
-            "model": model,
-            "prompt": prompt,
-            "count_type": count_type,
-            "metric": metric,
-        }
-        for record in analysis.fit_rows(rows, n_edges=n_edges, plotted=(None, None), resamples=resamples, seed=seed):
-            records.append({**key, **record})
-    fits = pd.DataFrame(records, columns=list(analysis.FIT_COLUMNS))
-    fits = fits.astype({"n_rows": "int64", "n_bins_plotted": "int64"})
-    fits = schemas.FITS.validate(fits, lazy=True)
-    if len(unmatched):
-        per_group = unmatched.groupby(["task", "dataset", "count_type"])["concept"].nunique()
-        warnings.warn(
-            f"{len(unmatched)} (score, count type) rows have no count and are left out of the fits: "
-            f"{per_group.to_dict()}; see fits.attrs['unmatched']",
-            stacklevel=2,
-        )
-    fits.attrs["unmatched"] = unmatched.to_dict("records")  # plain records: a DataFrame in attrs breaks pd.concat
-    return fits, points
-
-
 # ------------------------------------------------------------------------------------------- stage
 
 
@@ -447,86 +314,6 @@ def validation_report(settings: Mapping[str, Any], base: str | os.PathLike) -> p
     return pd.concat(frames, ignore_index=True)
 
 
-def read_evaluations(model: str, datasets: Sequence[str]) -> pd.DataFrame:
-    """The evaluate stage's tidy results of ``model`` on ``datasets`` (one table)."""
-    frames = []
-    for dataset in datasets:
-        path = paths.processed_dir() / "evaluations" / model / dataset / EVALUATIONS_FILE
-        if not path.exists():
-            raise ConfigError(
-                f"synthetic_validation: no evaluation of {model} on {dataset} at {path} "
-                "(add both to evaluation.models / evaluation.datasets)"
-            )
-        frames.append(read_evaluations_table(path))
-    return pd.concat(frames, ignore_index=True)
-
-
-def fits_report(
-    settings: Mapping[str, Any], base: str | os.PathLike, *, resamples: int, seed: int
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Fits and points of the trained model's scores against every count type, for each tagger.
-
-    Returns (fits: ``image_corpus`` + ``analysis.FIT_COLUMNS``, points: ``image_corpus`` + the points of
-    ``synthetic_fit_rows``). Text and true counts do not depend on the tagger, so they come once, with the
-    first image corpus (whose rows are the ones the release's fit table receives).
-    """
-    settings = _check_stage_settings(settings)
-    world = Path(base) / settings.world
-    truth = _world_concepts(world)
-    evaluations = read_evaluations(settings.model, settings.datasets)
-    fit_frames, point_frames = [], []
-    for i, name in enumerate(settings.image_corpora):
-        frequencies = schemas.read_table(frequencies_path(name), schemas.CORPUS_FREQUENCIES)
-        fits, points = synthetic_fit_rows(
-            frequencies, truth, evaluations, threshold=float(settings.threshold), n_edges=int(settings.n_edges),
-            resamples=resamples, seed=seed,
-        )  # fmt: skip
-        if i:
-            fits = fits[fits["count_type"].isin(["image", "matched"])]
-            points = points[points["count_type"].isin(["image", "matched"])]
-        fit_frames.append(fits.assign(image_corpus=name))
-        point_frames.append(points.assign(image_corpus=name))
-    fits = pd.concat(fit_frames, ignore_index=True)
-    points = pd.concat(point_frames, ignore_index=True)
-    first = ["image_corpus"]
-    return fits[first + list(analysis.FIT_COLUMNS)], points[first + [c for c in points if c not in first]]
-
-
-def release_fit_rows(fits: pd.DataFrame) -> pd.DataFrame:
-    """The rows of ``fits_report`` that join ``log_linear_fits.csv``: the first tagger's, its columns only."""
-    if fits.empty:
-        return pd.DataFrame(columns=list(analysis.FIT_COLUMNS))
-    first = fits["image_corpus"].iloc[0]
-    return fits[fits["image_corpus"] == first][list(analysis.FIT_COLUMNS)].reset_index(drop=True)
-
-
-def plot_accuracy_vs_frequency(points: pd.DataFrame):
-    """Zero-shot accuracy (or retrieval recall) per concept against log10 frequency, one panel per count type."""
-    import seaborn as sns
-
-    data = points[points["image_corpus"] == points["image_corpus"].iloc[0]].copy()
-    data["log10_count"] = np.log10(np.maximum(data["count"].to_numpy(), 1))
-    data["score_kind"] = np.where(
-        data["task"] == "zero_shot", "zero-shot top-1, " + data["prompt"] + " prompts", "retrieval " + data["metric"]
-    )
-    keep = data["score_kind"].isin(sorted(data["score_kind"].unique())[:4])
-    grid = sns.lmplot(
-        data=data[keep],
-        x="log10_count",
-        y="score",
-        col="count_type",
-        hue="score_kind",
-        col_order=[c for c in COUNT_TYPES if c in set(data["count_type"])],
-        height=3.0,
-        aspect=1.0,
-        scatter_kws={"s": 12, "alpha": 0.6},
-        ci=None,
-    )
-    grid.set_axis_labels("log10 pretraining frequency (zeros as 1)", "per-concept score (%)")
-    grid.set_titles("{col_name} counts")
-    return grid.figure
-
-
 def plot_estimated_vs_true(settings: Mapping[str, Any], base: str | os.PathLike):
     """Per-concept estimated counts (text, image, matched; each tagger) against the true ones, log-log."""
     import seaborn as sns
@@ -564,16 +351,10 @@ def plot_estimated_vs_true(settings: Mapping[str, Any], base: str | os.PathLike)
 
 
 __all__ = [
-    "COUNT_TYPES",
     "SYNTHETIC_VALIDATION",
     "estimated_pairs",
-    "fits_report",
     "image_run_dir",
-    "plot_accuracy_vs_frequency",
     "plot_estimated_vs_true",
-    "read_evaluations",
-    "release_fit_rows",
-    "synthetic_fit_rows",
     "true_frequency_table",
     "validation_report",
     "validation_table",
