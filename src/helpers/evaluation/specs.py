@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from helpers.shards import ConfigError
+from helpers.text.encodings import EncodingError, read_text_file, split_lines
 
 CACHE_VERSION = 1
 PROMPT_SETS = ("class", "simple", "ensemble")
@@ -59,7 +60,16 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
 
 
 def read_lines(path: str | os.PathLike) -> list[str]:
-    return [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    """Non-blank lines of a text file, stripped (class names, concept lists).
+
+    UTF-8 (a byte-order mark dropped) or UTF-16/32 with a byte-order mark; lines end at ``\n`` or
+    ``\r\n`` only (``helpers.text.encodings``). Raises ``ConfigError`` naming the file otherwise.
+    """
+    try:
+        text = read_text_file(path)
+    except EncodingError as err:
+        raise ConfigError(str(err)) from err
+    return [line.strip() for line in split_lines(text) if line.strip()]
 
 
 class Section:

@@ -81,6 +81,7 @@ from helpers.text.captions import (
     list_shards,
     read_shard,
 )
+from helpers.text.encodings import EncodingError, read_text_file, split_lines
 from helpers.text.matching import DEFAULT_SPACY_MODEL, PAPER_POS, caption_lemmas, concept_lemmas, load_spacy_pipeline
 
 PARAMS_KEY = "concepts.downstream"
@@ -236,7 +237,8 @@ def read_class_names_file(path: str | os.PathLike, key: str = "class_names_file"
 
     A line whose first non-blank character is ``#`` is a comment, and so is everything from a ``#`` that
     follows white space (``dog  # the animal``); a ``#`` inside a name (``C#``) is kept. ``key`` names the
-    params key in error messages.
+    params key in error messages. UTF-8 (a byte-order mark is dropped) or UTF-16/32 with a byte-order
+    mark; lines end at ``\n`` or ``\r\n`` (``helpers.text.encodings``).
     """
     path = Path(path)
     if not path.exists():
@@ -244,11 +246,11 @@ def read_class_names_file(path: str | os.PathLike, key: str = "class_names_file"
     if not path.is_file():
         raise ConfigError(f"{key}: not a file: {path}")
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"{key}: {path} is not UTF-8 text: {err}") from err
+        text = read_text_file(path)
+    except EncodingError as err:
+        raise ConfigError(f"{key}: {err}") from err
     names = []
-    for line in text.splitlines():
+    for line in split_lines(text):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
