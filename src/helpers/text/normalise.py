@@ -58,6 +58,7 @@ _ASCII_LUT = np.array(
     dtype=np.uint8,
 )
 _TAG = re.compile(r"<[A-Za-z/!][^<>]*>")
+_SPECIAL = re.compile(r"[&<]")
 DASHES = "\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe63\uff0d"
 APOSTROPHES = "\u2019\u02bc\uff07\u0060\u00b4"
 _REGULAR_PLURALS = (("", "s"), ("", "es"), ("y", "ies"), ("f", "ves"), ("fe", "ves"))
@@ -162,15 +163,19 @@ def normalise_batch(texts: list) -> tuple[str, np.ndarray | None]:
     caption in the text (None: input order).
     """
     try:
-        plain = list(map(str.isascii, texts))
+        is_plain = np.fromiter(map(str.isascii, texts), dtype=bool, count=len(texts))
     except TypeError:  # None, NaN or another non-string: an empty caption
         texts = [t if isinstance(t, str) else "" for t in texts]
-        plain = list(map(str.isascii, texts))
-    joined_plain = "".join(itertools.compress(texts, plain))
-    if "&" in joined_plain or "<" in joined_plain:
-        plain = [p and "&" not in t and "<" not in t for p, t in zip(plain, texts)]
-    is_plain = np.array(plain, dtype=bool)
-    if is_plain.all():
+        is_plain = np.fromiter(map(str.isascii, texts), dtype=bool, count=len(texts))
+    all_ascii = bool(is_plain.all())
+    ascii_texts = texts if all_ascii else list(itertools.compress(texts, is_plain))
+    joined = "".join(ascii_texts)
+    if "&" in joined or "<" in joined:  # the few ASCII captions with an entity or a tag: fold them too
+        ends = np.cumsum(np.fromiter(map(len, ascii_texts), dtype=np.int64, count=len(ascii_texts)))
+        positions = np.array([m.start() for m in _SPECIAL.finditer(joined)], dtype=np.int64)
+        special = np.unique(np.searchsorted(ends, positions, side="right"))
+        is_plain[special if all_ascii else np.flatnonzero(is_plain)[special]] = False
+    elif all_ascii:
         return _normalise_part(texts), None
     folded = [fold_text(t) for t in itertools.compress(texts, ~is_plain)]
     text = _normalise_part(folded)
