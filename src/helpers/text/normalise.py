@@ -39,13 +39,17 @@ from __future__ import annotations
 import functools
 import gzip
 import html
+import importlib
+import importlib.abc
 import importlib.resources
 import itertools
 import json
 import re
+import sys
 import unicodedata
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 
@@ -195,16 +199,42 @@ def spacy_lookup_table() -> Mapping[str, str]:
         return MappingProxyType(json.load(fh))
 
 
-def _noun_lemmas(word: str) -> tuple[str, ...]:
-    from lemminflect import getAllLemmas
+class _SkipSpacy(importlib.abc.MetaPathFinder):
+    """Refuses ``import spacy`` while lemminflect is imported (see ``_lemminflect``)."""
 
-    return tuple(getAllLemmas(word, upos="NOUN").get("NOUN", ()))
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        if name == "spacy" or name.startswith("spacy."):
+            raise ImportError("spaCy is not imported for lemminflect's dictionary look-ups")
+
+
+@functools.lru_cache(maxsize=1)
+def _lemminflect() -> Any:
+    """lemminflect, imported without its optional spaCy hook when spaCy is not loaded yet.
+
+    lemminflect's ``__init__`` imports spaCy (when installed) only to register ``Token._.lemma``, which
+    nothing here uses; importing spaCy (and, through thinc, torch) would cost seconds and about 0.75 GB
+    in every text-search worker. Only lemminflect's dictionary look-ups are used (no pickled OOV models).
+    """
+    if "spacy" in sys.modules:
+        return importlib.import_module("lemminflect")
+    finder = _SkipSpacy()
+    sys.meta_path.insert(0, finder)
+    try:
+        return importlib.import_module("lemminflect")
+    finally:
+        sys.meta_path.remove(finder)
+
+
+def _noun_lemmas(word: str) -> tuple[str, ...]:
+    return tuple(_lemminflect().getAllLemmas(word, upos="NOUN").get("NOUN", ()))
+
+
+def _verb_lemmas(word: str) -> tuple[str, ...]:
+    return tuple(_lemminflect().getAllLemmas(word, upos="VERB").get("VERB", ()))
 
 
 def _noun_plurals(lemma: str) -> tuple[str, ...]:
-    from lemminflect import getAllInflections
-
-    return tuple(getAllInflections(lemma, upos="NOUN").get("NNS", ()))
+    return tuple(_lemminflect().getAllInflections(lemma, upos="NOUN").get("NNS", ()))
 
 
 @functools.lru_cache(maxsize=1)
@@ -226,14 +256,12 @@ def noun_lemma_corrections() -> Mapping[str, str]:
     (b) lemminflect knows ``word`` as a plural-only noun and ``lemma`` as none of its noun lemmas
     (``clothes -> clothes``, ``scissors -> scissors``).
     """
-    from lemminflect import getAllLemmas
-
     exceptions = spacy_noun_exceptions()
     out: dict[str, str] = {}
     for word, lemma in spacy_lookup_table().items():
         if word == lemma or not word.endswith("s") or not word.isalpha():
             continue
-        if lemma not in getAllLemmas(word, upos="VERB").get("VERB", ()):
+        if lemma not in _verb_lemmas(word):
             continue
         first = exceptions.get(word, [None])[0]
         nouns = _noun_lemmas(word)
