@@ -104,12 +104,15 @@ def test_class_names_appended_sorted_with_sources(release):
     assert table.loc["Aardvark", "key"] == "aardvark"
 
 
-def test_irregular_plural_lemmas_and_exact_name_rule(release):
-    table = build_concept_table(release, {"d": {"class_names": ["mice", "Hot_Dogs", "geese"]}}).set_index("name")
-    assert table.loc["mice", "lemmas"] == ["mouse"]
-    assert table.loc["geese", "lemmas"] == ["goose"]
-    assert table.loc["Hot_Dogs", "lemmas"] == ["hot", "dog"]
-    # "mice" is not the name "mouse": its own row (same lemmas, different key)
+def test_plural_names_kept_as_written_and_exact_name_rule(release):
+    names = ["mice", "Hot_Dogs", "geese", "Leaf", "wolf"]
+    table = build_concept_table(release, {"d": {"class_names": names}}).set_index("name")
+    # a concept named in the plural is matched as written (issue 12): its "lemmas" are the plural words
+    assert table.loc["mice", "lemmas"] == ["mice"]
+    assert table.loc["geese", "lemmas"] == ["geese"]
+    assert table.loc["Hot_Dogs", "lemmas"] == ["hot", "dogs"]
+    assert table.loc["Leaf", "lemmas"] == ["leaf"] and table.loc["wolf", "lemmas"] == ["wolf"]
+    # "mice" is not the name "mouse": its own row (different key)
     assert table.loc["mice", "concept_id"] != table.loc["mouse", "concept_id"]
     assert table.loc["mice", "key"] == "mice"
 

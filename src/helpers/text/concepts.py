@@ -476,7 +476,7 @@ def build_concept_table(
     relative paths in it are resolved against ``base_dir`` (default: the working directory). ``nlp``:
     a spaCy-like pipeline for ``noun_extractor: spacy`` entries (loaded from ``spacy_model`` when None).
     ``lemma_table``: the lookup lemma table (default spaCy's English one) for ``lemmas`` and for the
-    ``lemmas`` column.
+    ``lemmas`` column (``matching.concept_lemmas``: lemmas, with plural nouns kept as written).
 
     Returns ``DataFrame(concept_id int32, name, key, lemmas list[str], sources list[str])`` validated by
     ``schemas.CONCEPT_TABLE``: new concepts are sorted by name; a name already present only gets the new
