@@ -349,3 +349,16 @@ def test_without_the_release_the_table_holds_the_downstream_concepts_alone():
     # the entry's `data` key (the folder DVC tracks) is accepted and not read
     with_data = build_concept_table(None, {"toy": {"data": "anywhere", "class_names": ["mouse"]}})
     assert with_data["name"].tolist() == ["mouse"]
+
+
+def test_retrieval_extraction_decodes_entities_and_markup():
+    # issue 12: retrieval-caption concepts see the caption as the search does (entities, tags, format chars)
+    pairs = [
+        ("a", "&lt;b&gt;dogs&lt;/b&gt; on the beach"),
+        ("b", "ki\u00adtes &amp;amp; dogs"),
+        ("c", "salt &amp; mice"),
+    ]
+    out = extract_caption_concepts(pairs, min_images=1, captions_per_image=5, noun_extractor="spacy", nlp=FakeNLP())
+    assert dict(zip(out["name"], out["n_images"])) == {"dog": 2, "beach": 1, "kite": 1, "mouse": 1}
+    out = extract_caption_concepts(pairs, min_images=1, captions_per_image=5, noun_extractor="lemmas")
+    assert not set(out["name"]) & {"amp", "lt", "gt", "b"} and {"dog", "kite", "salt"} <= set(out["name"])

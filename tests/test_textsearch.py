@@ -457,3 +457,14 @@ def test_fingerprint():
     assert fp != TextMatcher(["cat"]).fingerprint()
     assert TextMatcher(["dog"], "paper", nlp=FakeNLP()).fingerprint()["nlp"]["name"] == "fake_en"
     assert math.isfinite(len(fp["lemma_table_sha256"]))
+
+
+def test_paper_mode_decodes_entities_and_markup():
+    # issue 12: every mode reads captions with entities decoded and tags/format characters removed
+    got = match_captions(
+        ["salt &amp; pepper", "&lt;b&gt;dog&lt;/b&gt;", "an ele\u00adphant"],
+        ["amp", "b", "dog", "elephant"],
+        mode="paper",
+        nlp=FakeNLP(),
+    )
+    assert got == [[], ["dog"], ["elephant"]]

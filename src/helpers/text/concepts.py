@@ -83,6 +83,7 @@ from helpers.text.captions import (
 )
 from helpers.text.encodings import EncodingError, read_text_file, split_lines
 from helpers.text.matching import DEFAULT_SPACY_MODEL, PAPER_POS, caption_lemmas, concept_lemmas, load_spacy_pipeline
+from helpers.text.normalise import decode_markup
 
 PARAMS_KEY = "concepts.downstream"
 NOUN_EXTRACTORS = ("spacy", "lemmas")
@@ -215,8 +216,8 @@ def extract_caption_concepts(
         used[key] += 1
         keys.append(key)
         texts.append(caption)
-    if noun_extractor == "spacy":
-        extracted = _spacy_nouns(nlp.pipe(texts))
+    if noun_extractor == "spacy":  # entities decoded, tags and format characters removed, case kept
+        extracted = _spacy_nouns(nlp.pipe([decode_markup(t) for t in texts]))
     else:
         extracted = _lemma_words(texts, lemma_table)
     per_image: dict[str, set[str]] = {}

@@ -26,7 +26,8 @@ Three matching semantics, selected by ``mode`` and versioned together by ``MATCH
     caption (order and adjacency ignored).
 
 ``paper``
-    The authors' semantics: the caption side is the set of lower-cased lemmas of the NOUN and PROPN
+    The authors' semantics: the caption side (HTML entities decoded, tags and format characters
+    removed: ``normalise.decode_markup``) is the set of lower-cased lemmas of the NOUN and PROPN
     tokens found by a trained spaCy English pipeline (``en_core_web_lg`` by default, installed with the
     ``spacy-model`` extra; any object with spaCy's ``nlp.pipe`` interface can be injected with ``nlp=``);
     a concept is its lower-cased name split on white space and underscores, each word lemmatised by the
@@ -80,6 +81,7 @@ from helpers.text.normalise import (
     LITERAL,
     SEP,
     concept_terms,
+    decode_markup,
     default_lemma_table,
     inverse_table,
     lemmatise,
@@ -396,7 +398,7 @@ class TextMatcher:
 
     def _paper_words(self, texts: list) -> tuple[np.ndarray, np.ndarray]:
         """Paper mode: (caption position, word index) of concept words among the caption's noun lemmas."""
-        texts = [t if isinstance(t, str) else "" for t in texts]
+        texts = [decode_markup(t) if isinstance(t, str) else "" for t in texts]
         rows, words = [], []
         for i, doc in enumerate(self._nlp.pipe(texts)):
             found = {self._word_index.get(tok.lemma_.lower()) for tok in doc if tok.pos_ in PAPER_POS}

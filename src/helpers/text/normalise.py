@@ -93,11 +93,14 @@ def needs_fold(text: str) -> bool:
     return not text.isascii() or "&" in text or "<" in text
 
 
-def fold_text(text: str) -> str:
-    """Steps 1-2 of the module docstring on one text (entities, tags, Unicode forms, case); boundaries kept.
+def decode_markup(text: str) -> str:
+    """Step 1 plus the removal of format characters, keeping case and accents (for a tagger's input).
 
-    >>> fold_text("Cr&egrave;me BR\\u00dbL\\u00c9E &lt;b&gt;ele\\u00adphant&lt;/b&gt;")
-    'creme brulee  elephant '
+    What the ``paper`` mode and the retrieval-caption noun extraction feed to a trained spaCy pipeline,
+    which needs case: entities decoded (repeatedly), tags to a space, format characters removed.
+
+    >>> decode_markup("Caf&eacute; &lt;b&gt;ele\u00adphant&lt;/b&gt;")
+    'Café  elephant '
     """
     if "&" in text:
         while True:
@@ -107,6 +110,19 @@ def fold_text(text: str) -> str:
             text = decoded
     if "<" in text:
         text = _TAG.sub(" ", text)
+    if not text.isascii():
+        text = "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
+    return text
+
+
+def fold_text(text: str) -> str:
+    """Steps 1-2 of the module docstring on one text (entities, tags, Unicode forms, case); boundaries kept.
+
+    >>> fold_text("Cr&egrave;me BR\\u00dbL\\u00c9E &lt;b&gt;ele\\u00adphant&lt;/b&gt;")
+    'creme brulee  elephant '
+    """
+    if "&" in text or "<" in text:
+        text = decode_markup(text)
     if text.isascii():
         return text.lower()
     text = unicodedata.normalize("NFKD", text.casefold()).translate(_FOLD)
