@@ -62,30 +62,45 @@ _ASCII_LUT = np.array(
     dtype=np.uint8,
 )
 _TAG = re.compile(r"<[A-Za-z/!][^<>]*>")
-_SPECIAL = re.compile(r"[&<]")
 DASHES = "\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe63\uff0d"
 APOSTROPHES = "\u2019\u02bc\uff07\u0060\u00b4"
 _REGULAR_PLURALS = (("", "s"), ("", "es"), ("y", "ies"), ("f", "ves"), ("fe", "ves"))
 
 
-class _FoldMap(dict):
-    """``str.translate`` table: drop combining marks and format characters, map look-alikes (cached)."""
-
-    def __missing__(self, code: int) -> str | None:
-        ch = chr(code)
-        if ch in DASHES:
-            out: str | None = "-"
-        elif ch in APOSTROPHES:
-            out = "'"
-        elif unicodedata.category(ch) in ("Mn", "Cf"):
-            out = None
-        else:
-            out = ch
-        self[code] = out
-        return out
+def _fold_action(ch: str) -> str:
+    """What folding does to one non-ASCII character (after NFKD): drop, map to ``-``/``'``, or keep."""
+    if ch in DASHES:
+        return "-"
+    if ch in APOSTROPHES:
+        return "'"
+    return "" if unicodedata.category(ch) in ("Mn", "Cf") else ch
 
 
-_FOLD = _FoldMap()
+def _format_action(ch: str) -> str:
+    return "" if unicodedata.category(ch) == "Cf" else ch
+
+
+_ASCII_CHARS = frozenset(map(chr, range(128)))
+# what can follow "&" in an entity html.unescape decodes, and "<" in a tag _TAG removes
+_ENTITY_STARTS = frozenset("#0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_TAG_STARTS = frozenset("/!abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_FOLD_ACTIONS: dict[str, str] = {}
+_FORMAT_ACTIONS: dict[str, str] = {}
+
+
+def _apply(text: str, actions: dict[str, str], rule) -> str:
+    """Apply a per-character rule to the distinct non-ASCII characters of ``text`` (cached per character).
+
+    A caption has few distinct non-ASCII characters, so ``str.replace`` per character that changes is
+    much faster than a per-character Python loop or ``str.translate`` over the whole text.
+    """
+    for ch in set(text).difference(_ASCII_CHARS):
+        action = actions.get(ch)
+        if action is None:
+            action = actions[ch] = rule(ch)
+        if action != ch:
+            text = text.replace(ch, action)
+    return text
 
 
 def needs_fold(text: str) -> bool:
@@ -111,7 +126,7 @@ def decode_markup(text: str) -> str:
     if "<" in text:
         text = _TAG.sub(" ", text)
     if not text.isascii():
-        text = "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
+        text = _apply(text, _FORMAT_ACTIONS, _format_action)
     return text
 
 
@@ -125,8 +140,10 @@ def fold_text(text: str) -> str:
         text = decode_markup(text)
     if text.isascii():
         return text.lower()
-    text = unicodedata.normalize("NFKD", text.casefold()).translate(_FOLD)
-    return unicodedata.normalize("NFC", text)
+    text = unicodedata.normalize("NFKD", text.casefold())
+    if text.isascii():  # marks and format characters are never ASCII
+        return text
+    return unicodedata.normalize("NFC", _apply(text, _FOLD_ACTIONS, _fold_action))
 
 
 def normalise_caption(text: str | None) -> str:
@@ -178,9 +195,9 @@ def normalise_batch(texts: list) -> tuple[str, np.ndarray | None]:
     Works on the joined batch as one numpy array of code points (a lookup table maps ASCII; the few
     distinct non-ASCII characters of a batch are classified once), so the cost per caption is a few
     vectorised passes over its characters; only captions with ``&``, ``<`` or non-ASCII characters are
-    folded one by one first. The per-caption result equals ``normalise_caption``. In a batch mixing plain
-    and folded captions the plain ones come first; the second value is then the original position of each
-    caption in the text (None: input order).
+    folded one by one first. The per-caption result equals ``normalise_caption``. When some captions were
+    folded, the ASCII ones (plain, then folded) come first and the others last; the second value is then
+    the original position of each caption in the text (None: input order).
     """
     try:
         is_plain = np.fromiter(map(str.isascii, texts), dtype=bool, count=len(texts))
@@ -192,16 +209,30 @@ def normalise_batch(texts: list) -> tuple[str, np.ndarray | None]:
     joined = "".join(ascii_texts)
     if "&" in joined or "<" in joined:  # the few ASCII captions with an entity or a tag: fold them too
         ends = np.cumsum(np.fromiter(map(len, ascii_texts), dtype=np.int64, count=len(ascii_texts)))
-        positions = np.array([m.start() for m in _SPECIAL.finditer(joined)], dtype=np.int64)
+        found = []
+        for ch, starts in (("&", _ENTITY_STARTS), ("<", _TAG_STARTS)):  # str.find: a memchr scan
+            at = joined.find(ch)
+            while at != -1:
+                if joined[at + 1 : at + 2] in starts:  # "& more" or "3 < 4" need no folding
+                    found.append(at)
+                at = joined.find(ch, at + 1)
+        positions = np.array(found, dtype=np.int64)
         special = np.unique(np.searchsorted(ends, positions, side="right"))
         is_plain[special if all_ascii else np.flatnonzero(is_plain)[special]] = False
     elif all_ascii:
         return _normalise_part(texts), None
-    folded = [fold_text(t) for t in itertools.compress(texts, ~is_plain)]
-    text = _normalise_part(folded)
-    if is_plain.any():
-        text = _normalise_part(list(itertools.compress(texts, is_plain))) + SEP + text
-    return text, np.concatenate([np.flatnonzero(is_plain), np.flatnonzero(~is_plain)])
+    folded_at = np.flatnonzero(~is_plain)
+    folded = [fold_text(texts[i]) for i in folded_at.tolist()]
+    # folding makes most of them ASCII (accents, dashes, entities): those join the one-byte pass
+    now_ascii = np.fromiter(map(str.isascii, folded), dtype=bool, count=len(folded))
+    narrow = list(itertools.compress(texts, is_plain)) + list(itertools.compress(folded, now_ascii))
+    wide = list(itertools.compress(folded, ~now_ascii))
+    order = np.concatenate([np.flatnonzero(is_plain), folded_at[now_ascii], folded_at[~now_ascii]])
+    if not wide:
+        return _normalise_part(narrow), order
+    if not narrow:
+        return _normalise_part(wide), order
+    return _normalise_part(narrow) + SEP + _normalise_part(wide), order
 
 
 # -------------------------------------------------------------------------------------------- lemmas
