@@ -12,9 +12,9 @@ from PIL import Image
 from helpers.evaluation import datasets
 from helpers.evaluation.specs import read_lines
 from helpers.shards import ConfigError, Shard
-from helpers.text.captions import CaptionSource, ShardStats, read_shard, url_decode
+from helpers.text.captions import CaptionSource, ShardStats, read_shard
 from helpers.text.concepts import build_concept_table, read_class_names_file
-from helpers.text.encodings import decode_bytes, sniff_bom, split_lines
+from helpers.text.encodings import decode_bytes, sniff_bom, split_lines, url_decode
 from helpers.text.matching import match_captions
 from helpers.text.search import run_text_search
 

@@ -50,7 +50,6 @@ import os
 import re
 import sys
 import tarfile
-import urllib.parse
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -67,7 +66,8 @@ from helpers.shards import (
     Shard,
     make_sample_ids,
 )
-from helpers.text.encodings import EncodingError, decode_lenient, skip_utf8_bom
+from helpers.text.encodings import EncodingError, skip_utf8_bom, url_decode
+from helpers.text.encodings import decode_lenient as _decode  # BOM-aware, U+FFFD for invalid bytes
 
 FORMATS = ("tsv", "csv", "parquet", "wds", "txt")
 SUFFIXES = {
@@ -323,23 +323,6 @@ class _Batcher:
         self.start += len(self.captions)
         self.captions, self.keys = [], []
         return batch
-
-
-def _decode(data: bytes) -> tuple[str, bool]:
-    """UTF-8 text and whether it was invalid (then decoded with U+FFFD replacements); a byte-order mark
-    is dropped, a UTF-16/32 one decodes the rest in that encoding (``encodings.decode_lenient``)."""
-    return decode_lenient(data)
-
-
-def url_decode(caption: str) -> tuple[str, bool]:
-    """``decode: url``: percent-escapes decoded as UTF-8 and ``+`` read as a space; whether bytes were invalid.
-
-    >>> url_decode("hot%20dog%2Cketchup+and+mustard")
-    ('hot dog,ketchup and mustard', False)
-    """
-    if "%" not in caption and "+" not in caption:
-        return caption, False
-    return _decode(urllib.parse.unquote_to_bytes(caption.replace("+", " ")))
 
 
 def _skip_bom(stream: IO[bytes], path: str) -> None:

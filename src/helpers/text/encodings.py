@@ -16,6 +16,7 @@ Public API::
     sniff_bom(head: bytes) -> (encoding | None, bom_length)
     decode_bytes(data, where) -> str                  # whole file: BOM-aware, strict; EncodingError
     decode_lenient(data) -> (str, invalid)            # one caption: BOM-aware, U+FFFD replacements
+    url_decode(caption) -> (str, invalid)             # captions.decode: url
     read_text_file(path) -> str
     split_lines(text) -> list[str]
     skip_utf8_bom(stream, where) -> None              # streamed shards: drop a UTF-8 BOM, refuse UTF-16/32
@@ -24,6 +25,7 @@ Public API::
 from __future__ import annotations
 
 import os
+import urllib.parse
 from typing import IO
 
 # longest first: the UTF-32 LE mark begins with the UTF-16 LE one
@@ -79,6 +81,18 @@ def decode_lenient(data: bytes) -> tuple[str, bool]:
         return data[skip:].decode(encoding), False
     except UnicodeDecodeError:
         return data[skip:].decode(encoding, errors="replace"), True
+
+
+def url_decode(caption: str) -> tuple[str, bool]:
+    """``captions.decode: url``: percent-escapes decoded as UTF-8 and ``+`` read as a space
+    (``urllib.parse.unquote_plus``), and whether the decoded bytes were invalid UTF-8 (then replaced).
+
+    >>> url_decode("hot%20dog%2Cketchup+and+mustard")
+    ('hot dog,ketchup and mustard', False)
+    """
+    if "%" not in caption and "+" not in caption:
+        return caption, False
+    return decode_lenient(urllib.parse.unquote_to_bytes(caption.replace("+", " ")))
 
 
 def read_text_file(path: str | os.PathLike) -> str:

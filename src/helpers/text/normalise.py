@@ -15,8 +15,9 @@ Both sides of a match (captions and concept names) go through the same steps, in
    apostrophe look-alikes (U+2019, U+02BC, U+FF07, U+0060, U+00B4) apostrophes -- both word boundaries.
 3. **Words**: every character that is not a letter or digit (``str.isalnum``) is a word boundary.
 
-For speed, steps 1-2 run only on captions that contain ``&``, ``<`` or a non-ASCII character; any other
-caption is only lower-cased (what the full steps give for it).
+For speed, steps 1-2 run only on captions with a non-ASCII character, or an ``&`` or ``<`` that can start
+an entity or a tag (followed by a letter, digit or ``#``; a letter, ``/`` or ``!``); any other caption is
+only lower-cased (what the full steps give for it).
 
 Lemmas: a word's lemma is its entry in spaCy's English lookup table (``en_lemma_lookup`` of
 ``spacy-lookups-data``), with **noun lemmas first**: the table maps some plural nouns to a verb lemma
