@@ -6,6 +6,7 @@ import gzip
 import io
 import tarfile
 
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -202,3 +203,17 @@ def test_retrieval_captions_split_like_the_readers(tmp_path):
         ["A cat\x85asleep.", "A kitten."],
         ["A red panda.", "A panda eating."],
     ]
+
+
+def test_release_concept_lists_accept_bom_and_crlf(tmp_path):
+    from helpers.release import tidy
+
+    for i, rel_path in enumerate(tidy.CONCEPT_LISTS):
+        path = tmp_path / rel_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = f"tench\r\nshared {i}\r\n".encode("utf-8-sig" if i % 2 == 0 else "utf-16")
+        path.write_bytes(data)
+    scores = pd.DataFrame({"dataset": ["imagenet"], "concept": ["tench"]})
+    table = tidy.concepts(tmp_path, scores)
+    assert "\ufefftench" not in set(table["name"]) and not any("\r" in n for n in table["name"])
+    assert table["name"].tolist() == sorted({"tench"} | {f"shared {i}" for i in range(len(tidy.CONCEPT_LISTS))})
