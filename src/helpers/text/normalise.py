@@ -81,7 +81,7 @@ def _format_action(ch: str) -> str:
     return "" if unicodedata.category(ch) == "Cf" else ch
 
 
-_ASCII_CHARS = frozenset(map(chr, range(128)))
+_NON_ASCII = re.compile("[^\x00-\x7f]")
 # what can follow "&" in an entity html.unescape decodes, and "<" in a tag _TAG removes
 _ENTITY_STARTS = frozenset("#0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _TAG_STARTS = frozenset("/!abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -95,7 +95,7 @@ def _apply(text: str, actions: dict[str, str], rule) -> str:
     A caption has few distinct non-ASCII characters, so ``str.replace`` per character that changes is
     much faster than a per-character Python loop or ``str.translate`` over the whole text.
     """
-    for ch in set(text).difference(_ASCII_CHARS):
+    for ch in set(_NON_ASCII.findall(text)):
         action = actions.get(ch)
         if action is None:
             action = actions[ch] = rule(ch)
@@ -144,7 +144,8 @@ def fold_text(text: str) -> str:
     text = unicodedata.normalize("NFKD", text.casefold())
     if text.isascii():  # marks and format characters are never ASCII
         return text
-    return unicodedata.normalize("NFC", _apply(text, _FOLD_ACTIONS, _fold_action))
+    text = _apply(text, _FOLD_ACTIONS, _fold_action)
+    return text if text.isascii() else unicodedata.normalize("NFC", text)
 
 
 def normalise_caption(text: str | None) -> str:
