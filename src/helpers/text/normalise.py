@@ -48,7 +48,7 @@ import json
 import re
 import sys
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -89,7 +89,7 @@ _FOLD_ACTIONS: dict[str, str] = {}
 _FORMAT_ACTIONS: dict[str, str] = {}
 
 
-def _apply(text: str, actions: dict[str, str], rule) -> str:
+def _apply(text: str, actions: dict[str, str], rule: Callable[[str], str]) -> str:
     """Apply a per-character rule to the distinct non-ASCII characters of ``text`` (cached per character).
 
     A caption has few distinct non-ASCII characters, so ``str.replace`` per character that changes is
