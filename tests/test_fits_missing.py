@@ -82,7 +82,10 @@ def test_fit_rows_names_dataset_and_concept_or_counts_the_drop():
     with pytest.raises(ValueError, match=r"cifar10/concept4 \(count nan\), cifar10/concept11 \(score nan\)"):
         fits.fit_rows(rows, **kwargs)
     records = fits.fit_rows(rows, missing="drop", **kwargs)
-    assert [r["n_dropped"] for r in records] == [2, 2]
+    assert fits.missing_value_rows(rows) == 2
+    clean = fits.fit_rows(fits.Rows(data=data.drop(index=[4, 11])), **kwargs)
+    assert [r["binned_r"] for r in records] == [r["binned_r"] for r in clean]
+    assert set(records[0]) == set(clean[0])  # the fit-table columns are unchanged
     assert all(math.isfinite(r["binned_r"]) and math.isfinite(r["concept_pearson_r"]) for r in records)
 
 
@@ -91,3 +94,8 @@ def test_join_keeps_a_nan_count_for_the_fit_to_report():
     scores = pd.DataFrame({"dataset": ["d", "d"], "concept": ["a", "b"], "score": [0.5, 0.6]})
     rows = fits._join(counts, scores)
     assert rows.data["count"].isna().sum() == 1  # not a crash in an int cast, not silently dropped
+
+
+def test_release_fits_checks_the_missing_option():
+    with pytest.raises(ValueError, match=r"^analysis\.missing: expected one of raise, drop, got 'ignore'"):
+        fits.release_fits({"frequencies": pd.DataFrame()}, {"bootstrap_resamples": 1, "seed": 0, "missing": "ignore"})

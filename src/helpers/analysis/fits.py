@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
@@ -177,12 +178,12 @@ def fit_rows(
     """The fit-table records of one row set: one per zero rule.
 
     A row with a NaN (or infinite) count or score raises ``ValueError`` naming it (``dataset/concept``)
-    with ``missing="raise"``; with ``"drop"`` it is left out and counted in each record's ``n_dropped``
-    (``loglinear.drop_missing``).
+    with ``missing="raise"``; with ``"drop"`` it is left out (``loglinear.drop_missing``; count such rows
+    with ``missing_value_rows`` to report them).
     """
     data = rows.data
     labels = [f"{d}/{c}" for d, c in zip(data["dataset"], data["concept"])] if "dataset" in data else None
-    counts, scores, n_dropped = loglinear.drop_missing(
+    counts, scores, _ = loglinear.drop_missing(
         data["count"].to_numpy(dtype=float), data["score"].to_numpy(dtype=float), missing, labels
     )
     out = []
@@ -206,10 +207,16 @@ def fit_rows(
                 "slope_ci_low": cs.slope_ci_low,
                 "slope_ci_high": cs.slope_ci_high,
                 "intercept": cs.intercept,
-                "n_dropped": n_dropped,
             }
         )
     return out
+
+
+def missing_value_rows(rows: Rows) -> int:
+    """How many rows have a NaN or infinite count or score (what ``fit_rows(missing="drop")`` leaves out)."""
+    counts = rows.data["count"].to_numpy(dtype=float)
+    scores = rows.data["score"].to_numpy(dtype=float)
+    return int((~(np.isfinite(counts) & np.isfinite(scores))).sum())
 
 
 def _plotted(spec) -> tuple[int | None, int | None]:
@@ -316,7 +323,7 @@ def release_fits(
         except ValueError as err:
             where = ", ".join(f"{k}={v}" for k, v in key.items())
             raise ValueError(f"{where}: {err} (params: analysis.missing: drop)") from err
-        dropped = fitted[0]["n_dropped"] if fitted else 0
+        dropped = missing_value_rows(rows)
         if rows.missing_datasets or rows.unmatched or dropped:
             notes.append(
                 {
