@@ -8,7 +8,8 @@ matches them against the concept names, on one core:
 * baseline: spaCy ``blank("en")`` + the lookup lemmatiser (``spacy-lookups-data``) via ``nlp.pipe``, then a
   per-concept set intersection (a concept is a candidate when all its lemmas are in the caption's lemma
   set; multi-word concepts must then occur as a contiguous lemma run). The baseline is fed the normalised
-  captions (``normalise_caption``), so that both sides implement the same matching semantics and their
+  captions (``normalise_caption``), the library's lemma table (noun lemmas first) and concept terms
+  (plural concept words literal), so that both sides implement the same matching semantics and their
   hits can be compared caption by caption.
 
 Reports captions/s per core for both, their ratio, peak memory, and whether the hits are identical on the
@@ -40,7 +41,14 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from helpers.naming import concept_key, release_name
-from helpers.text.matching import MATCH_SEMANTICS_VERSION, TextMatcher, lemma_lookup, normalise_caption
+from helpers.text.matching import (
+    MATCH_SEMANTICS_VERSION,
+    TextMatcher,
+    concept_match_terms,
+    lemma_lookup,
+    normalise_caption,
+)
+from helpers.text.normalise import LITERAL
 
 # ------------------------------------------------------------------------------------------ concepts
 
@@ -209,6 +217,8 @@ def generate_captions(concepts: list[str], n: int, seed: int = 0) -> list[str]:
         " \u00e0 Paris",
         " \u6771\u4eac",
         " \u2022 ON SALE \u2022",
+        " &amp; more",  # HTML entities, as LAION alt-texts carry them
+        " Caf&eacute; &quot;Le Chat&quot;",
     ]
     out = []
     for i in tqdm(range(n), desc="captions", unit_scale=True, mininterval=1.0):
@@ -254,9 +264,13 @@ class SpacyBaseline:
         self.nlp = spacy.blank("en")
         if tokenizer == "whitespace":
             self.nlp.tokenizer = Tokenizer(self.nlp.vocab)
-        self.nlp.add_pipe("lemmatizer", config={"mode": "lookup"})
+        lemmatizer = self.nlp.add_pipe("lemmatizer", config={"mode": "lookup"})
         self.nlp.initialize()  # loads the lookup table from spacy-lookups-data
-        self.sequences = [tuple(t.lemma_ for t in self.nlp(normalise_caption(concept_key(name)))) for name in concepts]
+        # the same lemma table as the library (noun lemmas first, keys normalised), so hits compare
+        lemmatizer.lookups.remove_table("lemma_lookup")
+        lemmatizer.lookups.add_table("lemma_lookup", dict(lemma_lookup()))
+        # concept terms: lemmas, and LITERAL-prefixed plural nouns that match only themselves
+        self.sequences = [concept_match_terms(name) for name in concepts]
         self.sets = [frozenset(s) for s in self.sequences]
         self.by_word: dict[str, list[int]] = {}
         for i, words in enumerate(self.sets):
@@ -265,21 +279,24 @@ class SpacyBaseline:
         self.vocab = frozenset(self.by_word)
 
     @staticmethod
-    def _contiguous(seq: tuple[str, ...], lemmas: list[str]) -> bool:
+    def _contiguous(seq: tuple[str, ...], lemmas: list[str], literal: list[str]) -> bool:
         k = len(seq)
-        return any(tuple(lemmas[j : j + k]) == seq for j in range(len(lemmas) - k + 1) if lemmas[j] == seq[0])
+        return any(
+            all(t in (lemmas[j + i], literal[j + i]) for i, t in enumerate(seq)) for j in range(len(lemmas) - k + 1)
+        )
 
     def match(self, captions: list[str]) -> list[set[int]]:
         texts = (normalise_caption(c) for c in captions)
         out = []
         for doc in self.nlp.pipe(texts, batch_size=1000):
             lemmas = [t.lemma_ for t in doc]
-            lemma_set = set(lemmas)
+            literal = [LITERAL + t.text for t in doc]
+            lemma_set = set(lemmas) | set(literal)
             found = set()
             for w in lemma_set & self.vocab:
                 for c in self.by_word[w]:
                     if c not in found and self.sets[c] <= lemma_set:
-                        if len(self.sequences[c]) == 1 or self._contiguous(self.sequences[c], lemmas):
+                        if len(self.sequences[c]) == 1 or self._contiguous(self.sequences[c], lemmas, literal):
                             found.add(c)
             out.append(found)
         return out

@@ -104,12 +104,15 @@ def test_class_names_appended_sorted_with_sources(release):
     assert table.loc["Aardvark", "key"] == "aardvark"
 
 
-def test_irregular_plural_lemmas_and_exact_name_rule(release):
-    table = build_concept_table(release, {"d": {"class_names": ["mice", "Hot_Dogs", "geese"]}}).set_index("name")
-    assert table.loc["mice", "lemmas"] == ["mouse"]
-    assert table.loc["geese", "lemmas"] == ["goose"]
-    assert table.loc["Hot_Dogs", "lemmas"] == ["hot", "dog"]
-    # "mice" is not the name "mouse": its own row (same lemmas, different key)
+def test_plural_names_kept_as_written_and_exact_name_rule(release):
+    names = ["mice", "Hot_Dogs", "geese", "Leaf", "wolf"]
+    table = build_concept_table(release, {"d": {"class_names": names}}).set_index("name")
+    # a concept named in the plural is matched as written (issue 12): its "lemmas" are the plural words
+    assert table.loc["mice", "lemmas"] == ["mice"]
+    assert table.loc["geese", "lemmas"] == ["geese"]
+    assert table.loc["Hot_Dogs", "lemmas"] == ["hot", "dogs"]
+    assert table.loc["Leaf", "lemmas"] == ["leaf"] and table.loc["wolf", "lemmas"] == ["wolf"]
+    # "mice" is not the name "mouse": its own row (different key)
     assert table.loc["mice", "concept_id"] != table.loc["mouse", "concept_id"]
     assert table.loc["mice", "key"] == "mice"
 
@@ -349,3 +352,16 @@ def test_without_the_release_the_table_holds_the_downstream_concepts_alone():
     # the entry's `data` key (the folder DVC tracks) is accepted and not read
     with_data = build_concept_table(None, {"toy": {"data": "anywhere", "class_names": ["mouse"]}})
     assert with_data["name"].tolist() == ["mouse"]
+
+
+def test_retrieval_extraction_decodes_entities_and_markup():
+    # issue 12: retrieval-caption concepts see the caption as the search does (entities, tags, format chars)
+    pairs = [
+        ("a", "&lt;b&gt;dogs&lt;/b&gt; on the beach"),
+        ("b", "ki\u00adtes &amp;amp; dogs"),
+        ("c", "salt &amp; mice"),
+    ]
+    out = extract_caption_concepts(pairs, min_images=1, captions_per_image=5, noun_extractor="spacy", nlp=FakeNLP())
+    assert dict(zip(out["name"], out["n_images"])) == {"dog": 2, "beach": 1, "kite": 1, "mouse": 1}
+    out = extract_caption_concepts(pairs, min_images=1, captions_per_image=5, noun_extractor="lemmas")
+    assert not set(out["name"]) & {"amp", "lt", "gt", "b"} and {"dog", "kite", "salt"} <= set(out["name"])

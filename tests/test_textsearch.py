@@ -15,13 +15,14 @@ from helpers.text.matching import (
     MATCH_SEMANTICS_VERSION,
     MODES,
     TextMatcher,
-    _normalise_batch,
     caption_lemmas,
     compile_matcher,
     concept_lemmas,
+    concept_match_terms,
     match_captions,
     normalise_caption,
 )
+from helpers.text.normalise import LITERAL, normalise_batch
 
 CONCEPTS = [
     "mouse",
@@ -108,9 +109,9 @@ def test_phrase_golden(caption, expected):
     assert got == sorted(expected, key=order.get)
 
 
-def test_lookup_quirks_are_kept():
-    # the lookup table lemmatises "leaves" to "leave" (not "leaf"): matching follows the table exactly
-    assert phrase(["autumn leaves"]) == [[]]
+def test_noun_lemmas_first():
+    # the lookup table lemmatises "leaves" to the verb "leave"; nouns come first: "leaves" is "leaf"
+    assert phrase(["autumn leaves"]) == [["leaf"]]
     assert phrase(["a leaf"]) == [["leaf"]]
 
 
@@ -153,7 +154,9 @@ def test_hits_arrays():
 
 def test_concept_lemmas_use_naming_key():
     assert concept_lemmas("Black_footed_Albatross") == ("black", "foot", "albatross")
-    assert concept_lemmas("Mice") == ("mouse",)
+    assert concept_lemmas("Mouse") == ("mouse",)
+    assert concept_lemmas("Mice") == ("mice",)  # named in the plural: matched as written
+    assert concept_match_terms("Mice") == (LITERAL + "mice",)
     assert caption_lemmas("Two MICE, three geese.") == ["two", "mouse", "three", "goose"]
 
 
@@ -173,21 +176,34 @@ def test_version_and_bad_options():
 # ------------------------------------------------------------------------ properties vs reference
 
 
+def _term_matches(term, word, lemma):
+    return word == term[len(LITERAL) :] if term.startswith(LITERAL) else lemma == term
+
+
 def reference_phrase(caption, concepts):
-    """Direct implementation: lemmatise every caption word, look for the concept's lemma run."""
+    """Direct implementation: lemmatise every caption word, look for the concept's term run."""
+    words = normalise_caption(caption).split()
     lemmas = caption_lemmas(caption)
     out = []
     for name in concepts:
-        seq = concept_lemmas(name)
+        seq = concept_match_terms(name)
         k = len(seq)
-        if k and any(tuple(lemmas[i : i + k]) == seq for i in range(len(lemmas) - k + 1)):
+        if k and any(
+            all(_term_matches(t, words[i + j], lemmas[i + j]) for j, t in enumerate(seq))
+            for i in range(len(lemmas) - k + 1)
+        ):
             out.append(name)
     return out
 
 
 def reference_bag(caption, concepts):
-    lemmas = set(caption_lemmas(caption))
-    return [n for n in concepts if concept_lemmas(n) and set(concept_lemmas(n)) <= lemmas]
+    pairs = list(zip(normalise_caption(caption).split(), caption_lemmas(caption)))
+    out = []
+    for name in concepts:
+        terms = concept_match_terms(name)
+        if terms and all(any(_term_matches(t, w, lem) for w, lem in pairs) for t in terms):
+            out.append(name)
+    return out
 
 
 WORDS = [
@@ -225,6 +241,23 @@ WORDS = [
     "café",
     "ÉCLAIR",
     "ＤＯＧ",
+    "glass",
+    "glasses",
+    "Glasses",
+    "leaf",
+    "calves",
+    "calf",
+    "clothes",
+    "cre\u0300me",
+    "crème",
+    "ele\u00adphant",
+    "elephants",
+    "&amp;",
+    "salt &amp; pepper",
+    "&lt;b&gt;dog&lt;/b&gt;",
+    "<i>cat</i>",
+    "dog\u2019s",
+    "hot\u2011dog",
 ]
 SEPARATORS = [" ", " ", " ", "-", "_", ", ", ". ", "  ", "/", "'s ", "\t", "(", ")", "!", "\u00a0", "—"]
 
@@ -259,6 +292,18 @@ PROP_CONCEPTS = [
     "café",
     "éclair",
     "a of",
+    "glass",
+    "glasses",
+    "reading glasses",
+    "leaves",
+    "calf",
+    "clothes",
+    "creme",
+    "elephant",
+    "amp",
+    "b",
+    "i",
+    "lt",
 ]
 
 
@@ -279,7 +324,7 @@ def test_bag_equals_reference(caps, batch_size):
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.text(max_size=30), max_size=8))
 def test_batch_normalisation_equals_single(texts):
-    joined, order = _normalise_batch(texts)
+    joined, order = normalise_batch(texts)
     parts = [" ".join(p.split()) for p in joined.split("\x00")] if texts else []
     if order is not None:  # mixed batches put the ASCII captions first
         parts = [parts[list(order).index(i)] for i in range(len(texts))]
@@ -289,14 +334,18 @@ def test_batch_normalisation_equals_single(texts):
 @settings(max_examples=100, deadline=None)
 @given(st.text(max_size=40))
 def test_normalisation_reference(text):
-    expected = " ".join(
-        re.sub(
-            r"[\W_]",
-            " ",
-            text.lower() if text.isascii() else __import__("unicodedata").normalize("NFKC", text).casefold(),
-        ).split()
-    )
-    assert normalise_caption(text) == expected
+    """The rules spelled out independently: entities, tags, case, NFKD minus marks/format chars, words."""
+    unicodedata = __import__("unicodedata")
+    html = __import__("html")
+    original, previous = text, None
+    while previous != text:
+        previous, text = text, html.unescape(text)
+    text = re.sub(r"<[A-Za-z/!][^<>]*>", " ", text)
+    text = unicodedata.normalize("NFKD", text.casefold()).replace("\u02bc", "'")
+    text = "".join(c for c in text if unicodedata.category(c) not in ("Mn", "Cf"))
+    text = unicodedata.normalize("NFC", text)
+    expected = " ".join(re.sub(r"[\W_]", " ", text).split())
+    assert normalise_caption(original) == expected
 
 
 @settings(max_examples=50, deadline=None)
@@ -408,3 +457,14 @@ def test_fingerprint():
     assert fp != TextMatcher(["cat"]).fingerprint()
     assert TextMatcher(["dog"], "paper", nlp=FakeNLP()).fingerprint()["nlp"]["name"] == "fake_en"
     assert math.isfinite(len(fp["lemma_table_sha256"]))
+
+
+def test_paper_mode_decodes_entities_and_markup():
+    # issue 12: every mode reads captions with entities decoded and tags/format characters removed
+    got = match_captions(
+        ["salt &amp; pepper", "&lt;b&gt;dog&lt;/b&gt;", "an ele\u00adphant"],
+        ["amp", "b", "dog", "elephant"],
+        mode="paper",
+        nlp=FakeNLP(),
+    )
+    assert got == [[], ["dog"], ["elephant"]]

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
@@ -69,7 +70,8 @@ def _join(counts: pd.DataFrame, scores: pd.DataFrame) -> Rows:
     unmatched = int((merged["_merge"] != "both").sum())
     data = merged[merged["_merge"] == "both"][["dataset", "concept", "count", "score"]]
     data = data.sort_values(["dataset", "concept"]).reset_index(drop=True)
-    data["count"] = data["count"].astype("int64")
+    if not data["count"].isna().any():  # a NaN count stays (float) for fit_rows to refuse or drop by name
+        data["count"] = data["count"].astype("int64")
     return Rows(data=data, unmatched=unmatched)
 
 
@@ -165,11 +167,25 @@ FIT_COLUMNS = (
 
 
 def fit_rows(
-    rows: Rows, *, n_edges: int, plotted: tuple[int | None, int | None], resamples: int, seed: int
+    rows: Rows,
+    *,
+    n_edges: int,
+    plotted: tuple[int | None, int | None],
+    resamples: int,
+    seed: int,
+    missing: loglinear.MissingRule = "raise",
 ) -> list[dict]:
-    """The fit-table records of one row set: one per zero rule."""
-    counts = rows.data["count"].to_numpy()
-    scores = rows.data["score"].to_numpy(dtype=float)
+    """The fit-table records of one row set: one per zero rule.
+
+    A row with a NaN (or infinite) count or score raises ``ValueError`` naming it (``dataset/concept``)
+    with ``missing="raise"``; with ``"drop"`` it is left out (``loglinear.drop_missing``; count such rows
+    with ``missing_value_rows`` to report them).
+    """
+    data = rows.data
+    labels = [f"{d}/{c}" for d, c in zip(data["dataset"], data["concept"])] if "dataset" in data else None
+    counts, scores, _ = loglinear.drop_missing(
+        data["count"].to_numpy(dtype=float), data["score"].to_numpy(dtype=float), missing, labels
+    )
     out = []
     if len(counts) == 0:
         return out
@@ -196,6 +212,13 @@ def fit_rows(
     return out
 
 
+def missing_value_rows(rows: Rows) -> int:
+    """How many rows have a NaN or infinite count or score (what ``fit_rows(missing="drop")`` leaves out)."""
+    counts = rows.data["count"].to_numpy(dtype=float)
+    scores = rows.data["score"].to_numpy(dtype=float)
+    return int((~(np.isfinite(counts) & np.isfinite(scores))).sum())
+
+
 def _plotted(spec) -> tuple[int | None, int | None]:
     start, stop = spec
     return (start, stop)
@@ -207,10 +230,15 @@ def release_fits(
     """Every fit of the release analysis, and a log of count files that were missing or rows that did not pair.
 
     ``tables`` holds the tidy tables (frequencies, zero_shot, retrieval, t2i); ``analysis`` is the
-    ``analysis`` section of params.yaml.
+    ``analysis`` section of params.yaml. ``analysis.missing`` (``raise``, the default, or ``drop``): a row
+    with a NaN count or score fails the run naming the fit and the rows, or is left out and counted in the
+    notes' ``missing_value_rows``.
     """
     freq = tables["frequencies"]
     resamples, seed = int(analysis["bootstrap_resamples"]), int(analysis["seed"])
+    missing = analysis.get("missing", "raise")
+    if missing not in loglinear.MISSING_RULES:
+        raise ValueError(f"analysis.missing: expected one of {', '.join(loglinear.MISSING_RULES)}, got {missing!r}")
     records, notes = [], []
     jobs = []
     zs = analysis["zero_shot"]
@@ -288,9 +316,24 @@ def release_fits(
             "count_type": count_type,
             "metric": metric,
         }
-        if rows.missing_datasets or rows.unmatched:
-            notes.append({**key, "missing_datasets": ",".join(rows.missing_datasets), "unmatched_rows": rows.unmatched})
-        for rec in fit_rows(rows, n_edges=n_edges, plotted=_plotted(plotted), resamples=resamples, seed=seed):
+        try:
+            fitted = fit_rows(
+                rows, n_edges=n_edges, plotted=_plotted(plotted), resamples=resamples, seed=seed, missing=missing
+            )
+        except ValueError as err:
+            where = ", ".join(f"{k}={v}" for k, v in key.items())
+            raise ValueError(f"{where}: {err} (params: analysis.missing: drop)") from err
+        dropped = missing_value_rows(rows)
+        if rows.missing_datasets or rows.unmatched or dropped:
+            notes.append(
+                {
+                    **key,
+                    "missing_datasets": ",".join(rows.missing_datasets),
+                    "unmatched_rows": rows.unmatched,
+                    "missing_value_rows": dropped,
+                }
+            )
+        for rec in fitted:
             records.append({**key, **rec})
     fits = pd.DataFrame(records, columns=list(FIT_COLUMNS))
     for col in ("n_rows", "n_bins_plotted"):
@@ -305,6 +348,7 @@ def release_fits(
         "zero_rule",
         "missing_datasets",
         "unmatched_rows",
+        "missing_value_rows",
     ]
     return fits, pd.DataFrame(notes, columns=[c for c in columns if c != "zero_rule"])
 

@@ -10,6 +10,11 @@ Two families of statistics:
 * ``concept_statistics`` are concept-level statistics the paper does not report: Pearson and Spearman r
   between log10 frequency and the score, and the OLS slope in score units per decade of frequency with a
   bootstrap 95% CI; zero counts are either mapped to 1 (``zero_rule="to_one"``) or dropped.
+
+Missing values: a NaN (or infinite) count or score would silently turn the binned r, or every concept-level
+statistic, into NaN. Both functions refuse such rows (``missing="raise"``, the default: a ``ValueError``
+naming the rows) or leave them out when the caller asks (``missing="drop"``), counting them in the
+result's ``n_dropped`` (``drop_missing``).
 """
 
 from __future__ import annotations
@@ -25,6 +30,49 @@ from scipy import stats
 
 ZeroRule = Literal["to_one", "dropped"]
 ZERO_RULES: tuple[ZeroRule, ...] = ("to_one", "dropped")
+MissingRule = Literal["raise", "drop"]
+MISSING_RULES: tuple[MissingRule, ...] = ("raise", "drop")
+MAX_NAMED_ROWS = 10
+
+
+def drop_missing(
+    counts: Sequence[float] | np.ndarray,
+    scores: Sequence[float] | np.ndarray,
+    missing: MissingRule = "raise",
+    labels: Sequence[str] | None = None,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """``(counts, scores, n_dropped)`` without the rows whose count or score is NaN or infinite.
+
+    ``missing="raise"`` raises ``ValueError`` naming those rows (``labels[i]`` when given, else the row
+    position; at most ``MAX_NAMED_ROWS`` named, then how many more) and what is missing in each;
+    ``"drop"`` leaves them out and returns how many. Arrays must be 1-D and of the same length.
+    """
+    if missing not in MISSING_RULES:
+        raise ValueError(f"missing must be one of {MISSING_RULES}, not {missing!r}")
+    counts = np.asarray(counts, dtype=float)
+    scores = np.asarray(scores, dtype=float)
+    if counts.shape != scores.shape or counts.ndim != 1:
+        raise ValueError("counts and scores must be 1-D arrays of the same length")
+    bad_count, bad_score = ~np.isfinite(counts), ~np.isfinite(scores)
+    bad = bad_count | bad_score
+    if not bad.any():
+        return counts, scores, 0
+    if missing == "drop":
+        return counts[~bad], scores[~bad], int(bad.sum())
+    rows = np.flatnonzero(bad)
+    named = []
+    for i in rows[:MAX_NAMED_ROWS].tolist():
+        what = " and ".join(
+            f"{name} {value}"
+            for name, value, flag in (("count", counts[i], bad_count[i]), ("score", scores[i], bad_score[i]))
+            if flag
+        )
+        named.append(f"{labels[i] if labels is not None else f'row {i}'} ({what})")
+    more = f" and {len(rows) - MAX_NAMED_ROWS} more" if len(rows) > MAX_NAMED_ROWS else ""
+    raise ValueError(
+        f"{len(rows)} of {len(counts)} rows have a missing (NaN) or infinite count or score: "
+        f"{', '.join(named)}{more}; fix the input, or pass missing='drop' to leave them out (counted)"
+    )
 
 
 @dataclass(frozen=True)
@@ -35,6 +83,7 @@ class BinnedResult:
     plotted: np.ndarray  # indices of the bins the figure shows
     r: float
     p: float
+    n_dropped: int = 0  # rows left out for a NaN/infinite count or score (missing="drop")
 
     @property
     def right_edges(self) -> np.ndarray:
@@ -69,14 +118,17 @@ def binned_statistic(
     n_edges: int = 12,
     plotted: tuple[int | None, int | None] | slice | None = (1, -1),
     empty_bins: Literal["zero", "drop"] = "zero",
+    missing: MissingRule = "raise",
+    labels: Sequence[str] | None = None,
 ) -> BinnedResult:
-    """The authors' binned log-linear statistic (see the module docstring)."""
-    counts = np.asarray(counts, dtype=float)
-    scores = np.asarray(scores, dtype=float)
-    if counts.shape != scores.shape or counts.ndim != 1:
-        raise ValueError("counts and scores must be 1-D arrays of the same length")
+    """The authors' binned log-linear statistic (see the module docstring).
+
+    ``missing``/``labels``: rows with a NaN or infinite count or score raise ``ValueError`` naming them
+    (``labels[i]``, else the position), or are dropped and counted in ``n_dropped`` (``drop_missing``).
+    """
+    counts, scores, n_dropped = drop_missing(counts, scores, missing, labels)
     if len(counts) == 0:
-        raise ValueError("binned_statistic needs at least one row")
+        raise ValueError("binned_statistic needs at least one row (with a count and a score)")
     if n_edges < 2:
         raise ValueError("n_edges must be at least 2")
     x = np.log(np.maximum(counts, 1.0))
@@ -90,7 +142,7 @@ def binned_statistic(
     if empty_bins == "drop":
         idx = idx[sizes[idx] > 0]
     r, p = _safe_pearson(edges[idx], means[idx])
-    return BinnedResult(edges=edges, means=means, sizes=sizes, plotted=idx, r=r, p=p)
+    return BinnedResult(edges=edges, means=means, sizes=sizes, plotted=idx, r=r, p=p, n_dropped=n_dropped)
 
 
 @dataclass(frozen=True)
@@ -104,6 +156,7 @@ class ConceptStatistics:
     intercept: float
     slope_ci_low: float
     slope_ci_high: float
+    n_dropped: int = 0  # rows left out for a NaN/infinite count or score (missing="drop")
 
 
 def log10_frequency(counts: np.ndarray, zero_rule: ZeroRule) -> tuple[np.ndarray, np.ndarray]:
@@ -153,13 +206,19 @@ def concept_statistics(
     zero_rule: ZeroRule = "to_one",
     resamples: int = 1000,
     seed: int = 0,
+    missing: MissingRule = "raise",
+    labels: Sequence[str] | None = None,
 ) -> ConceptStatistics:
-    """Concept-level correlation and OLS slope per decade (with a percentile bootstrap 95% CI)."""
-    x, keep = log10_frequency(np.asarray(counts), zero_rule)
-    y = np.asarray(scores, dtype=float)[keep]
+    """Concept-level correlation and OLS slope per decade (with a percentile bootstrap 95% CI).
+
+    ``missing``/``labels`` as in ``binned_statistic`` (NaN/infinite rows raise, or are dropped and counted).
+    """
+    counts, scores, n_dropped = drop_missing(counts, scores, missing, labels)
+    x, keep = log10_frequency(counts, zero_rule)
+    y = scores[keep]
     nan = float("nan")
     if len(x) < 3 or np.all(x == x[0]):
-        return ConceptStatistics(len(x), nan, nan, nan, nan, nan, nan, nan, nan)
+        return ConceptStatistics(len(x), nan, nan, nan, nan, nan, nan, nan, nan, n_dropped)
     pearson_r, pearson_p = _safe_pearson(x, y)
     spearman = stats.spearmanr(x, y)
     fit = stats.linregress(x, y)
@@ -179,6 +238,7 @@ def concept_statistics(
         intercept=float(fit.intercept),
         slope_ci_low=low,
         slope_ci_high=high,
+        n_dropped=n_dropped,
     )
 
 
@@ -187,10 +247,11 @@ def bins_sensitivity(
     scores: np.ndarray,
     edge_counts: Sequence[int],
     plotted: tuple[int | None, int | None] | None,
+    missing: MissingRule = "raise",
 ) -> pd.DataFrame:
     """How the binned r moves with the number of bin edges (same plotted-bin rule throughout)."""
     rows = []
     for n_edges in edge_counts:
-        res = binned_statistic(counts, scores, n_edges=n_edges, plotted=plotted)
+        res = binned_statistic(counts, scores, n_edges=n_edges, plotted=plotted, missing=missing)
         rows.append({"n_edges": n_edges, "binned_r": res.r, "binned_p": res.p, "n_bins_plotted": len(res.plotted)})
     return pd.DataFrame(rows)

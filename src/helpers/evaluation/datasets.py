@@ -35,6 +35,7 @@ from helpers.hashing import file_fingerprint
 from helpers.params import ConfigError, validate_union
 from helpers.params.evaluation import Dataset as DatasetParams
 from helpers.text.captions import CaptionSource, iter_tar_samples, list_shards
+from helpers.text.encodings import decode_lenient, split_lines
 
 # =========================================================================================== datasets
 
@@ -374,7 +375,7 @@ def _load_wds(
             if ext is None:
                 stats["no_image"] += 1
                 continue
-            text = data.decode("utf-8", errors="replace").strip() if data is not None else ""
+            text = decode_lenient(data)[0].strip() if data is not None else ""
             if task == "zero_shot":
                 if not text:
                     stats["no_annotation"] += 1
@@ -391,7 +392,8 @@ def _load_wds(
                     raise ValueError(f"{shard}: sample {sample.key!r} has label {label}, outside 0..{len(lookup) - 1}")
                 labels.append(label)
             else:
-                lines = [line.strip() for line in text.splitlines() if line.strip()]
+                # the caption readers' line rule: \n and \r\n only (not U+2028, U+0085, form feeds)
+                lines = [line.strip() for line in split_lines(text) if line.strip()]
                 if not lines:
                     stats["no_annotation"] += 1
                     continue

@@ -10,6 +10,7 @@ from typing import Any
 
 from helpers.hashing import sha256_file, sha256_json
 from helpers.params import ConfigError
+from helpers.text.encodings import EncodingError, read_text_file, split_lines
 
 CACHE_VERSION = 1
 PROMPT_SETS = ("class", "simple", "ensemble")
@@ -37,7 +38,16 @@ file_sha256 = sha256_file
 
 
 def read_lines(path: str | os.PathLike) -> list[str]:
-    return [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    """Non-blank lines of a text file, stripped (class names, concept lists).
+
+    UTF-8 (a byte-order mark dropped) or UTF-16/32 with a byte-order mark; lines end at ``\n`` or
+    ``\r\n`` only (``helpers.text.encodings``). Raises ``ConfigError`` naming the file otherwise.
+    """
+    try:
+        text = read_text_file(path)
+    except EncodingError as err:
+        raise ConfigError(str(err)) from err
+    return [line.strip() for line in split_lines(text) if line.strip()]
 
 
 class EntryReader:

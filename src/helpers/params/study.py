@@ -69,6 +69,9 @@ class Analysis(Section):
     bootstrap_resamples: NonNegativeInt = 1000
     seed: NonNegativeInt = 0
     bin_sensitivity: list[Annotated[int, Field(ge=2)]] = []
+    missing: Literal["raise", "drop"] = Field(
+        "raise", description="NaN counts or scores: raise naming the rows, or drop them and count them in the notes"
+    )
     zero_shot: ZeroShot
     retrieval: Retrieval
     t2i: T2I

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from helpers import schemas
 from helpers.naming import NORMALISATION_VERSION, concept_key, release_name
+from helpers.text.encodings import read_text_file, split_lines
 
 COUNTS_SUFFIX = "_search_counts.json"
 _METHOD = re.compile(
@@ -214,7 +215,7 @@ def concepts(release: Path, zero_shot_scores: pd.DataFrame) -> pd.DataFrame:
             sources.setdefault(name, set()).add(f"{dataset}:zero_shot")
     for rel_path, task in CONCEPT_LISTS.items():
         path = release / rel_path
-        for line in path.read_text().splitlines():
+        for line in split_lines(read_text_file(path)):  # a BOM or CRLF from an editor changes no name
             if line.strip():
                 sources.setdefault(line.strip(), set()).add(f"{Path(rel_path).stem}:{task}")
     names = sorted(sources)

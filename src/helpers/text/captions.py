@@ -16,7 +16,13 @@ Formats (``CaptionSource.format``):
              (``text_ext="json"``). The sample's key is kept (``CaptionBatch.keys``).
 ``txt``      plain text: one caption per line.
 
-``.gz`` compressed tsv/csv/txt files are read transparently.
+``.gz`` compressed tsv/csv/txt files are read transparently. Text is UTF-8; a UTF-8 byte-order mark is
+dropped, and a UTF-16/UTF-32 shard (recognised by its byte-order mark) is refused with a shard error naming
+the file and the encoding (``helpers.text.encodings``). Lines end at ``\n`` or ``\r\n`` only.
+
+``decode`` (every format; default ``none``): ``url`` percent-decodes each caption and reads ``+`` as a
+space (``urllib.parse.unquote_plus``, UTF-8; invalid bytes counted as ``invalid_utf8``), as the YFCC-15M
+metadata needs (its titles and descriptions are URL-encoded: ``hot%20dog%2Cketchup+and+mustard``).
 
 Sample ids (stable, documented, shared with the image side): ``sample_id = (shard_index << 32) |
 position`` (int64), where ``shard_index`` is the shard's position in the sorted (by path string) shard
@@ -59,6 +65,8 @@ from helpers.shards import (
     Shard,
     make_sample_ids,
 )
+from helpers.text.encodings import EncodingError, skip_utf8_bom, url_decode
+from helpers.text.encodings import decode_lenient as _decode  # BOM-aware, U+FFFD for invalid bytes
 from helpers.text.tars import ShardReadError, iter_tar_samples
 
 FORMATS = ("tsv", "csv", "parquet", "wds", "txt")
@@ -71,6 +79,7 @@ SUFFIXES = {
 }
 DEFAULT_MAX_CAPTION_CHARS = 4096
 DEFAULT_READ_BATCH = 8192
+DECODES = ("none", "url")
 _BRACE_RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
 _BRACE_LIST = re.compile(r"\{([^{}]*,[^{}]*)\}")
 
@@ -109,7 +118,8 @@ class CaptionSource:
     ``paths``: one path or pattern, or a list of them (stored as a tuple). Defaults by format: tsv
     ``caption_column=0, header=False``; csv and parquet ``caption_column="caption"`` (csv ``header=True``);
     wds ``text_ext="txt"`` (``"json"`` reads ``caption_key``). ``max_caption_chars`` truncates (counted);
-    ``batch_size`` is the number of records per ``CaptionBatch``.
+    ``batch_size`` is the number of records per ``CaptionBatch``. ``decode``: ``none`` or ``url``
+    (percent-escapes and ``+``, for URL-encoded metadata such as YFCC-15M's).
     """
 
     format: str
@@ -123,10 +133,13 @@ class CaptionSource:
     caption_key: str = "caption"
     max_caption_chars: int = DEFAULT_MAX_CAPTION_CHARS
     batch_size: int = DEFAULT_READ_BATCH
+    decode: str = "none"
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
             raise ConfigError(f"format: unknown caption format {self.format!r} (expected one of {', '.join(FORMATS)})")
+        if self.decode not in DECODES:
+            raise ConfigError(f"decode: expected one of {', '.join(DECODES)}, got {self.decode!r}")
         paths = (self.paths,) if isinstance(self.paths, (str, os.PathLike)) else tuple(self.paths or ())
         paths = tuple(os.fspath(p) for p in paths)
         if not paths:
@@ -269,6 +282,9 @@ class _Batcher:
         if stats.records >= MAX_RECORDS_PER_SHARD:
             raise ShardReadError("more than 2**32 records in one shard")
         stats.records += 1
+        if self.source.decode == "url" and isinstance(caption, str) and not malformed:
+            caption, bad = url_decode(caption)
+            invalid = invalid or bad
         if invalid:
             stats.invalid_utf8 += 1
         if malformed:
@@ -305,12 +321,11 @@ class _Batcher:
         return batch
 
 
-def _decode(data: bytes) -> tuple[str, bool]:
-    """UTF-8 text and whether it was invalid (then decoded with U+FFFD replacements)."""
+def _skip_bom(stream: IO[bytes], path: str) -> None:
     try:
-        return data.decode("utf-8"), False
-    except UnicodeDecodeError:
-        return data.decode("utf-8", errors="replace"), True
+        skip_utf8_bom(stream, path)
+    except EncodingError as err:
+        raise ShardReadError(str(err)) from err
 
 
 def _unescape(text: str) -> tuple[str, bool]:
@@ -338,6 +353,7 @@ def _column_index(source: CaptionSource, key: str, names: list[str] | None, path
 def _read_tsv(source: CaptionSource, path: str, batcher: _Batcher, max_records: int | None) -> Iterator[CaptionBatch]:
     sep = source.delimiter.encode()
     with _open_binary(path) as fh:
+        _skip_bom(fh, path)
         names = None
         n_columns = source.n_columns
         if source.header:
@@ -368,6 +384,7 @@ def _read_csv(source: CaptionSource, path: str, batcher: _Batcher, max_records: 
     # the limit is process-wide, so it is only ever raised, never lowered
     csv.field_size_limit(max(csv.field_size_limit(), min(sys.maxsize, 2**31 - 1)))
     with _open_binary(path) as fb:
+        _skip_bom(fb, path)
         text = io.TextIOWrapper(fb, encoding="utf-8", errors="surrogateescape", newline="")
         reader = csv.reader(text, delimiter=source.delimiter)
         names = None
@@ -406,6 +423,7 @@ def _read_csv(source: CaptionSource, path: str, batcher: _Batcher, max_records: 
 
 def _read_txt(source: CaptionSource, path: str, batcher: _Batcher, max_records: int | None) -> Iterator[CaptionBatch]:
     with _open_binary(path) as fh:
+        _skip_bom(fh, path)
         for raw in fh:
             caption, invalid = _decode(raw.rstrip(b"\r\n"))
             batcher.add(caption, invalid=invalid)

@@ -82,7 +82,9 @@ from helpers.text.captions import (
     list_shards,
     read_shard,
 )
+from helpers.text.encodings import EncodingError, read_text_file, split_lines
 from helpers.text.matching import DEFAULT_SPACY_MODEL, PAPER_POS, caption_lemmas, concept_lemmas, load_spacy_pipeline
+from helpers.text.normalise import decode_markup
 
 PARAMS_KEY = "concepts.downstream"
 NOUN_EXTRACTORS = ("spacy", "lemmas")
@@ -205,8 +207,8 @@ def extract_caption_concepts(
         used[key] += 1
         keys.append(key)
         texts.append(caption)
-    if noun_extractor == "spacy":
-        extracted = _spacy_nouns(nlp.pipe(texts))
+    if noun_extractor == "spacy":  # entities decoded, tags and format characters removed, case kept
+        extracted = _spacy_nouns(nlp.pipe([decode_markup(t) for t in texts]))
     else:
         extracted = _lemma_words(texts, lemma_table)
     per_image: dict[str, set[str]] = {}
@@ -227,7 +229,8 @@ def read_class_names_file(path: str | os.PathLike, key: str = "class_names_file"
 
     A line whose first non-blank character is ``#`` is a comment, and so is everything from a ``#`` that
     follows white space (``dog  # the animal``); a ``#`` inside a name (``C#``) is kept. ``key`` names the
-    params key in error messages.
+    params key in error messages. UTF-8 (a byte-order mark is dropped) or UTF-16/32 with a byte-order
+    mark; lines end at ``\n`` or ``\r\n`` (``helpers.text.encodings``).
     """
     path = Path(path)
     if not path.exists():
@@ -235,11 +238,11 @@ def read_class_names_file(path: str | os.PathLike, key: str = "class_names_file"
     if not path.is_file():
         raise ConfigError(f"{key}: not a file: {path}")
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"{key}: {path} is not UTF-8 text: {err}") from err
+        text = read_text_file(path)
+    except EncodingError as err:
+        raise ConfigError(f"{key}: {err}") from err
     names = []
-    for line in text.splitlines():
+    for line in split_lines(text):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -453,7 +456,7 @@ def build_concept_table(
     relative paths in it are resolved against ``base_dir`` (default: the working directory). ``nlp``:
     a spaCy-like pipeline for ``noun_extractor: spacy`` entries (loaded from ``spacy_model`` when None).
     ``lemma_table``: the lookup lemma table (default spaCy's English one) for ``lemmas`` and for the
-    ``lemmas`` column.
+    ``lemmas`` column (``matching.concept_lemmas``: lemmas, with plural nouns kept as written).
 
     Returns ``DataFrame(concept_id int32, name, key, lemmas list[str], sources list[str])`` validated by
     ``schemas.CONCEPT_TABLE``: new concepts are sorted by name; a name already present only gets the new

@@ -4,12 +4,15 @@ Three matching semantics, selected by ``mode`` and versioned together by ``MATCH
 (bump it whenever any rule below changes, so counts built under different rules are never mixed):
 
 ``phrase`` (default)
-    Caption and concept name are normalised the same way (NFKC, case-folded, every character that is not
-    a letter or digit -- punctuation, hyphens, underscores, white space -- becomes a word boundary), each
-    word is lemmatised with spaCy's English *lookup* table (``en_lemma_lookup`` of ``spacy-lookups-data``,
-    no trained pipeline: ``lemma = table.get(word, word)``), and a concept matches when its lemma sequence
-    occurs as a contiguous run of whole words. So "Two mice" contains "mouse", "hot-dogs" contains
-    "hot dog", and "dogfood" does not contain "dog". A concept whose name normalises to no word never
+    Caption and concept name are normalised the same way (``helpers.text.normalise``: HTML entities
+    decoded and markup tags removed, case-folded, NFKD with accents and invisible format characters
+    removed, every character that is not a letter or digit -- punctuation, hyphens, underscores, white
+    space -- a word boundary), each caption word is lemmatised with spaCy's English *lookup* table
+    (``en_lemma_lookup`` of ``spacy-lookups-data``, no trained pipeline: ``lemma = table.get(word, word)``)
+    with noun lemmas first (``leaves -> leaf``), each concept word is lemmatised the same way unless it is
+    a plural noun (``glasses``), which is kept as written and matches only itself, and a concept matches
+    when its term sequence occurs as a contiguous run of whole words. So "Two mice" contains "mouse",
+    "hot-dogs" contains "hot dog", and "dogfood" does not contain "dog". A concept whose name normalises to no word never
     matches.
 
     For speed the lemmatisation is inverted rather than applied: every surface form whose lemma is a
@@ -23,7 +26,8 @@ Three matching semantics, selected by ``mode`` and versioned together by ``MATCH
     caption (order and adjacency ignored).
 
 ``paper``
-    The authors' semantics: the caption side is the set of lower-cased lemmas of the NOUN and PROPN
+    The authors' semantics: the caption side (HTML entities decoded, tags and format characters
+    removed: ``normalise.decode_markup``) is the set of lower-cased lemmas of the NOUN and PROPN
     tokens found by a trained spaCy English pipeline (``en_core_web_lg`` by default, installed with the
     ``spacy-model`` extra; any object with spaCy's ``nlp.pipe`` interface can be injected with ``nlp=``);
     a concept is its lower-cased name split on white space and underscores, each word lemmatised by the
@@ -38,8 +42,9 @@ depends on the whole corpus: ``match_captions`` treats the captions it is given 
 sharded search (``run_text_search`` / ``text_counts``) keeps enough per-shard evidence to give the exact
 corpus-level answer however the corpus is split into shards.
 
-Consequences worth knowing: lemmatisation is exactly the lookup table's, quirks included ("leaves" ->
-"leave", so "autumn leaves" does not contain "leaf"); accents are kept ("café" is not "cafe"); punctuation
+Consequences worth knowing: lemmatisation is the lookup table's apart from the plural nouns it maps to a
+verb ("autumn leaves" contains "leaf"); a concept named in the plural matches only the plural ("a glass of
+wine" does not contain "glasses"); accents are folded ("café" is "cafe"); punctuation
 between two words does not break a phrase ("hot, dog" contains "hot dog"); a concept spelled with
 punctuation is matched with that punctuation as a boundary ("St. Bernard" = "st bernard").
 
@@ -58,13 +63,10 @@ Public API::
 from __future__ import annotations
 
 import functools
-import gzip
 import hashlib
-import importlib.resources
 import itertools
 import json
 import os
-import unicodedata
 from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
 from typing import Any, NamedTuple
 
@@ -73,14 +75,24 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from helpers.naming import NORMALISATION_VERSION, concept_key
-from helpers.shards import (
-    ConfigError,
+from helpers.shards import ConfigError
+from helpers.text import normalise
+from helpers.text.normalise import (
+    LITERAL,
+    SEP,
+    concept_terms,
+    decode_markup,
+    default_lemma_table,
+    inverse_table,
+    lemmatise,
+    normalise_batch,
+    normalise_caption,
 )
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here needs a hub; never let a dependency try one
 
 
-MATCH_SEMANTICS_VERSION = 1
+MATCH_SEMANTICS_VERSION = 2  # 2: HTML entities, accent/format folding, noun lemmas first, literal plurals
 MODES = ("phrase", "bag", "paper")
 UNKNOWN_WORDS = ("drop", "zero")
 DEFAULT_UNKNOWN_WORDS = {"phrase": "zero", "bag": "zero", "paper": "drop"}
@@ -91,120 +103,48 @@ DEFAULT_BATCH_SIZE = 8192
 # most a few hundred each. The cap only guards against a pathological name.
 MAX_PATTERNS_PER_CONCEPT = 100_000
 
-_SEP = "\x00"  # caption separator inside a batch; never a word character, removed from captions first
-_JOIN = f" {_SEP} "
-# ASCII code -> normalised code: letters lower-cased, digits kept, the separator kept, all else a space
-_ASCII_LUT = np.array(
-    [0 if c == 0 else ord(chr(c).lower()) if chr(c).isalnum() else 32 for c in range(128)] + [32] * 128,
-    dtype=np.uint8,
-)
-
 
 # --------------------------------------------------------------------------------------------- text
 
 
-def normalise_caption(text: str | None) -> str:
-    """The normalised form the ``phrase`` and ``bag`` modes match on: words joined by single spaces.
-
-    NFKC, then case-folded; every character that is not a letter or digit (``str.isalnum``) separates
-    words, so punctuation, hyphens and underscores are word boundaries. This is the reference; batches
-    are normalised by ``_normalise_batch`` with the same result.
-
-    >>> normalise_caption("Two HOT-dogs, a dog_food can & dogfood!")
-    'two hot dogs a dog food can dogfood'
-    """
-    if not isinstance(text, str):
-        return ""
-    text = text.lower() if text.isascii() else unicodedata.normalize("NFKC", text).casefold()
-    return " ".join("".join(ch if ch.isalnum() else " " for ch in text).split())
-
-
-def _normalise_joined(joined: str) -> str:
-    """Normalise ``" " + captions joined by " \\0 " + " "`` (non-ASCII captions already NFKC + case-folded)."""
-    if joined.isascii():
-        codes = _ASCII_LUT[np.frombuffer(joined.encode("ascii"), dtype=np.uint8)]
-        encoding = "ascii"
-    else:
-        encoding = "utf-32-le"
-        codes = np.frombuffer(joined.encode(encoding, "surrogatepass"), dtype=np.uint32).copy()
-        high = codes >= 128
-        codes[~high] = _ASCII_LUT[codes[~high]]
-        distinct, inverse = np.unique(codes[high], return_inverse=True)
-        is_word = np.array([chr(c).isalnum() for c in distinct.tolist()], dtype=bool)
-        codes[high] = np.where(is_word[inverse], distinct[inverse], 32)
-        if not is_word.any():  # only punctuation, symbols or emoji outside ASCII: one byte per character
-            codes, encoding = codes.astype(np.uint8), "ascii"
-    space = codes == 32
-    keep = np.ones(len(codes), dtype=bool)
-    np.logical_not(space[1:] & space[:-1], out=keep[1:])  # collapse runs of boundaries to one space
-    return codes[keep].tobytes().decode(encoding, "surrogatepass")
-
-
-def _normalise_part(texts: list[str]) -> str:
-    joined = _JOIN.join(texts)
-    if joined.count(_SEP) != len(texts) - 1:  # a caption contains the separator itself: blank it out
-        joined = _JOIN.join(t.replace(_SEP, " ") for t in texts)
-    return _normalise_joined(f" {joined} ")
-
-
-def _normalise_batch(texts: list) -> tuple[str, np.ndarray | None]:
-    """Normalise many captions at once: ``" w w \\0 w w \\0 ... w "`` (separator between captions).
-
-    Works on the joined batch as one numpy array of code points (a lookup table maps ASCII; the few
-    distinct non-ASCII characters of a batch are classified once), so the cost per caption is a few
-    vectorised passes over its characters; the per-caption result equals ``normalise_caption``. In a
-    batch mixing ASCII and other captions the ASCII ones come first (one byte per character is faster);
-    the second value is then the original position of each caption in the text (None: input order).
-    """
-    try:
-        is_plain = np.fromiter(map(str.isascii, texts), dtype=bool, count=len(texts))
-    except TypeError:  # None, NaN or another non-string: an empty caption
-        texts = [t if isinstance(t, str) else "" for t in texts]
-        is_plain = np.fromiter(map(str.isascii, texts), dtype=bool, count=len(texts))
-    if is_plain.all():
-        return _normalise_part(texts), None
-    folded = [unicodedata.normalize("NFKC", t).casefold() for t in itertools.compress(texts, ~is_plain)]
-    text = _normalise_part(folded)
-    if is_plain.any():
-        text = _normalise_part(list(itertools.compress(texts, is_plain))) + _SEP + text
-    return text, np.concatenate([np.flatnonzero(is_plain), np.flatnonzero(~is_plain)])
-
-
-@functools.lru_cache(maxsize=1)
-def _load_lemma_lookup() -> dict[str, str]:
-    resource = importlib.resources.files("spacy_lookups_data") / "data" / "en_lemma_lookup.json.gz"
-    with resource.open("rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as fh:
-        return json.load(fh)
-
-
 def lemma_lookup() -> Mapping[str, str]:
-    """spaCy's English lookup lemma table (``spacy-lookups-data``), read-only."""
-    from types import MappingProxyType
-
-    return MappingProxyType(_load_lemma_lookup())
+    """The lemma table the ``phrase``/``bag`` modes use (``normalise.default_lemma_table``), read-only."""
+    return default_lemma_table()
 
 
 @functools.lru_cache(maxsize=1)
 def lookup_table_sha256() -> str:
-    """Checksum of the lookup table in use (part of every run's fingerprint)."""
-    table = _load_lemma_lookup()
-    return hashlib.sha256(json.dumps(table, sort_keys=True).encode()).hexdigest()
+    """Checksum of the lemma table in use (part of every run's fingerprint)."""
+    return _table_sha256(default_lemma_table())
 
 
-def lemmatise(words: Iterable[str], table: Mapping[str, str] | None = None) -> list[str]:
-    """Lookup lemmatisation of already normalised words: ``table.get(word, word)``."""
-    table = _load_lemma_lookup() if table is None else table
-    return [table.get(w, w) for w in words]
+def _table_sha256(table: Mapping[str, str]) -> str:
+    return hashlib.sha256(json.dumps(dict(table), sort_keys=True).encode()).hexdigest()
 
 
 def caption_lemmas(text: str | None, table: Mapping[str, str] | None = None) -> list[str]:
-    """The lemma sequence the ``phrase``/``bag`` modes see for one caption (a reference, slow path)."""
-    return lemmatise(normalise_caption(text).split(), table)
+    """The lemma sequence the ``phrase``/``bag`` modes see for one caption (a reference, slow path).
+
+    ``table``: a caller's own lemma table (normalised here, no noun corrections); default the study's.
+    """
+    return lemmatise(normalise_caption(text).split(), normalise.lemma_table(table))
+
+
+def concept_match_terms(name: str, table: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """A concept's match terms (``naming.concept_key`` first): lemmas, and ``LITERAL``-prefixed plurals.
+
+    A caption word matches a lemma term when its lemma equals it, and a literal term when it *is* it.
+    """
+    return concept_terms(normalise_caption(concept_key(name)).split(), normalise.lemma_table(table))
 
 
 def concept_lemmas(name: str, table: Mapping[str, str] | None = None) -> tuple[str, ...]:
-    """A concept's lemma sequence in the ``phrase``/``bag`` modes (``naming.concept_key`` first)."""
-    return tuple(lemmatise(normalise_caption(concept_key(name)).split(), table))
+    """A concept's words as matched in the ``phrase``/``bag`` modes: lemmas, and plurals as written.
+
+    >>> concept_lemmas("Black_footed_Albatross"), concept_lemmas("Mice"), concept_lemmas("Leaves")
+    (('black', 'foot', 'albatross'), ('mice',), ('leaves',))
+    """
+    return tuple(t.removeprefix(LITERAL) for t in concept_match_terms(name, table))
 
 
 def paper_concept_words(name: str) -> list[str]:
@@ -212,25 +152,9 @@ def paper_concept_words(name: str) -> list[str]:
     return name.lower().replace("_", " ").split()
 
 
-def _is_token(word: str) -> bool:
-    """Whether ``word`` can be a token of a normalised caption (so a surface form worth matching)."""
-    return bool(word) and normalise_caption(word) == word
-
-
-def _inverse_table(table: Mapping[str, str] | None) -> dict[str, list[str]]:
-    """lemma -> the table's keys that lemmatise to it and can occur as caption tokens."""
-    if table is None:
-        return _default_inverse()
-    inverse: dict[str, list[str]] = {}
-    for surface, lemma in table.items():
-        if _is_token(surface):
-            inverse.setdefault(lemma, []).append(surface)
-    return inverse
-
-
 @functools.lru_cache(maxsize=1)
 def _default_inverse() -> dict[str, list[str]]:
-    return _inverse_table(_load_lemma_lookup())
+    return inverse_table(default_lemma_table())
 
 
 class Hits(NamedTuple):
@@ -322,13 +246,16 @@ class TextMatcher:
         self.batch_size = int(batch_size)
         self.spacy_model = spacy_model
         self._custom_table = lemma_table is not None
-        self._table = dict(lemma_table) if lemma_table is not None else _load_lemma_lookup()
+        self._table = normalise.lemma_table(lemma_table)
         self._nlp = nlp
         if mode == "paper":
             self._nlp = nlp if nlp is not None else load_spacy_pipeline(spacy_model)
             self.concept_words = self._paper_concept_words()
         else:
-            self.concept_words = [concept_lemmas(name, self._table) for name in self.concepts]
+            # match terms: lemmas, and LITERAL-prefixed plural nouns (matched as written)
+            self.concept_words = [
+                concept_terms(normalise_caption(concept_key(name)).split(), self._table) for name in self.concepts
+            ]
         if mode == "phrase":
             self._compile_phrases()
         else:
@@ -337,16 +264,31 @@ class TextMatcher:
     # ---- compilation
 
     def _surface_forms(self) -> dict[str, list[str]]:
-        """lemma -> every normalised token whose lookup lemma it is (the inverted lookup table)."""
-        inverse = _inverse_table(None) if not self._custom_table else _inverse_table(self._table)
+        """term -> every normalised token it matches: a literal term its word, a lemma every token whose
+        lemma it is (the inverted lemma table)."""
+        inverse = inverse_table(self._table) if self._custom_table else _default_inverse()
         forms: dict[str, list[str]] = {}
-        for lemma in {w for words in self.concept_words for w in words}:
-            surfaces = set(inverse.get(lemma, ()))
+        for term in {w for words in self.concept_words for w in words}:
+            if term.startswith(LITERAL):
+                forms[term] = [term.removeprefix(LITERAL)]
+                continue
+            surfaces = set(inverse.get(term, ()))
             # a lemma is its own surface form unless the table maps it elsewhere
-            if self._table.get(lemma, lemma) == lemma and _is_token(lemma):
-                surfaces.add(lemma)
-            forms[lemma] = sorted(surfaces)
+            if self._table.get(term, term) == term and normalise_caption(term) == term:
+                surfaces.add(term)
+            forms[term] = sorted(surfaces)
         return forms
+
+    @staticmethod
+    def _group(patterns: dict[str, list[int]]) -> tuple[dict[str, int], np.ndarray, np.ndarray]:
+        """Patterns mapping to several values (``glass`` and literal ``glasses`` share ``" glasses "``):
+        pattern -> group id, and the groups' values as CSR (indptr, values)."""
+        groups: dict[tuple[int, ...], int] = {}
+        out = {p: groups.setdefault(tuple(sorted(set(v))), len(groups)) for p, v in patterns.items()}
+        counts = np.array([len(g) for g in groups], dtype=np.int64)
+        indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        values = np.array([v for g in groups for v in g], dtype=np.int64)
+        return out, indptr, values
 
     def _build_automaton(self, patterns: dict[str, int], n_values: int) -> None:
         """One automaton over ``" word word "`` patterns, plus the caption separator (value ``n_values``)."""
@@ -358,7 +300,7 @@ class TextMatcher:
         automaton = ahocorasick.Automaton(ahocorasick.STORE_INTS)
         for pattern, value in patterns.items():
             automaton.add_word(pattern, value)
-        automaton.add_word(_SEP, self._n_values)
+        automaton.add_word(SEP, self._n_values)
         automaton.make_automaton()
         self._automaton = automaton
         # The most patterns that can end at one position: a pattern and those of its word suffixes that are
@@ -369,26 +311,26 @@ class TextMatcher:
         )
 
     def _compile_phrases(self) -> None:
-        sequences: dict[tuple[str, ...], list[int]] = {}
-        for i, words in enumerate(self.concept_words):
-            if words:
-                sequences.setdefault(tuple(words), []).append(i)
         forms = self._surface_forms()
-        patterns: dict[str, int] = {}
-        for seq_id, words in enumerate(sequences):
+        patterns: dict[str, list[int]] = {}  # surface phrase -> the concepts it matches
+        for i, words in enumerate(self.concept_words):
+            if not words:
+                continue
             options = [forms[w] for w in words]
             size = int(np.prod([len(o) for o in options]))
             if size > MAX_PATTERNS_PER_CONCEPT:
                 raise ValueError(f"concept phrase {' '.join(words)!r} expands to {size} surface forms")
             for combo in itertools.product(*options):
-                patterns[f" {' '.join(combo)} "] = seq_id  # a surface phrase has one lemma sequence
-        counts = np.array([len(v) for v in sequences.values()], dtype=np.int64)
-        self._key_indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        self._key_concepts = np.array([c for v in sequences.values() for c in v], dtype=np.int32)
+                patterns.setdefault(f" {' '.join(combo)} ", []).append(i)
+        keys, self._key_indptr, key_concepts = self._group(patterns)
+        self._key_concepts = key_concepts.astype(np.int32)
+        counts = np.diff(self._key_indptr)
         self._key_shared = counts > 1
         self._key_rest_indptr = np.concatenate([[0], np.cumsum(counts - 1)]).astype(np.int64)
-        self._key_rest = np.array([c for v in sequences.values() for c in v[1:]], dtype=np.int32)
-        self._build_automaton(patterns, len(sequences))
+        first = np.zeros(len(self._key_concepts), dtype=bool)
+        first[self._key_indptr[:-1][counts > 0]] = True
+        self._key_rest = self._key_concepts[~first]
+        self._build_automaton(keys, len(counts))
 
     def _compile_words(self) -> None:
         """Bag and paper modes: a vocabulary of concept words, and word -> (concept, bit) incidence."""
@@ -410,12 +352,13 @@ class TextMatcher:
         self._word_concepts = inc[:, 1].astype(np.int32)
         self._word_bits = np.left_shift(np.uint64(1), inc[:, 2].astype(np.uint64))
         self._full_mask = (np.left_shift(np.uint64(1), n_words.astype(np.uint64)) - np.uint64(1)).astype(np.uint64)
-        patterns: dict[str, int] = {}
+        patterns: dict[str, list[int]] = {}  # surface -> the vocabulary terms it matches
         if self.mode == "bag":
-            for lemma, surfaces in self._surface_forms().items():
+            for term, surfaces in self._surface_forms().items():
                 for surface in surfaces:
-                    patterns[f" {surface} "] = vocab[lemma]
-        self._build_automaton(patterns, len(vocab))
+                    patterns.setdefault(f" {surface} ", []).append(vocab[term])
+        keys, self._group_indptr, self._group_words = self._group(patterns)
+        self._build_automaton(keys, len(self._group_indptr) - 1)
 
     def _paper_concept_words(self) -> list[tuple[str, ...]]:
         split = [paper_concept_words(name) for name in self.concepts]
@@ -433,7 +376,7 @@ class TextMatcher:
         (or, with ``distinct=False``, every match in text order)."""
         if self._automaton is None or not texts:
             return _EMPTY_I64, _EMPTY_I64
-        text, order = _normalise_batch(texts)
+        text, order = normalise_batch(texts)
         # find_all with a C-level callback is several times faster per match than iterating ``iter()``.
         # ``values.insert(end, value)`` appends while ``end >= len(values)``: scanning starts after a pad
         # longer than the most matches the batch can have (each ends at a space or a separator, at most
@@ -455,7 +398,7 @@ class TextMatcher:
 
     def _paper_words(self, texts: list) -> tuple[np.ndarray, np.ndarray]:
         """Paper mode: (caption position, word index) of concept words among the caption's noun lemmas."""
-        texts = [t if isinstance(t, str) else "" for t in texts]
+        texts = [decode_markup(t) if isinstance(t, str) else "" for t in texts]
         rows, words = [], []
         for i, doc in enumerate(self._nlp.pipe(texts)):
             found = {self._word_index.get(tok.lemma_.lower()) for tok in doc if tok.pos_ in PAPER_POS}
@@ -479,7 +422,13 @@ class TextMatcher:
         return rows, concepts.astype(np.int32)
 
     def _word_batch(self, texts: list) -> tuple[np.ndarray, np.ndarray]:
-        return self._paper_words(texts) if self.mode == "paper" else self._scan(texts)
+        if self.mode == "paper":
+            return self._paper_words(texts)
+        rows, groups = self._scan(texts)
+        if len(rows) == 0:
+            return rows, groups
+        rows, words = _csr_expand(rows, groups, self._group_indptr, self._group_words)
+        return _sorted_distinct(rows, words, max(len(self.vocabulary), 1))
 
     def _over_batches(self, captions: Iterable, fn, progress: bool) -> tuple[np.ndarray, np.ndarray, int]:
         """Apply ``fn`` batch by batch; concatenate its (row, value) arrays, rows offset; count captions."""
@@ -598,11 +547,8 @@ class TextMatcher:
             meta = getattr(self._nlp, "meta", None) or {}
             fp["nlp"] = {"name": meta.get("name", type(self._nlp).__name__), "version": meta.get("version")}
         else:
-            fp["lemma_table_sha256"] = (
-                hashlib.sha256(json.dumps(self._table, sort_keys=True).encode()).hexdigest()
-                if self._custom_table
-                else lookup_table_sha256()
-            )
+            fp["lemma_table_sha256"] = _table_sha256(self._table) if self._custom_table else lookup_table_sha256()
+            fp["concept_terms_sha256"] = hashlib.sha256(json.dumps(self.concept_words).encode()).hexdigest()
         return fp
 
 
