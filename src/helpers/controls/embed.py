@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from helpers.controls.similarity import EMBED_TABLE, shard_embeddings
 from helpers.evaluation.datasets import load_dataset
 from helpers.evaluation.embeddings import image_embeddings
 from helpers.evaluation.models import LoadedModel, load_model
@@ -50,9 +51,6 @@ from helpers.shards import (
     read_run,
     run_shards,
 )
-
-EMBED_TABLE = "embeddings"
-
 
 # ============================================================================================ embedders
 
@@ -256,14 +254,6 @@ def embed_corpus(
         list_image_shards(source), fn, out_dir, fingerprint=fingerprint, executor=executor, workers=workers,
         ray_address=ray_address, overwrite=overwrite, progress=progress,
     )  # fmt: skip
-
-
-def shard_embeddings(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-    """(sample_ids int64 (N,), embeddings float32 (N, D)) of one shard's ``embeddings`` table."""
-    column = table["embedding"].combine_chunks()
-    dim = column.type.list_size
-    values = column.values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-    return table["sample_id"].to_numpy(), values.reshape(-1, dim)
 
 
 def iter_corpus_embeddings(

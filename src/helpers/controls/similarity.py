@@ -6,15 +6,16 @@ Two search paths behind one function, ``max_similarity``:
     chunked matmul (NumPy/BLAS): ``chunk_rows x n_test`` float32 scores at a time, so memory is
     ``chunk_rows * n_test * 4`` bytes whatever the corpus size. Used when ``n_test <= exact_max_test``.
 ``faiss``
-    an inverted-file index (``faiss.IndexIVFFlat``, inner product over unit vectors = cosine) of the *test*
-    embeddings, queried by the corpus in chunks; ``nprobe`` of ``nlist`` cells are scanned per query. The
-    approximation can only *under*-estimate a maximum (it scans a subset of the test images), and a
-    near-duplicate (cosine >= ~0.9) lies in its query's nearest cells almost surely, so the control's
-    high thresholds are found; ``benchmarks/bench_similarity.py`` measures recall against the exact path.
-    faiss-cpu was chosen over usearch: exact and IVF indexes in one library with the same inner-product
-    semantics, multi-threaded batch queries on CPU, and a GPU build (faiss-gpu) with the same API for
-    cluster runs; usearch is HNSW-only (graph build over 10k test points is cheap, but batch recall at
-    fixed cost is less predictable).
+    an inverted-file (IVF) search: the test embeddings are split into ``nlist`` cells by spherical k-means
+    (``faiss.Kmeans``, default ``nlist = sqrt(n_test)``), each query picks its ``nprobe`` nearest cells
+    (default 4) and is scored *exactly* against their test rows, one BLAS matmul per cell and chunk. The
+    approximation can only *under*-estimate a maximum (it scans a subset of the test images); a
+    near-duplicate (cosine >= ~0.9) lies in its query's nearest cells almost surely, so the control's high
+    thresholds are found (``benchmarks/bench_similarity.py`` reports the recall of planted duplicates).
+    Why faiss, and why not its own ``IndexIVFFlat.search``: faiss gives a well-tested, seeded k-means and has
+    a GPU build with the same API for cluster runs; on this 2-core CPU its per-query IVF scan measured
+    slower than BLAS-batched scoring of the same cells (and usearch, HNSW-only, gives no exact-within-cell
+    guarantee), so the scan is batched matmuls here.
 
 Corpus run (``similarity_run``): one Parquet per shard of the embedding run, ``shards/NNNNNN.similarity.parquet``
 with ``sample_id int64, max_sim float32, argmax_test_id int64`` (test ids index the stacked test matrix of
@@ -36,7 +37,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from helpers.controls.embed import EMBED_TABLE, shard_embeddings
 from helpers.shards import (
     SHARD_DIR,
     ConfigError,
@@ -49,6 +49,7 @@ from helpers.shards import (
     run_shards,
 )
 
+EMBED_TABLE = "embeddings"  # the corpus embedding run's per-shard table (helpers.controls.embed)
 SIM_TABLE = "similarity"
 SIM_SCHEMA = pa.schema([("sample_id", pa.int64()), ("max_sim", pa.float32()), ("argmax_test_id", pa.int64())])
 METHODS = ("auto", "exact", "faiss")
@@ -64,7 +65,7 @@ class SearchSettings:
     method: str = "auto"
     exact_max_test: int = DEFAULT_EXACT_MAX_TEST
     nlist: int | None = None
-    nprobe: int = 8
+    nprobe: int = 4
     memory_bytes: int = DEFAULT_MEMORY_BYTES
     seed: int = 0
 
@@ -122,20 +123,44 @@ class MaxSimilarity:
         if self.method == "faiss":
             self.index = self._build_faiss()
 
-    def _build_faiss(self):
+    def _build_faiss(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """k-means cells of the test set (faiss.Kmeans): centroids, test rows sorted by cell, offsets, ids."""
         import faiss
 
         m, d = self.test.shape
-        nlist = self.settings.nlist or max(1, int(4 * np.sqrt(m)))
-        nlist = min(nlist, m)
-        quantizer = faiss.IndexFlatIP(d)
-        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.cp.seed = self.settings.seed
-        index.cp.min_points_per_centroid = 1  # small test sets: no warning, no refusal
-        index.train(self.test)
-        index.add(self.test)
-        index.nprobe = min(self.settings.nprobe, nlist)
-        return index
+        nlist = min(self.settings.nlist or max(1, int(np.sqrt(m))), m)
+        kmeans = faiss.Kmeans(d, nlist, niter=20, seed=self.settings.seed, spherical=True, min_points_per_centroid=1)
+        kmeans.train(self.test)
+        centroids = np.ascontiguousarray(kmeans.centroids, dtype=np.float32)
+        cell = (self.test @ centroids.T).argmax(axis=1)
+        order = np.argsort(cell, kind="stable")
+        offsets = np.searchsorted(cell[order], np.arange(nlist + 1))
+        return centroids, np.ascontiguousarray(self.test[order]), offsets, order.astype(np.int64)
+
+    def _search_cells(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """IVF search with BLAS: each query scores the test rows of its ``nprobe`` nearest cells exactly."""
+        centroids, test, offsets, ids = self.index
+        nprobe = min(self.settings.nprobe, len(centroids))
+        coarse = q @ centroids.T
+        probes = np.argpartition(-coarse, nprobe - 1, axis=1)[:, :nprobe] if nprobe < len(centroids) else (
+            np.broadcast_to(np.arange(len(centroids)), coarse.shape))  # fmt: skip
+        flat = probes.ravel()
+        order = np.argsort(flat, kind="stable")
+        bounds = np.searchsorted(flat[order], np.arange(len(centroids) + 1))
+        best = np.full(len(q), -np.inf, np.float32)
+        arg = np.full(len(q), -1, np.int64)
+        for c in range(len(centroids)):
+            lo, hi = offsets[c], offsets[c + 1]
+            rows = order[bounds[c] : bounds[c + 1]] // nprobe
+            if hi == lo or len(rows) == 0:
+                continue
+            scores = q[rows] @ test[lo:hi].T
+            a = scores.argmax(axis=1)
+            s = scores[np.arange(len(rows)), a]
+            better = s > best[rows]
+            best[rows[better]] = s[better]
+            arg[rows[better]] = ids[lo + a[better]]
+        return best, arg
 
     def __call__(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         q = _check_matrix(queries, "query embeddings")
@@ -152,16 +177,15 @@ class MaxSimilarity:
                 arg[start : start + rows] = a
                 best[start : start + rows] = scores[np.arange(len(a)), a]
         else:
-            rows = max(1, self.settings.memory_bytes // (64 * q.shape[1]))
+            # a query's probed rows: about nprobe / nlist of the test set (x 4 bytes per score)
+            per_query = 4 * (len(self.index[0]) + self.settings.nprobe * len(self.test) / len(self.index[0]))
+            rows = max(1, int(self.settings.memory_bytes // per_query))
             for start in range(0, n, rows):
-                dist, idx = self.index.search(q[start : start + rows], 1)
-                best[start : start + rows] = dist[:, 0]
-                arg[start : start + rows] = idx[:, 0]
-            missing = arg < 0  # no test vector in the probed cells (rare): fall back to the exact maximum
+                best[start : start + rows], arg[start : start + rows] = self._search_cells(q[start : start + rows])
+            missing = arg < 0  # every probed cell empty (k-means can leave a cell empty): exact maximum instead
             if missing.any():
                 sub = q[missing] @ self.test.T
-                arg[missing] = sub.argmax(axis=1)
-                best[missing] = sub.max(axis=1)
+                arg[missing], best[missing] = sub.argmax(axis=1), sub.max(axis=1)
         return best, arg
 
 
@@ -173,6 +197,14 @@ def max_similarity(
 
 
 # ============================================================================================ corpus run
+
+
+def shard_embeddings(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """(sample_ids int64 (N,), embeddings float32 (N, D)) of one shard's ``embeddings`` table."""
+    column = table["embedding"].combine_chunks()
+    dim = column.type.list_size
+    values = column.values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    return table["sample_id"].to_numpy(), values.reshape(-1, dim)
 
 
 _SEARCHERS: dict[str, MaxSimilarity] = {}  # per process: one index per test matrix file and settings
