@@ -22,7 +22,7 @@ PLACEHOLDER = "{c}"
 SIMPLE_TEMPLATE = "A photo of a {c}."
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 FOLDER_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
-DATASET_FORMATS = ("imagefolder", "wds", "torchvision")
+DATASET_FORMATS = ("imagefolder", "wds", "torchvision", "parquet")
 TASKS = ("zero_shot", "retrieval")
 MODEL_KEYS = (
     "name", "pretrained", "model_config", "key", "quick_gelu", "image_mean", "image_std",
@@ -35,6 +35,9 @@ DATASET_KEYS = {
         "max_captions", "concepts", "concepts_file", "templates",
     ),
     "torchvision": ("format", "name", "root", "split", "class_names", "class_names_file", "templates", "task"),
+    "parquet": (
+        "format", "paths", "image_column", "label_column", "class_names", "class_names_file", "templates", "task",
+    ),
 }  # fmt: skip
 ANNOTATION_KEYS = ("labels", "class_names", "captions", "task")  # dataset fingerprint parts images ignore
 SCHEMA_PREFIXES = ("hf-hub:", "local-dir:")
