@@ -21,6 +21,12 @@ Corpus run (``similarity_run``): one Parquet per shard of the embedding run, ``s
 with ``sample_id int64, max_sim float32, argmax_test_id int64`` (test ids index the stacked test matrix of
 ``embed.downstream_embeddings``), resumable and fingerprinted by the embedding run, the test embeddings and the
 search settings (``helpers.shards.run_shards``).
+
+GPU / cluster path: the embedding is the expensive part; ``embed.make_embedder(config, device="cuda")`` runs
+the open_clip encoder on a GPU, and ``embed.embed_corpus(executor="ray")`` spreads shards over a Ray cluster
+(shards are independent; the output folder must be on shared storage). The search needs only the small test
+matrix beside each shard, so ``similarity_run`` can run on any node that sees the embedding folder. Not
+measured here (no GPU in the development session); the CPU figures are in ``benchmarks/bench_similarity.py``.
 """
 
 from __future__ import annotations
@@ -54,13 +60,14 @@ SIM_TABLE = "similarity"
 SIM_SCHEMA = pa.schema([("sample_id", pa.int64()), ("max_sim", pa.float32()), ("argmax_test_id", pa.int64())])
 METHODS = ("auto", "exact", "faiss")
 DEFAULT_EXACT_MAX_TEST = 2048
-DEFAULT_MEMORY_BYTES = 256 << 20  # score block of the exact path / distance block of faiss
+DEFAULT_MEMORY_BYTES = 256 << 20  # one block of query x test scores (exact) or query x probed-cell scores (IVF)
 
 
 @dataclass(frozen=True)
 class SearchSettings:
     """How ``max_similarity`` searches: method (auto/exact/faiss), the exact path's test-set size limit, the
-    faiss cell count (``nlist``, default ``4 * sqrt(n_test)``) and cells scanned (``nprobe``), memory budget."""
+    IVF cell count (``nlist``, default ``sqrt(n_test)``) and cells scanned per query (``nprobe``, default 4),
+    the memory budget of one score block, and the k-means seed."""
 
     method: str = "auto"
     exact_max_test: int = DEFAULT_EXACT_MAX_TEST
