@@ -296,3 +296,11 @@ def test_near_duplicate_is_deterministic():
     b = leak.near_duplicate(image, np.random.default_rng(5))
     assert a == b and a[0][:2] == b"\xff\xd8"
     assert leak.LEAK_CROP[0] <= a[1]["crop"] <= leak.LEAK_CROP[1]
+
+
+def test_unloadable_model_fails_before_any_shard_runs(tmp_path):
+    _tar(tmp_path / "a.tar", [_jpeg((255, 0, 0))])
+    bad = embed.OpenClipEmbedder({"key": "m", "model_config": str(tmp_path / "missing.json"), "pretrained": "x"})
+    with pytest.raises(ConfigError, match=r"evaluation\.models\.m\.model_config"):
+        embed.embed_corpus({"paths": str(tmp_path / "a.tar")}, bad, tmp_path / "e", progress=False)
+    assert not (tmp_path / "e").exists()

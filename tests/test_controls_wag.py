@@ -65,16 +65,13 @@ def test_release_overlap_with_the_published_classes(release_copy):
     published = wag.read_class_list(release_copy / "let_it_wag_datasets" / "let_it_wag_class_list.txt")
     assert len(published) >= 289 and "acadian flycatcher" in published
     counts = tidy.frequencies(release_copy, progress=False)
-    where = {"pretrain": "laion400m", "method": "integrated", "kind": "mean"}
-    where = {k: v for k, v in where.items() if k in counts.columns and v in set(counts[k])}
-    if "threshold" in counts.columns and counts["threshold"].notna().any():
-        sub = counts
-        for k, v in where.items():
-            sub = sub[sub[k] == v]
-        where["threshold"] = sorted(sub["threshold"].dropna().unique())[0] if sub["threshold"].notna().any() else None
+    where = {"pretrain": "laion400m", "method": "integrated_tlemmatized_i0.7"}  # the study's matched counts
     selection = wag.select_concepts(counts, 290, where=where)
     overlap = wag.release_overlap(selection["concept"], published)
     assert overlap["n_selected"] == len(selection) == 290
+    assert selection["count"].is_monotonic_increasing
+    rest = counts[(counts["pretrain"] == "laion400m") & (counts["method"] == where["method"])]
+    assert selection["count"].max() <= rest["count"].quantile(0.5)  # the rare end of the distribution
     assert 0 < overlap["n_overlap"] <= 290  # reported, not asserted to a number: it depends on the count type
     assert set(overlap["overlap"]) <= set(published)
 
