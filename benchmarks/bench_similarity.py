@@ -75,9 +75,9 @@ def _chunks(path: Path, n: int, dim: int, chunk: int):
             yield start, view
 
 
-def run_control(folder: str, n: int, dim: int, chunk: int, queue) -> None:
+def run_control(folder: str, n: int, dim: int, chunk: int, settings: dict, queue) -> None:
     started = time.perf_counter()
-    searcher = MaxSimilarity(np.load(Path(folder) / "test.npy"), SearchSettings())
+    searcher = MaxSimilarity(np.load(Path(folder) / "test.npy"), SearchSettings(**settings))
     built = time.perf_counter() - started
     best = np.empty(n, np.float32)
     arg = np.empty(n, np.int64)
@@ -119,6 +119,8 @@ def main() -> None:
     parser.add_argument("--planted", type=int, default=1000)
     parser.add_argument("--chunk", type=int, default=20_000)
     parser.add_argument("--baseline-rows", type=int, default=20_000)
+    parser.add_argument("--nlist", type=int, default=None, help="IVF cells (default: the library's, sqrt(n_test))")
+    parser.add_argument("--nprobe", type=int, default=SearchSettings().nprobe)
     args = parser.parse_args()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -129,7 +131,9 @@ def main() -> None:
             f"data: {args.n_corpus:,} x {args.dim} corpus, {args.n_test:,} test ({time.perf_counter() - t:.0f} s to make)"
         )
         rows = min(args.baseline_rows, args.n_corpus)
-        control = child(run_control, str(folder), args.n_corpus, args.dim, args.chunk)
+        settings = {"nlist": args.nlist, "nprobe": args.nprobe}
+        print(f"control settings: {SearchSettings(**settings)}")
+        control = child(run_control, str(folder), args.n_corpus, args.dim, args.chunk, settings)
         base = child(run_baseline, str(folder), args.n_corpus, args.dim, rows)
         scale = args.n_corpus / rows
         best_c = np.load(folder / "control_best.npy")
