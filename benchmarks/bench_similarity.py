@@ -154,9 +154,11 @@ def main() -> None:
         print(f"\nmax equal to the exact max (|diff| < 1e-4), first {rows:,} queries: {exact_equal:.4f}")
         print(f"planted near-duplicates found at cosine > 0.9: control {recall_c:.4f} (all {len(planted_rows)}), "
               f"exact {recall_b:.4f} ({len(sub)} in the baseline rows)")  # fmt: skip
-        print(
-            f"goal: <= 60 s and <= 2048 MiB -> {'met' if control['seconds'] <= 60 and control['peak_mib'] <= 2048 else 'NOT met'}"
-        )
+        if args.n_corpus >= 1_000_000 and args.n_test >= 10_000:
+            met = control["seconds"] <= 60 and control["peak_mib"] <= 2048
+            print(f"goal (1M x 10k): <= 60 s and <= 2048 MiB -> {'met' if met else 'NOT met'}")
+        else:
+            print("goal: stated for the default 1,000,000 x 10,000; not judged at this size")
 
 
 if __name__ == "__main__":
