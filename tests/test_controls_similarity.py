@@ -304,3 +304,17 @@ def test_unloadable_model_fails_before_any_shard_runs(tmp_path):
     with pytest.raises(ConfigError, match=r"evaluation\.models\.m\.model_config"):
         embed.embed_corpus({"paths": str(tmp_path / "a.tar")}, bad, tmp_path / "e", progress=False)
     assert not (tmp_path / "e").exists()
+
+
+def test_process_pool_gives_the_serial_embeddings(tmp_path):
+    for s in range(2):
+        _tar(tmp_path / f"{s}.tar", [_jpeg((60 * s + 40 * i, 100, 200 - 30 * i)) for i in range(4)])
+    source = {"paths": str(tmp_path / "*.tar")}
+    embedder = embed.PixelEmbedder(4)
+    embed.embed_corpus(source, embedder, tmp_path / "serial", progress=False)
+    embed.embed_corpus(source, embedder, tmp_path / "pool", executor="process", workers=2, progress=False)
+    serial = [(ids.tolist(), vecs) for _, ids, vecs in embed.iter_corpus_embeddings(tmp_path / "serial")]
+    pool = [(ids.tolist(), vecs) for _, ids, vecs in embed.iter_corpus_embeddings(tmp_path / "pool")]
+    assert [ids for ids, _ in serial] == [ids for ids, _ in pool] == [[0, 1, 2, 3], [1 << 32 | i for i in range(4)]]
+    for (_, a), (_, b) in zip(serial, pool):
+        np.testing.assert_array_equal(a, b)
