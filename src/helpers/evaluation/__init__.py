@@ -87,6 +87,15 @@ Datasets (``load_dataset``)
                      (``test`` by default; classes with a ``train`` flag get ``train = split == "train"``),
                      always ``download=False`` (a missing dataset is a ``ConfigError`` naming ``root``).
                      Class names come from the dataset's ``classes`` unless given.
+    ``parquet``      ``paths``: Parquet files (a file, glob or folder, or a list; sorted), one row per image:
+                     ``image_column`` (default ``image``: the image's encoded bytes, or a struct with a
+                     ``bytes`` field as Hugging Face ``datasets`` writes an ``Image`` feature) and
+                     ``label_column`` (default ``label``: an integer index or a class name); class names from
+                     ``class_names`` / ``class_names_file`` (index order). Zero-shot only. Example, the Let It
+                     Wag! benchmark exported as Parquet with ``image`` {bytes, path} and ``label`` columns:
+                     ``{format: parquet, paths: data/raw/let-it-wag/, class_names_file:
+                     let_it_wag_datasets/let_it_wag_class_list.txt}``. Labels are read up front; images are
+                     streamed a row group at a time. Rows without an image or label are left out with a warning.
     Any format takes ``templates``: the ensemble templates of this dataset (see below). A wrong entry
     raises ``ConfigError`` naming ``evaluation.datasets.<name>.<field>``. Dataset names become release file
     names ``{dataset}_{prompt}_results.json``, which ``helpers.release.tidy`` splits on the first underscore, so

@@ -210,6 +210,8 @@ def load_dataset(spec: Mapping[str, Any], preprocess: Callable, *, name: str | N
         ds = _load_imagefolder(section, spec, preprocess, name)
     elif fmt == "torchvision":
         ds = _load_torchvision(section, spec, preprocess, name)
+    elif fmt == "parquet":
+        ds = _load_parquet(section, spec, preprocess, name, task)
     else:
         ds = _load_wds(section, spec, preprocess, name, task)
     ds.templates = templates
@@ -426,6 +428,127 @@ def _load_wds(
     return EvalDataset(
         name or default_name, _TarImages(shards, index, preprocess), len(keys), task, labels_arr, class_names,
         captions if task == "retrieval" else None, concepts, fingerprint=fingerprint, stats=stats,
+    )  # fmt: skip
+
+
+class _ParquetImages(IterableDataset):
+    """Images of Parquet files, streamed a row group at a time; loader worker ``w`` of ``W`` reads files
+    ``w, w+W, ...``. ``index[(file, row)]`` is the dataset index of each kept row."""
+
+    def __init__(self, files: Sequence[str], column: str, index: Mapping[tuple[int, int], int], preprocess: Callable):
+        self.files, self.column, self.index, self.preprocess = list(files), column, dict(index), preprocess
+        self.n = len(self.index)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[tuple[int, torch.Tensor]]:
+        import pyarrow.parquet as pq
+
+        info = get_worker_info()
+        worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        for f in range(worker, len(self.files), n_workers):
+            row = 0
+            for batch in pq.ParquetFile(self.files[f]).iter_batches(columns=[self.column], batch_size=256):
+                for value in batch.column(0).to_pylist():
+                    i = self.index.get((f, row))
+                    if i is not None:
+                        data = value["bytes"] if isinstance(value, dict) else value
+                        yield i, self.preprocess(_open_rgb(data, f"row {row} of {self.files[f]}"))
+                    row += 1
+
+
+def _load_parquet(
+    section: EntryReader, spec: Mapping[str, Any], preprocess: Callable, name: str | None, task: str
+) -> EvalDataset:
+    """``format: parquet``: one row per image, image bytes and a label column (keys in the package docstring)."""
+    import glob
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    if task != "zero_shot":
+        raise section.error("task", "the parquet format holds zero-shot datasets only")
+    raw = spec.get("paths")
+    if raw is None:
+        raise section.error("paths", "missing")
+    patterns = [raw] if isinstance(raw, (str, os.PathLike)) else raw
+    if (
+        not isinstance(patterns, Sequence)
+        or not patterns
+        or not all(isinstance(p, (str, os.PathLike)) for p in patterns)
+    ):
+        raise section.error("paths", f"expected a path, glob or folder, or a list of them, got {raw!r}")
+    files: list[str] = []
+    for pattern in map(os.fspath, patterns):
+        if os.path.isdir(pattern):
+            files += sorted(str(p) for p in Path(pattern).rglob("*.parquet"))
+        else:
+            found = sorted(glob.glob(pattern))
+            if not found:
+                raise section.error("paths", f"no Parquet file matches {pattern!r}")
+            files += found
+    if not files:
+        raise section.error("paths", f"no *.parquet files under {raw!r}")
+    image_col = section.get_str("image_column", "image")
+    label_col = section.get_str("label_column", "label")
+    class_names = _class_names_from(section, spec, None)
+    if class_names is None:
+        raise section.error("class_names", "missing (give class_names or class_names_file)")
+    lookup = {c: i for i, c in enumerate(class_names)}
+    index: dict[tuple[int, int], int] = {}
+    labels: list[int] = []
+    stats = {"samples": 0, "no_image": 0, "no_annotation": 0}
+    for f, path in enumerate(files):
+        try:
+            meta = pq.ParquetFile(path)
+        except Exception as err:  # pyarrow raises ArrowInvalid/OSError for a file that is no Parquet
+            raise section.error("paths", f"{path}: not a readable Parquet file ({err})") from err
+        columns = meta.schema_arrow.names
+        for key, col in (("image_column", image_col), ("label_column", label_col)):
+            if col not in columns:
+                raise section.error(key, f"{path} has no column {col!r} (columns: {', '.join(columns)})")
+        labels_of, nulls = [], []
+        for batch in meta.iter_batches(columns=[label_col, image_col], batch_size=1024):  # bounded memory
+            labels_of += batch.column(0).to_pylist()
+            images = batch.column(1)
+            missing = images.is_null()
+            if pa.types.is_struct(images.type) and images.type.get_field_index("bytes") >= 0:  # HF Image feature
+                missing = pc.or_(missing, images.field("bytes").is_null())
+            nulls += missing.to_pylist()
+        for row, value in enumerate(labels_of):
+            stats["samples"] += 1
+            if nulls[row]:
+                stats["no_image"] += 1
+                continue
+            if value is None or (isinstance(value, str) and not value.strip()):
+                stats["no_annotation"] += 1
+                continue
+            if isinstance(value, str) and value.strip() in lookup:
+                label = lookup[value.strip()]
+            else:
+                try:
+                    label = int(value)
+                except (TypeError, ValueError):
+                    raise ValueError(f"{path}: row {row} has label {value!r}, not an index or class name") from None
+            if not 0 <= label < len(class_names):
+                raise ValueError(f"{path}: row {row} has label {label}, outside 0..{len(class_names) - 1}")
+            index[(f, row)] = len(labels)
+            labels.append(label)
+    if not labels:
+        raise section.error("paths", f"no usable rows in {len(files)} Parquet file(s) ({stats})")
+    if stats["no_image"] or stats["no_annotation"]:
+        warnings.warn(f"{section.prefix}: left out rows without an image or label: {stats}", stacklevel=3)
+    stats["kept"] = len(labels)
+    labels_arr = np.asarray(labels, dtype=np.int64)
+    fingerprint = {
+        "files": digest(_fingerprint_files(files)), "image_column": image_col, "rows": digest(sorted(index)),
+        "labels": digest(labels_arr.tolist()), "class_names": class_names,
+    }  # fmt: skip
+    return EvalDataset(
+        name or Path(files[0]).parent.name or "parquet", _ParquetImages(files, image_col, index, preprocess),
+        len(labels), "zero_shot", labels_arr, class_names, fingerprint=fingerprint, stats=stats,
     )  # fmt: skip
 
 

@@ -150,7 +150,22 @@ class WdsDataset(_Dataset):
         return _only_for("retrieval", value, info)
 
 
-Dataset = Annotated[ImageFolderDataset | WdsDataset | TorchvisionDataset, Field(discriminator="format")]
+class ParquetDataset(_Dataset):
+    """``format: parquet``: one row per image, encoded image bytes and a label (a class index or name).
+
+    The layout of Hugging Face image datasets (an ``image`` struct with ``bytes``) reads as is, so a published
+    benchmark such as Let It Wag! exported to Parquet evaluates without conversion."""
+
+    task: Literal["zero_shot"] = "zero_shot"
+    format: Literal["parquet"]
+    paths: NonEmptyStr | list[NonEmptyStr] = Field(description="a Parquet file, glob or folder, or a list of them")
+    image_column: NonEmptyStr = Field("image", description="image bytes, or a struct with a 'bytes' field")
+    label_column: NonEmptyStr = Field("label", description="class index (into the class names) or class name")
+
+
+Dataset = Annotated[
+    ImageFolderDataset | WdsDataset | TorchvisionDataset | ParquetDataset, Field(discriminator="format")
+]
 
 
 class Evaluation(Section):

@@ -107,6 +107,11 @@ class World(Section):
     captions_per_image: PositiveInt | None = None
     tagger_images: NonNegativeInt | None = None
     jpeg_quality: Annotated[int, Field(ge=1, le=100)] | None = None
+    leak_rate: Probability | None = Field(
+        None,
+        description="share of pretraining samples that are near-duplicates of test images (the similarity control)",
+    )
+    leaked_classes: NonNegativeInt | None = Field(None, description="how many test classes the leaks come from")
 
     def given(self) -> dict:
         """The fields the params set (the rest take WorldSpec's defaults)."""

@@ -130,6 +130,8 @@ class WorldSpec:
     captions_per_image: int = 5
     tagger_images: int = 1_000
     jpeg_quality: int = 90
+    leak_rate: float = 0.0
+    leaked_classes: int = 0
 
     def __post_init__(self) -> None:
         def fail(key: str, why: str) -> None:
@@ -163,6 +165,15 @@ class WorldSpec:
         integer("captions_per_image", 1)
         integer("tagger_images", 0)
         integer("jpeg_quality", 1, 100)
+        if (
+            isinstance(self.leak_rate, bool)
+            or not isinstance(self.leak_rate, (int, float))
+            or not 0 <= self.leak_rate <= 1
+        ):
+            fail("leak_rate", f"expected a rate in [0, 1], got {self.leak_rate!r}")
+        integer("leaked_classes", 0, self.n_concepts)
+        if self.leak_rate > 0 and (self.leaked_classes == 0 or self.downstream_per_class == 0):
+            fail("leaked_classes", "leak_rate > 0 needs leaked_classes >= 1 and downstream_per_class >= 1")
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any] | None) -> WorldSpec:
@@ -417,10 +428,22 @@ def generate_world(
     classification = _write_classification(spec, renderer, downstream / "classification", progress)
     retrieval = _write_retrieval(spec, renderer, downstream / "retrieval", progress)
     tagger = _write_tagger(spec, renderer, out / "tagger", progress)
+    leak = None
+    if spec.leak_rate > 0:  # near-duplicates of test images planted into the corpus (helpers.controls.leak)
+        from helpers.controls.leak import plant_near_duplicates
+
+        leak = plant_near_duplicates(
+            out, concept_names=names, n_samples=spec.n_samples, leak_rate=spec.leak_rate,
+            leaked_classes=spec.leaked_classes, image_size=spec.image_size, seed=spec.seed,
+            classification_root=classification["root"],
+        )  # fmt: skip
 
     last = f"{max(n_shards - 1, 0):05d}"
+    spec_dict = asdict(spec)
+    if spec.leak_rate == 0:  # off: world.json stays as it was before the leak option existed
+        spec_dict.pop("leak_rate"), spec_dict.pop("leaked_classes")
     result = {
-        "spec": asdict(spec),
+        "spec": spec_dict,
         "out_dir": str(out),
         "concepts": names,
         "pretrain": {
@@ -439,6 +462,8 @@ def generate_world(
             "omitted": int(sum(sample_rows["omitted"])),
         },
     }
+    if leak is not None:
+        result["leak"] = leak
     (out / "world.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return result
 
