@@ -100,7 +100,7 @@ def test_an_image_corpus_names_its_caption_side_and_its_own_tagger(world):
     settings = {k: v for k, v in world["settings"].items() if k != "tagger"}
     entry = {**world["entry"], "corpus": "toy", "tagger": world["settings"]["tagger"]}
     result = image_corpora.tag_corpus("toy_trained", entry, world["concepts"], settings, progress=False)
-    assert result.image_dir == image_corpora.image_search_dir("toy_trained", "trained")
+    assert result.image_dir == image_corpora.image_search_dir("toy_trained")
     assert image_corpora.frequencies_path("toy_trained").exists()
     text = result.frequencies[result.frequencies["method"] == "text"]["count"].sum()
     assert text == pd.read_parquet(corpora.text_counts_path("toy"))["count"].sum() > 0

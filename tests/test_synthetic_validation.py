@@ -486,3 +486,19 @@ def test_spellings_of_one_concept_in_a_broad_table_are_joined_once():
         synthetic_fit_rows(
             freq, truth, evaluations(scores, retrieval=False), threshold=THRESHOLD, n_edges=4, resamples=0, seed=0
         )
+
+
+def test_the_image_run_is_the_stage_s_declared_output_never_the_newest_folder(tmp_path, monkeypatch):
+    """image_run_dir returns data/interim/image_search/<name> (the stage's out); a newer stray folder is ignored."""
+    from helpers.shards import RUN_FILE
+    from helpers.synthetic.validation import image_run_dir
+
+    monkeypatch.setenv("FDP_WORKDIR", str(tmp_path))
+    declared = tmp_path / "data" / "interim" / "image_search" / "synthetic"
+    with pytest.raises(ValueError, match=r"synthetic_validation.image_corpora: no image search of 'synthetic'"):
+        image_run_dir("synthetic")
+    stray = declared / "open_clip"  # an older layout's per-backend folder, newer than the real run
+    stray.mkdir(parents=True)
+    (declared / RUN_FILE).write_text("{}")
+    (stray / RUN_FILE).write_text("{}")
+    assert image_run_dir("synthetic") == declared

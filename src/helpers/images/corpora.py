@@ -162,7 +162,7 @@ def tag_corpus(
     tagger_config = resolve_tagger_config(tagger)
     names = concepts["name"].tolist()
     factory = functools.partial(build_tagger, tagger_config, names, descriptions=descriptions)
-    image_dir = image_search_dir(name, str(tagger_config.get("backend", "tagger")))
+    image_dir = image_search_dir(name)
     run_image_search(source, factory, image_dir, overwrite=True, progress=progress, **kwargs)
     shards = image_shard_table(image_dir)
     allow_failed = bool(settings.get("allow_failed_shards", False))
