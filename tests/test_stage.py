@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import logging
 from pathlib import Path
 
 import nbformat
@@ -398,3 +399,32 @@ def test_main_rejects_a_malformed_matrix_argument():
     with pytest.raises(SystemExit) as err:
         stage.main(["evaluate", "--matrix", "no-equals-sign"])
     assert err.value.code == 2  # argparse's usage error, before any stage runs
+
+
+def test_the_kernel_filter_drops_only_the_tcp_warning():
+    keep = logging.LogRecord("IPKernelApp", logging.WARNING, "", 0, "Kernel died %s", ("now",), None)
+    drop = logging.LogRecord("IPKernelApp", logging.WARNING, "", 0, stage.KERNEL_TCP_WARNING + ". All ...", (), None)
+    assert stage.KernelTcpWarningFilter().filter(keep) and not stage.KernelTcpWarningFilter().filter(drop)
+
+
+def test_a_stage_runs_its_notebook_without_the_kernels_tcp_warning(tmp_path, monkeypatch, capfd):
+    """A one-stage project run by helpers.stage: the parameter arrives, and the kernel's stderr has no TCP line."""
+    nb = nbformat.v4.new_notebook(
+        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
+    )
+    nb.cells = [
+        nbformat.v4.new_code_cell("value = 0", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell(
+            "import logging, sys\nprint('value', value)\nprint('kernel stderr works', file=sys.stderr)"
+        ),
+    ]
+    (tmp_path / "notebooks").mkdir()
+    nbformat.write(nb, tmp_path / "notebooks" / "00_tiny.ipynb")
+    dvc = {"stages": {"tiny": {"cmd": "python -m helpers.stage tiny", "params": ["tiny.value"]}}}
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(dvc))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"tiny": {"value": 7}}))
+    monkeypatch.setenv("FDP_ROOT", str(tmp_path))
+    out = stage.run("tiny")
+    executed = nbformat.read(out, as_version=4)
+    assert "value 7" in "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
+    assert stage.KERNEL_TCP_WARNING not in capfd.readouterr().err

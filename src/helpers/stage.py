@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
+import logging
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +199,29 @@ def notebook_for(stage: str) -> Path:
     return matches[0]
 
 
+#: The one kernel log line silenced: ipykernel (``IPKernelApp.init_sockets``) warns on every start that the
+#: kernel talks to papermill over TCP without CurveZMQ encryption. Papermill's kernel is local and short-lived;
+#: every other kernel message is kept.
+KERNEL_TCP_WARNING = "Kernel is running over TCP without encryption"
+
+
+class KernelTcpWarningFilter(logging.Filter):
+    """Logging filter, installed in the stage's kernel, that drops only ``KERNEL_TCP_WARNING``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return KERNEL_TCP_WARNING not in record.getMessage()
+
+
+def kernel_config() -> dict:
+    """Traitlets config for the kernel: ``KernelTcpWarningFilter`` on the kernel app's console log handler."""
+    dotted = f"{KernelTcpWarningFilter.__module__}.{KernelTcpWarningFilter.__qualname__}"
+    logging_config = {
+        "filters": {"no_tcp_warning": {"()": dotted}},
+        "handlers": {"console": {"filters": ["no_tcp_warning"]}},
+    }
+    return {"IPKernelApp": {"logging_config": logging_config}}
+
+
 def run(
     stage: str,
     item: str | None = None,
@@ -218,9 +244,17 @@ def run(
     if notebook and notebook != name:  # keep the stage's name on the executed copy
         suffix = f".{name}{suffix}"
     out = paths.ensure(paths.reports_dir() / "notebooks") / f"{notebook_path.stem}{suffix}.ipynb"
-    papermill.execute_notebook(
-        str(notebook_path), str(out), parameters=parameters, cwd=str(paths.notebooks_dir()), progress_bar=False
-    )
+    with tempfile.TemporaryDirectory() as tmp:
+        config_file = Path(tmp) / "kernel_config.json"
+        config_file.write_text(json.dumps(kernel_config()))
+        papermill.execute_notebook(
+            str(notebook_path),
+            str(out),
+            parameters=parameters,
+            cwd=str(paths.notebooks_dir()),
+            progress_bar=False,
+            extra_arguments=[f"--config={config_file}"],  # read by the kernel app (IPython's --config)
+        )
     return out
 
 
