@@ -43,8 +43,8 @@ case "${1:-}" in
     shift
     setup
     # The house style first (config in pyproject.toml): lint, and formatting checked without rewriting.
-    ruff check src tests benchmarks notebooks
-    ruff format --check src tests benchmarks notebooks
+    ruff check src tests benchmarks notebooks conftest.py
+    ruff format --check src tests benchmarks notebooks conftest.py
     # Unit tests, then every notebook executed on its small default inputs (nbval, outputs not compared),
     # in a scratch work folder so a user's results are never touched. `set -e` stops at any non-zero exit,
     # pytest's 5 (nothing collected, e.g. a mistyped -k) included.
