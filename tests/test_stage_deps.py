@@ -258,3 +258,26 @@ def test_the_checker_follows_foreach_stages_and_shared_notebooks(fake):
     shared["do"]["deps"] = [d for d in EXACT if d != "notebooks/00_one.ipynb"]
     _stages(fake, EXACT, two=shared)
     assert dependency_problems(fake) == ["two: does not list its notebook notebooks/00_one.ipynb"]
+
+
+def test_without_the_release_the_notebook_tests_deselect_exactly_the_release_only_notebooks():
+    """The root conftest.py's rule: notebooks whose every stage is downstream of import_release (dvc.yaml)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("root_conftest", REPO / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    got = module.release_only_notebooks(dvc)
+    assert got == {p.name for p in (REPO / "notebooks").glob("*.ipynb") if int(p.name[:2]) <= 11}
+    # the concept notebook also serves downstream_concepts, which needs no release, so it always runs
+    assert "14_concepts.ipynb" not in got
+    fake = {
+        "stages": {
+            "import_release": {"cmd": "x", "deps": ["notebooks/00_a.ipynb"], "outs": ["data/raw/release"]},
+            "use": {"cmd": "x", "deps": ["notebooks/01_b.ipynb", "data/raw/release/sub/file.json"], "outs": ["o"]},
+            "later": {"cmd": "x", "deps": ["notebooks/02_c.ipynb", "o"]},
+            "free": {"cmd": "x", "deps": ["notebooks/03_d.ipynb", "data/raw/other"]},
+        }
+    }
+    assert module.release_only_notebooks(fake) == {"00_a.ipynb", "01_b.ipynb", "02_c.ipynb"}
