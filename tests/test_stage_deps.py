@@ -281,3 +281,18 @@ def test_without_the_release_the_notebook_tests_deselect_exactly_the_release_onl
         }
     }
     assert module.release_only_notebooks(fake) == {"00_a.ipynb", "01_b.ipynb", "02_c.ipynb"}
+
+
+def main() -> None:
+    """``python tests/test_stage_deps.py``: print each stage's exact helper-module deps, to paste into dvc.yaml."""
+    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    for name, spec in stage_templates(dvc).items():
+        notebook = stage_notebook(REPO, name, spec)
+        used = module_closure(REPO / "src", imported_modules(notebook_source(notebook)))
+        print(f"{name}:")
+        for path in sorted(p.relative_to(REPO).as_posix() for p in used):
+            print(f"  - {path}")
+
+
+if __name__ == "__main__":
+    main()
