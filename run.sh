@@ -3,7 +3,8 @@
 #   ./run.sh repro [dvc repro args...]   set up the environment if needed, then regenerate everything
 #                                        (--keep-going: offline, the release stages fail and the rest,
 #                                        the synthetic world included, is still built)
-#   ./run.sh test  [pytest args...]      set up the environment if needed, then run every test
+#   ./run.sh test  [pytest args...]      set up the environment if needed, then ruff (lint + format check), then
+#                                        every test; pytest's exit code 5 (no tests collected) fails the run
 # Both create the virtual environment .venv (Python 3.11 + pip; no conda needed) when it is missing and
 # install the pinned requirements whenever requirements.txt or pyproject.toml changed.
 set -euo pipefail
@@ -41,8 +42,12 @@ case "${1:-}" in
   test)
     shift
     setup
+    # The house style first (config in pyproject.toml): lint, and formatting checked without rewriting.
+    ruff check src tests benchmarks notebooks conftest.py
+    ruff format --check src tests benchmarks notebooks conftest.py
     # Unit tests, then every notebook executed on its small default inputs (nbval, outputs not compared),
-    # in a scratch work folder so a user's results are never touched.
+    # in a scratch work folder so a user's results are never touched. `set -e` stops at any non-zero exit,
+    # pytest's 5 (nothing collected, e.g. a mistyped -k) included.
     scratch="$(mktemp -d)"
     trap 'rm -rf "$scratch"' EXIT
     pytest "$@"

@@ -17,17 +17,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from helpers.release import offline
+
 # Never reach the network from tests (Hugging Face hub, DVC telemetry).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-RELEASE_ENV = "FDP_RELEASE_LOCAL_COPY"
 DEFAULT_RELEASE_COPY = REPO_ROOT.parent / "shared" / "paper-release"
-
-
-def _on_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() == "true"
 
 
 @pytest.fixture(scope="session")
@@ -44,20 +41,21 @@ def params() -> dict:
 @pytest.fixture(scope="session")
 def release_copy() -> Path:
     """Folder holding the authors' released artifacts at the pinned commit."""
-    env = os.environ.get(RELEASE_ENV)
-    if env:
-        candidate, origin = Path(env).expanduser(), f"${RELEASE_ENV}"
-    else:
-        candidate, origin = DEFAULT_RELEASE_COPY, "the default location <repo root>/../shared/paper-release"
-    if candidate.is_dir():
-        return candidate.resolve()
-    reason = (
-        f"The authors' release is not available: {candidate} (from {origin}) is not a folder. "
-        f"Set {RELEASE_ENV} to a clone of the authors' repository at the pinned commit to run these tests."
-    )
-    if _on_ci():
-        pytest.fail(reason + " (CI=true: refusing to skip.)", pytrace=False)
-    pytest.skip(reason)
+    copy, where = offline.find_local_copy(DEFAULT_RELEASE_COPY)
+    if copy is not None:
+        return copy
+    if offline.on_ci():
+        pytest.fail(f"{offline.MISSING} Looked for {where}. (CI=true: refusing to skip.)", pytrace=False)
+    pytest.skip(offline.MISSING)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """Report every skip for a missing release at one place, so ``-ra`` shows it as ONE line with a count."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and isinstance(report.longrepr, tuple) and offline.MISSING in str(report.longrepr[2]):
+        report.longrepr = (__file__, 0, report.longrepr[2])
 
 
 @pytest.fixture(scope="session")

@@ -144,10 +144,8 @@ def test_table_round_trips_through_parquet(tmp_path, release):
     assert [list(v) for v in back["lemmas"]] == table["lemmas"].tolist()
 
 
-def test_real_release_ids_preserved():
-    path = REPO_ROOT / "data" / "processed" / "release" / "concepts.parquet"
-    if not path.exists():
-        pytest.skip(f"{path} not built (run the tidy stage)")
+def test_real_release_ids_preserved(tidy_tables):
+    path = tidy_tables / "concepts.parquet"  # the release tidied from its local copy (skipped without one)
     release = schemas.read_table(path, schemas.CONCEPTS)
     table = build_concept_table(release, {"new": {"class_names": ["dog", "a surely new concept"]}})
     assert len(release) == 4029 and len(table) == 4030

@@ -264,7 +264,7 @@ def test_a_missing_checkpoint_is_named_unless_a_stage_makes_it(params, tmp_path)
 def test_an_existing_file_passes_and_absolute_paths_are_checked(params, tmp_path):
     (tmp_path / "weights").mkdir()
     (tmp_path / "weights" / "ram.pth").write_bytes(b"x")
-    rampp = {"backend": "rampp", "checkpoint": "weights/ram.pth"}
+    rampp = {"backend": "rampp", "checkpoint": "weights/ram.pth", "weights": "weights/ram.pth"}
     ok = with_change(params, "image_corpora.sample_wds.tagger", rampp)
     assert errors_of(ok, files=True, workdir=tmp_path) == []
     missing = with_change(params, "image_corpora.sample_wds.tagger", {**rampp, "checkpoint": str(tmp_path / "x.pth")})
@@ -286,6 +286,8 @@ def test_an_existing_file_passes_and_absolute_paths_are_checked(params, tmp_path
 )
 def test_missing_inputs_are_named(params, tmp_path, dotted, value):
     errors = errors_of(with_change(params, dotted, value), files=True, workdir=tmp_path)
+    # a model's weights are restated by its evaluation runs: those differ now too (checked separately)
+    errors = [e for e in errors if not e.startswith("evaluation.runs.")]
     assert errors == [f"{dotted}: file not found: {value}"]
 
 
@@ -307,7 +309,7 @@ def test_produced_paths_expand_foreach_and_top_level_interpolation(params):
 
 def test_the_dvc_dependency_and_reader_keys_are_accepted(params):
     ok = with_change(params, "evaluation.models.synthetic-clip.weights", "data/models/synthetic-clip")
-    ok = with_change(ok, "evaluation.datasets.synthetic-classification.data", "data/eval/synthetic")
+    ok = with_change(ok, "evaluation.datasets.synthetic-classification.data", "data/eval/synthetic/classification")
     ok = with_change(ok, "image_corpora.sample_wds.tagger.weights", "data/models/taggers/sample.pt")
     ok = with_change(ok, "corpora.sample_tsv.captions.decode", "url")
     assert errors_of(ok) == []
@@ -403,3 +405,35 @@ def test_the_stage_runner_refuses_bad_params_before_any_work(params, tmp_path, m
     assert stage.main(["text_search@sample_tsv", "--item", "corpus"]) == 2
     assert "text_search.mode: 'phrasee'" in capsys.readouterr().err
     assert calls == [] and not (tmp_path / "work").exists()  # no notebook ran, nothing was written
+
+
+# ------------------------------------------------------------------------------- per-entry DVC paths
+
+
+def test_a_tagger_without_weights_is_named(params):
+    errors = errors_of(with_change(params, "image_corpora.sample_wds.tagger.weights", None, delete=True))
+    assert errors == [
+        "image_corpora.sample_wds.tagger.weights: missing (the file or folder of this tagger's weights, which the "
+        "image_search@sample_wds stage depends on)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("model", "nope", "evaluation.runs.{run}.model: 'nope' is not an entry of evaluation.models"),
+        ("dataset", "nope", "evaluation.runs.{run}.dataset: 'nope' is not an entry of evaluation.datasets"),
+        ("weights", "data/models/other", "evaluation.runs.{run}.weights: 'data/models/other' differs from"),
+        ("data", "data/eval/other", "evaluation.runs.{run}.data: 'data/eval/other' differs from"),
+    ],
+)
+def test_an_evaluation_run_names_existing_entries_and_their_paths(params, field, value, message):
+    run = next(iter(params["evaluation"]["runs"]))
+    errors = errors_of(with_change(params, f"evaluation.runs.{run}.{field}", value))
+    assert len(errors) == 1 and errors[0].startswith(message.format(run=run)), errors
+
+
+def test_an_evaluation_run_needs_all_four_keys(params):
+    run = next(iter(params["evaluation"]["runs"]))
+    errors = errors_of(with_change(params, f"evaluation.runs.{run}.weights", None, delete=True))
+    assert errors == [f"evaluation.runs.{run}.weights: missing"]

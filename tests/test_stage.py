@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import logging
 from pathlib import Path
 
 import nbformat
@@ -33,6 +34,24 @@ def _notebook_stage(name: str) -> str:
     """The stage whose notebook ``name`` runs (``--notebook``), else ``name`` itself."""
     cmd = _body(name)["cmd"].split()
     return cmd[cmd.index("--notebook") + 1] if "--notebook" in cmd else name
+
+
+def _foreach_entry(name: str, key: str):
+    """The entry of a foreach stage's collection that ``name@key`` runs."""
+    collection = params_lib.get(PARAMS, DVC["stages"][name]["foreach"].strip("${} "))
+    return collection[key] if isinstance(collection, dict) else key
+
+
+def _item_fields(call: str) -> dict[str, str]:
+    """``${item.<field>}`` placeholders of a stage's params -> their keys (matrix axes or foreach entry fields)."""
+    plain, matrix = _split_call(call)
+    if matrix:
+        return matrix
+    name, _, key = plain.partition("@")
+    entry = _foreach_entry(name, key) if key else None
+    raw = [k for e in _body(name).get("params", []) or [] for k in (e if isinstance(e, dict) else [e])]
+    fields = [t.rsplit("${item.", 1)[1][:-1] for t in raw if "${item." in t]
+    return {f: str(entry[f]) for f in fields}
 
 
 def _matrix_axes(name: str) -> dict[str, list[str]]:
@@ -89,7 +108,7 @@ def _declared_keys(call: str) -> list[str]:
     for entry in _body(name).get("params", []) or []:
         keys.extend(entry if isinstance(entry, dict) else [entry])
     keys = [k.replace("${key}", key).replace("${item}", key) for k in keys]
-    for axis, value in (matrix or {}).items():
+    for axis, value in _item_fields(call).items():
         keys = [k.replace(f"${{item.{axis}}}", value) for k in keys]
     return keys
 
@@ -100,7 +119,7 @@ def _expected_parameter_names(call: str) -> list[str]:
     raw = [k for entry in _body(name).get("params", []) or [] for k in (entry if isinstance(entry, dict) else [entry])]
     names = []
     for template, dotted in zip(raw, _declared_keys(call)):
-        axis = next((a for a in (matrix or {}) if template.endswith(f"${{item.{a}}}")), None)
+        axis = next((a for a in _item_fields(call) if template.endswith(f"${{item.{a}}}")), None)
         if axis is not None:
             names += [axis, f"{axis}_name"]
         elif key and dotted.endswith("." + key):
@@ -150,13 +169,17 @@ def test_dvc_yaml_has_stages():
 def test_stage_cmd_runs_its_own_notebook(name):
     shared = ["--notebook", _notebook_stage(name)] if _notebook_stage(name) != name else []
     if "foreach" in DVC["stages"][name]:
+        # --item names the notebook parameter of a params entry ending in ${key}; entries ending in
+        # ${item.<field>} are found by the runner itself
+        item = _item_name(name)
+        params = [k for e in _body(name).get("params", []) or [] for k in (e if isinstance(e, dict) else [e])]
+        assert bool(item) == any(k.endswith(("${key}", "${item}")) for k in params)
         assert _body(name)["cmd"].split() == [
             "python",
             "-m",
             "helpers.stage",
             f"{name}@${{key}}",
-            "--item",
-            _item_name(name),
+            *(["--item", item] if item else []),
             *shared,
         ]
     elif "matrix" in DVC["stages"][name]:
@@ -187,9 +210,12 @@ def test_stage_parameters_are_exactly_the_leaf_names_of_the_declared_params(name
     got = _stage_parameters(name)
     assert list(got) == _expected_parameter_names(name)
     plain, matrix = _split_call(name)
-    item_names = {f"{_item_name(plain.partition('@')[0])}_name", *(f"{a}_name" for a in matrix or {})}
-    for key, parameter in zip(_declared_keys(name), [n for n in got if n not in item_names]):
-        assert got[parameter] == params_lib.get(params, key), f"{parameter} != params.yaml {key}"
+    item_names = {f"{_item_name(plain.partition('@')[0])}_name", *(f"{a}_name" for a in _item_fields(name))}
+    stage_name, _, key = plain.partition("@")
+    entry = _foreach_entry(stage_name, key) if key else None
+    for dotted, parameter in zip(_declared_keys(name), [n for n in got if n not in item_names]):
+        expected = stage.without_tracked(dotted, params_lib.get(params, dotted), entry)
+        assert got[parameter] == expected, f"{parameter} != params.yaml {dotted}"
 
 
 @pytest.mark.parametrize("name", CALLS)
@@ -298,23 +324,110 @@ def test_notebook_has_no_committed_outputs_or_execution_counts(notebook):
     assert not dirty, f"{notebook.name}: cells {dirty} have outputs or execution counts"
 
 
-def test_a_matrix_stage_gets_each_axis_and_its_key(params):
-    name = next(n for n in STAGES if "matrix" in DVC["stages"][n])
-    axes = _matrix_axes(name)
-    matrix = {axis: keys[0] for axis, keys in axes.items()}
-    got = stage.stage_parameters(name, item=None, matrix=matrix)
-    for axis, key in matrix.items():
-        assert got[f"{axis}_name"] == key
-        assert got[axis] == params_lib.get(params, f"{DVC['stages'][name]['matrix'][axis].strip('${} ')}.{key}")
+MATRIX_DVC = {
+    "stages": {
+        "grid": {
+            "matrix": {"model": "${models}", "dataset": "${datasets}"},
+            "cmd": "python -m helpers.stage grid --matrix model=${item.model} --matrix dataset=${item.dataset}",
+            "params": ["models.${item.model}", "datasets.${item.dataset}", "shared"],
+        }
+    }
+}
+MATRIX_PARAMS = {"models": {"m1": {"a": 1}, "m2": {"a": 2}}, "datasets": {"d1": {"b": 1}}, "shared": 3}
 
 
-def test_a_matrix_stage_without_all_its_axes_exits():
-    name = next(n for n in STAGES if "matrix" in DVC["stages"][n])
+@pytest.fixture
+def matrix_project(tmp_path, monkeypatch):
+    """A project whose dvc.yaml has one matrix stage (the runner still supports them)."""
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(MATRIX_DVC))
+    monkeypatch.setenv("FDP_ROOT", str(tmp_path))
+    return tmp_path
+
+
+def test_a_matrix_stage_gets_each_axis_and_its_key(matrix_project):
+    got = stage.stage_parameters("grid", MATRIX_PARAMS, matrix={"model": "m2", "dataset": "d1"})
+    assert got == {"model": {"a": 2}, "model_name": "m2", "dataset": {"b": 1}, "dataset_name": "d1", "shared": 3}
+
+
+def test_a_matrix_stage_without_all_its_axes_exits(matrix_project):
     with pytest.raises(SystemExit, match="--matrix"):
-        stage.stage_parameters(name, matrix={})
+        stage.stage_parameters("grid", MATRIX_PARAMS, matrix={"model": "m1"})
+
+
+def test_an_evaluate_run_gets_its_model_and_dataset_by_the_runs_fields(params):
+    run, entry = next(iter(params["evaluation"]["runs"].items()))
+    got = stage.stage_parameters(f"evaluate@{run}")
+    assert got["model_name"] == entry["model"] and got["dataset_name"] == entry["dataset"]
+    model = {k: v for k, v in params["evaluation"]["models"][entry["model"]].items() if k != "weights"}
+    assert got["model"] == model
+    assert "data" not in got["dataset"] and got["dataset"]["format"]
+
+
+def test_tracked_weights_and_data_are_checked_and_not_passed_on(params):
+    import copy
+
+    got = stage.stage_parameters("image_search@synthetic_clip", item="image_corpus")
+    assert "weights" not in got["image_corpus"]["tagger"]
+    assert params["image_corpora"]["synthetic_clip"]["tagger"]["weights"]  # params stay as read
+    broken = copy.deepcopy(params)
+    broken["image_corpora"]["synthetic_clip"]["tagger"]["weights"] = "data/models/taggers"
+    with pytest.raises(
+        SystemExit, match=r"image_corpora.synthetic_clip.tagger.\w+: data/models/synthetic-clip/.* outside weights"
+    ):
+        stage.stage_parameters("image_search@synthetic_clip", broken, item="image_corpus")
+
+
+def test_an_evaluate_run_whose_paths_differ_from_its_entries_exits(params):
+    import copy
+
+    run, entry = next(iter(params["evaluation"]["runs"].items()))
+    broken = copy.deepcopy(params)
+    broken["evaluation"]["runs"][run]["weights"] = "data/models/elsewhere"
+    with pytest.raises(SystemExit, match=rf"evaluation.models.{entry['model']}.weights: .* differs"):
+        stage.stage_parameters(f"evaluate@{run}", broken)
+    broken = copy.deepcopy(params)
+    del broken["evaluation"]["datasets"][entry["dataset"]]["data"]
+    broken["evaluation"]["runs"][run]["data"] = "data/eval/elsewhere"
+    with pytest.raises(SystemExit, match=rf"evaluation.datasets.{entry['dataset']}.\w+: .* outside data"):
+        stage.stage_parameters(f"evaluate@{run}", broken)
+    broken = copy.deepcopy(params)
+    del broken["evaluation"]["runs"][run]["model"]
+    with pytest.raises(SystemExit, match=r"foreach entry has no 'model'"):
+        stage.stage_parameters(f"evaluate@{run}", broken)
 
 
 def test_main_rejects_a_malformed_matrix_argument():
     with pytest.raises(SystemExit) as err:
         stage.main(["evaluate", "--matrix", "no-equals-sign"])
     assert err.value.code == 2  # argparse's usage error, before any stage runs
+
+
+def test_the_kernel_filter_drops_only_the_tcp_warning():
+    keep = logging.LogRecord("IPKernelApp", logging.WARNING, "", 0, "Kernel died %s", ("now",), None)
+    drop = logging.LogRecord("IPKernelApp", logging.WARNING, "", 0, stage.KERNEL_TCP_WARNING + ". All ...", (), None)
+    assert stage.KernelTcpWarningFilter().filter(keep) and not stage.KernelTcpWarningFilter().filter(drop)
+
+
+def test_a_stage_runs_its_notebook_without_the_kernels_tcp_warning(tmp_path, monkeypatch, capfd):
+    """A one-stage project run by helpers.stage: the parameter arrives, and the kernel's stderr has no TCP line."""
+    nb = nbformat.v4.new_notebook(
+        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
+    )
+    nb.cells = [
+        nbformat.v4.new_code_cell("value = 0", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell(
+            "import logging, sys\nprint('value', value)\nprint('kernel stderr works', file=sys.stderr)"
+        ),
+    ]
+    (tmp_path / "notebooks").mkdir()
+    nbformat.write(nb, tmp_path / "notebooks" / "00_tiny.ipynb")
+    dvc = {"stages": {"tiny": {"cmd": "python -m helpers.stage tiny", "params": ["tiny.value"]}}}
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(dvc))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"tiny": {"value": 7}}))
+    monkeypatch.setenv("FDP_ROOT", str(tmp_path))
+    # a toy params file, not the compendium's: its whole-file check is tested in test_params / the runner tests
+    monkeypatch.setattr(stage.params_lib, "require_valid", lambda *a, **k: None)
+    out = stage.run("tiny")
+    executed = nbformat.read(out, as_version=4)
+    assert "value 7" in "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
+    assert stage.KERNEL_TCP_WARNING not in capfd.readouterr().err

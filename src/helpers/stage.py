@@ -19,8 +19,13 @@ stage's notebook (two stages that differ only in their dependencies share one no
 from __future__ import annotations
 
 import argparse
+import copy
+import json
+import logging
 import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
 from helpers import params as params_lib
 from helpers import paths
@@ -44,43 +49,146 @@ def stage_spec(stage: str) -> dict:
     return spec["do"] if "foreach" in spec else spec
 
 
+#: Keys naming the one file or folder DVC tracks for an entry's weights or data. dvc.yaml interpolates them into
+#: the deps of the entry's own stage (``${item.tagger.weights}``, ``${item.weights}``), so a stage reruns for its
+#: own inputs only. The runner checks that the path covers every file the entry reads (else DVC would miss a
+#: change) and does not pass the key on: no engine reads it. Pattern (``*`` = any key) -> (key, path keys).
+TRACKED: dict[tuple[str, ...], tuple[str, tuple[str, ...]]] = {
+    ("image_corpora", "*", "tagger"): ("weights", ("checkpoint", "pretrained", "model_config")),
+    ("evaluation", "models", "*"): ("weights", ("pretrained", "model_config")),
+    ("evaluation", "datasets", "*"): ("data", ("root", "paths", "class_names_file", "concepts_file")),
+}
+
+_GLOB_CHARS = "*?[{"
+
+
+def _local_paths(value: Any) -> list[str]:
+    """The literal folder part of each path-like string in ``value`` (a tag such as ``laion400m_e32`` is none)."""
+    out = []
+    for v in value if isinstance(value, list) else [value]:
+        if isinstance(v, str) and ("/" in v or Path(v).suffix):
+            cut = min((v.index(c) for c in _GLOB_CHARS if c in v), default=len(v))
+            out.append(v[:cut].rsplit("/", 1)[0] if cut < len(v) else v)
+    return out
+
+
+def _covers(tracked: str, path: str) -> bool:
+    tracked_p, path_p = Path(tracked), Path(path)
+    return path_p == tracked_p or tracked_p in path_p.parents
+
+
+def _check_tracked(where: str, entry: dict, key: str, path_keys: tuple[str, ...], declared: str | None) -> None:
+    """``entry[key]`` (or the foreach item's ``declared`` path) must cover each local path the entry reads."""
+    tracked = entry.get(key)
+    if declared is not None and tracked is not None and tracked != declared:
+        raise SystemExit(f"{where}.{key}: {tracked} differs from the stage's tracked path {declared}; make them equal")
+    tracked = declared if declared is not None else tracked
+    if tracked is None:
+        return
+    for name in path_keys:
+        for path in _local_paths(entry.get(name)):
+            if not _covers(str(tracked), path):
+                raise SystemExit(
+                    f"{where}.{name}: {path} is outside {key} ({tracked}), the path DVC tracks for this entry; "
+                    f"set {key} to a folder holding both, so a change to it reruns the stage"
+                )
+
+
+def _tracked_entries(dotted: str, value: Any) -> list[tuple[str, dict, str, tuple[str, ...]]]:
+    """(key path, entry, tracked key, path keys) of each ``TRACKED`` entry inside ``value`` (at ``dotted``)."""
+    parts = dotted.split(".")
+    found = []
+    for pattern, (key, path_keys) in TRACKED.items():
+        if len(parts) > len(pattern) or any(p not in ("*", q) for p, q in zip(pattern, parts)):
+            continue
+        nodes = [(dotted, value)]
+        for step in pattern[len(parts) :]:
+            nodes = [
+                (f"{where}.{k}", child)
+                for where, node in nodes
+                if isinstance(node, dict)
+                for k, child in node.items()
+                if step in ("*", k)
+            ]
+        found.extend((where, node, key, path_keys) for where, node in nodes if isinstance(node, dict))
+    return found
+
+
+def without_tracked(dotted: str, value: Any, item: dict | None) -> Any:
+    """``value`` with every ``TRACKED`` key checked and removed (a copy; params stay as read)."""
+    value = copy.deepcopy(value)
+    for where, entry, key, path_keys in _tracked_entries(dotted, value):
+        declared = item.get(key) if isinstance(item, dict) and key in item and entry is not item else None
+        _check_tracked(where, entry, key, path_keys, declared)
+        entry.pop(key, None)
+    return value
+
+
+def _foreach_item(stage: str, params: dict) -> Any:
+    """The entry of a foreach stage's collection that ``name@key`` runs (None for other stages)."""
+    if "@" not in stage:
+        return None
+    name, key = stage.split("@", 1)
+    collection = params_lib.load_yaml(paths.project_root() / "dvc.yaml")["stages"][name]["foreach"]
+    if isinstance(collection, str) and collection.startswith("${") and collection.endswith("}"):
+        entries = params_lib.get(params, collection[2:-1].strip())
+        return entries.get(key) if isinstance(entries, dict) else key
+    return key
+
+
 def stage_parameters(
     stage: str, params: dict | None = None, item: str | None = None, matrix: dict[str, str] | None = None
 ) -> dict:
     """Papermill parameters of ``stage``: one per params key it lists in dvc.yaml.
 
     For a foreach stage ``name@key``, the params entry ending in ``${key}`` (``${item}`` for a foreach over a
-    list of names) is passed as ``item``, with the key itself as ``<item>_name``. For a matrix stage,
-    ``matrix`` maps each axis to its key: the entry ending in ``${item.<axis>}`` is passed as ``<axis>``,
-    with the key as ``<axis>_name``.
+    list of names) is passed as ``item``, with the key itself as ``<item>_name``. An entry ending in
+    ``${item.<field>}`` is passed as ``<field>``, with the key as ``<field>_name``: the key is ``matrix[field]``
+    for a matrix stage (``--matrix field=key``), and the foreach entry's own ``field`` for a foreach stage over
+    entries that name others (``evaluate@<run>`` with ``evaluation.runs.<run>.model``). ``TRACKED`` keys are
+    checked and left out. Raises ``SystemExit`` with a message naming the stage or the params key.
     """
     params = params if params is not None else params_lib.load_params()
     key = stage.split("@", 1)[1] if "@" in stage else None
     spec = stage_spec(stage)
-    axes = list(spec.get("matrix", {}))
-    if sorted(matrix or {}) != sorted(axes):
-        raise SystemExit(f"Stage '{stage}': give --matrix for exactly its axes {axes}, got {sorted(matrix or {})}")
+    declared = [d for entry in spec.get("params", []) for d in (list(entry) if isinstance(entry, dict) else [entry])]
+    foreach_item = _foreach_item(stage, params)
+    if "matrix" in spec:
+        axes = list(spec["matrix"])
+        if sorted(matrix or {}) != sorted(axes):
+            raise SystemExit(f"Stage '{stage}': give --matrix for exactly its axes {axes}, got {sorted(matrix or {})}")
+        fields = dict(matrix or {})
+    else:
+        if matrix:
+            raise SystemExit(f"Stage '{stage}' is not a matrix stage; --matrix does not apply")
+        fields = {}
+        for dotted in declared:
+            if dotted.endswith("}") and "${item." in dotted:
+                field = dotted.rsplit("${item.", 1)[1][:-1]
+                if not isinstance(foreach_item, dict) or field not in foreach_item:
+                    raise SystemExit(f"Stage '{stage}': its foreach entry has no '{field}' (needed by params {dotted})")
+                fields[field] = str(foreach_item[field])
     out: dict = {}
-    for entry in spec.get("params", []):
-        keys = list(entry) if isinstance(entry, dict) else [entry]
-        for dotted in keys:
-            axis = next((a for a in axes if dotted.endswith(f"${{item.{a}}}")), None)
-            if axis is not None:
-                out[axis] = params_lib.get(params, dotted.replace(f"${{item.{axis}}}", matrix[axis]))
-                out[f"{axis}_name"] = matrix[axis]
-                continue
-            # foreach over a mapping names the entry ${key}; over a list of names, ${item}
-            placeholder = next((p for p in ("${key}", "${item}") if dotted.endswith(p)), None)
-            if key is not None and placeholder:
-                if not item:
-                    raise SystemExit(f"Stage '{stage}': name the item's parameter with --item (e.g. --item corpus)")
-                out[item] = params_lib.get(params, dotted.replace(placeholder, key))
-                out[f"{item}_name"] = key
-                continue
-            name = dotted.split(".")[-1]
-            if name in out:
-                raise SystemExit(f"Stage '{stage}': two params end in '{name}'; rename one in params.yaml")
-            out[name] = params_lib.get(params, dotted)
+    for dotted in declared:
+        field = next((a for a in fields if dotted.endswith(f"${{item.{a}}}")), None)
+        if field is not None:
+            resolved = dotted.replace(f"${{item.{field}}}", fields[field])
+            out[field] = without_tracked(resolved, params_lib.get(params, resolved), foreach_item)
+            out[f"{field}_name"] = fields[field]
+            continue
+        # foreach over a mapping names the entry ${key}; over a list of names, ${item}
+        placeholder = next((p for p in ("${key}", "${item}") if dotted.endswith(p)), None)
+        if key is not None and placeholder:
+            if not item:
+                raise SystemExit(f"Stage '{stage}': name the item's parameter with --item (e.g. --item corpus)")
+            resolved = dotted.replace(placeholder, key)
+            out[item] = without_tracked(resolved, params_lib.get(params, resolved), None)
+            out[f"{item}_name"] = key
+            continue
+        name = dotted.split(".")[-1]
+        if name in out:
+            raise SystemExit(f"Stage '{stage}': two params end in '{name}'; rename one in params.yaml")
+        out[name] = without_tracked(dotted, params_lib.get(params, dotted), None)
     return out
 
 
@@ -90,6 +198,29 @@ def notebook_for(stage: str) -> Path:
     if len(matches) != 1:
         raise SystemExit(f"Expected one notebook notebooks/NN_{stage}.ipynb for stage '{stage}', found {len(matches)}")
     return matches[0]
+
+
+#: The one kernel log line silenced: ipykernel (``IPKernelApp.init_sockets``) warns on every start that the
+#: kernel talks to papermill over TCP without CurveZMQ encryption. Papermill's kernel is local and short-lived;
+#: every other kernel message is kept.
+KERNEL_TCP_WARNING = "Kernel is running over TCP without encryption"
+
+
+class KernelTcpWarningFilter(logging.Filter):
+    """Logging filter, installed in the stage's kernel, that drops only ``KERNEL_TCP_WARNING``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return KERNEL_TCP_WARNING not in record.getMessage()
+
+
+def kernel_config() -> dict:
+    """Traitlets config for the kernel: ``KernelTcpWarningFilter`` on the kernel app's console log handler."""
+    dotted = f"{KernelTcpWarningFilter.__module__}.{KernelTcpWarningFilter.__qualname__}"
+    logging_config = {
+        "filters": {"no_tcp_warning": {"()": dotted}},
+        "handlers": {"console": {"filters": ["no_tcp_warning"]}},
+    }
+    return {"IPKernelApp": {"logging_config": logging_config}}
 
 
 def run(
@@ -120,9 +251,17 @@ def run(
     if notebook and notebook != name:  # keep the stage's name on the executed copy
         suffix = f".{name}{suffix}"
     out = paths.ensure(paths.reports_dir() / "notebooks") / f"{notebook_path.stem}{suffix}.ipynb"
-    papermill.execute_notebook(
-        str(notebook_path), str(out), parameters=parameters, cwd=str(paths.notebooks_dir()), progress_bar=False
-    )
+    with tempfile.TemporaryDirectory() as tmp:
+        config_file = Path(tmp) / "kernel_config.json"
+        config_file.write_text(json.dumps(kernel_config()))
+        papermill.execute_notebook(
+            str(notebook_path),
+            str(out),
+            parameters=parameters,
+            cwd=str(paths.notebooks_dir()),
+            progress_bar=False,
+            extra_arguments=[f"--config={config_file}"],  # read by the kernel app (IPython's --config)
+        )
     return out
 
 

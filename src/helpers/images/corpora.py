@@ -184,7 +184,7 @@ def tag_corpus(
     factory = functools.partial(
         build_tagger, tagger_config, names, descriptions=descriptions, prefix=f"image_corpora.{name}.tagger"
     )
-    image_dir = image_search_dir(name, str(tagger_config.get("backend", "tagger")))
+    image_dir = image_search_dir(name)
     caption_failed = check_caption_failures(name, text_dir)
     run_image_search(source, factory, image_dir, search, overwrite=True, progress=progress)
     shards = image_shard_table(image_dir, text_dir)

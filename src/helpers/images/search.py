@@ -85,9 +85,14 @@ _CHUNK_ROWS = 65536
 # ------------------------------------------------------------------------------------------ config
 
 
-def image_search_dir(name: str, tagger: str) -> Path:
-    """Per-shard outputs of the image search of corpus ``name`` with tagger ``tagger`` (resumable)."""
-    return paths.interim_dir() / "image_search" / name / tagger
+def image_search_dir(name: str) -> Path:
+    """Per-shard outputs of the image search of image corpus ``name`` (resumable).
+
+    This is the folder the ``image_search@<name>`` stage declares as its output in dvc.yaml, so readers find a
+    corpus' run by its name alone. A changed tagger is a changed run fingerprint: the stage starts the folder
+    afresh (``overwrite=True``) rather than mixing taggers.
+    """
+    return paths.interim_dir() / "image_search" / name
 
 
 # ------------------------------------------------------------------------------ model per process

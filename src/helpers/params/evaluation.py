@@ -168,9 +168,22 @@ Dataset = Annotated[
 ]
 
 
+class EvaluationRun(Section):
+    """``evaluation.runs.<run>``: one model on one dataset (stage ``evaluate@<run>``).
+
+    DVC cannot look up an entry by another entry's key, so a run restates the DVC paths of its model and
+    dataset; the check refuses a run whose paths differ from theirs."""
+
+    model: NonEmptyStr = Field(description="an evaluation.models entry")
+    dataset: NonEmptyStr = Field(description="an evaluation.datasets entry")
+    weights: NonEmptyStr = Field(description="the model's `weights` path (what this stage depends on)")
+    data: NonEmptyStr = Field(description="the dataset's `data` path (what this stage depends on)")
+
+
 class Evaluation(Section):
-    """``evaluation``: every model evaluated on every dataset (stage ``evaluate@<model>-<dataset>``)."""
+    """``evaluation``: models, datasets, and the (model, dataset) runs that are evaluated (``evaluate@<run>``)."""
 
     settings: EvaluationSettings = EvaluationSettings()
     models: dict[Name, OpenClipModel] = {}
     datasets: dict[Name, Dataset] = {}
+    runs: dict[Name, EvaluationRun] = {}

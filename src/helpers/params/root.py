@@ -213,6 +213,29 @@ def _reference_errors(data: Mapping[str, Any]) -> list[str]:
     for name, entry in image_corpora.items():
         corpus = _get(entry, "corpus")
         refer(f"image_corpora.{name}.corpus", name if corpus is None else corpus, corpora, "corpora")
+        tagger = _get(entry, "tagger")
+        if isinstance(tagger, Mapping) and not tagger.get("weights"):
+            errors.append(
+                f"image_corpora.{name}.tagger.weights: missing (the file or folder of this tagger's weights, which "
+                f"the image_search@{name} stage depends on)"
+            )
+    models = _entries(data, "evaluation", "models")
+    datasets = _entries(data, "evaluation", "datasets")
+    for name, run in _entries(data, "evaluation", "runs").items():
+        if not isinstance(run, Mapping):
+            continue
+        refer(f"evaluation.runs.{name}.model", run.get("model"), models, "evaluation.models")
+        refer(f"evaluation.runs.{name}.dataset", run.get("dataset"), datasets, "evaluation.datasets")
+        for key, section, owner, field in (
+            ("weights", "models", models.get(run.get("model")), "weights"),
+            ("data", "datasets", datasets.get(run.get("dataset")), "data"),
+        ):
+            declared = owner.get(field) if isinstance(owner, Mapping) else None
+            if isinstance(owner, Mapping) and None not in (run.get(key), declared) and run.get(key) != declared:
+                errors.append(
+                    f"evaluation.runs.{name}.{key}: {run.get(key)!r} differs from evaluation.{section}."
+                    f"{run.get('model' if key == 'weights' else 'dataset')}.{field} ({declared!r})"
+                )
     validation = _get(data, "synthetic_validation")
     if isinstance(validation, Mapping):
         refer("synthetic_validation.corpus", validation.get("corpus"), corpora, "corpora")

@@ -38,7 +38,7 @@ from helpers.images.search import check_thresholds, image_search_dir, stored_flo
 from helpers.naming import concept_key
 from helpers.params import ConfigError, validate
 from helpers.params.study import SyntheticValidation
-from helpers.shards import distinct_pairs
+from helpers.shards import RUN_FILE, distinct_pairs
 from helpers.text import corpora
 
 PAIR_KEYS = ["sample_id", "concept_id"]
@@ -282,18 +282,17 @@ def _check_stage_settings(settings: Mapping[str, Any] | SyntheticValidation) -> 
 
 
 def image_run_dir(image_corpus: str) -> Path:
-    """The image-search run folder of an image corpus (``data/interim/image_search/<name>/<backend>``).
+    """The image-search run folder of an image corpus: the ``image_search@<name>`` stage's declared output.
 
-    When several backends have tagged the corpus over time, the most recently completed run is the one the
-    stage's frequencies came from.
+    Raises ``ConfigError`` naming ``synthetic_validation.image_corpora`` when that stage has not run.
     """
-    runs = sorted((image_search_dir(image_corpus, "x").parent).glob("*/run.json"), key=lambda p: p.stat().st_mtime)
-    if not runs:
+    run_dir = image_search_dir(image_corpus)
+    if not (run_dir / RUN_FILE).is_file():
         raise ConfigError(
-            f"synthetic_validation.image_corpora: no image search of '{image_corpus}' yet "
+            f"synthetic_validation.image_corpora: no image search of '{image_corpus}' at {run_dir} yet "
             f"(run image_search@{image_corpus})"
         )
-    return runs[-1].parent
+    return run_dir
 
 
 def validation_report(settings: Mapping[str, Any], base: str | os.PathLike) -> pd.DataFrame:
