@@ -437,3 +437,13 @@ def test_an_evaluation_run_needs_all_four_keys(params):
     run = next(iter(params["evaluation"]["runs"]))
     errors = errors_of(with_change(params, f"evaluation.runs.{run}.weights", None, delete=True))
     assert errors == [f"evaluation.runs.{run}.weights: missing"]
+
+
+def test_a_study_is_checked_with_the_whole_file(params):
+    study = next(iter(params["studies"]))
+    errors = errors_of(with_change(params, f"studies.{study}.counts.corpus", "nope"))
+    assert errors[:1] == [
+        f"studies.{study}.counts.corpus: 'nope' is not an entry of corpora (entries: {', '.join(params['corpora'])})"
+    ]
+    errors = errors_of(with_change(params, f"studies.{study}.modles", ["x"]))
+    assert errors[0].startswith(f"studies.{study}.modles: unknown key; did you mean 'models'")

@@ -25,6 +25,7 @@ from helpers.params.base import Name, Section
 from helpers.params.errors import error_lines
 from helpers.params.evaluation import Evaluation
 from helpers.params.images import ImageCorpus, ImageSearch, TaggerTraining
+from helpers.params.studies import StudyEntry, study_reference_errors
 from helpers.params.study import Analysis, ClipTraining, Figures, Release, Synthetic, SyntheticValidation
 from helpers.params.text import RELEASE_CONCEPT_TABLE, Concepts, Corpus, Samples, TextSearch
 
@@ -49,9 +50,7 @@ class Params(Section):
     clip_training: ClipTraining | None = None
     evaluation: Evaluation = Evaluation()
     synthetic_validation: SyntheticValidation | None = None
-    studies: dict[Name, dict[str, Any]] = Field(
-        {}, description="user studies (helpers.analysis.study); their keys are checked here"
-    )
+    studies: dict[Name, StudyEntry] = Field({}, description="your counts x your models -> the study's fits")
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -241,6 +240,19 @@ def _reference_errors(data: Mapping[str, Any]) -> list[str]:
         refer("synthetic_validation.corpus", validation.get("corpus"), corpora, "corpora")
         for i, value in enumerate(validation.get("image_corpora") or []):
             refer(f"synthetic_validation.image_corpora[{i}]", value, image_corpora, "image_corpora")
+    search = _get(data, "image_search")
+    thresholds = search.get("thresholds") if isinstance(search, Mapping) else None
+    if not isinstance(thresholds, list):
+        thresholds = list(ImageSearch.model_fields["thresholds"].default)
+    elif not all(isinstance(t, (int, float)) and 0 <= t <= 1 for t in thresholds):
+        thresholds = []  # already reported under image_search.thresholds; no second error per study
+    analysis = _get(data, "analysis") if isinstance(_get(data, "analysis"), Mapping) else {}
+    for name, entry in _entries(data, "studies").items():
+        if isinstance(entry, Mapping):
+            errors += study_reference_errors(
+                name, entry, corpora=corpora, image_corpora=image_corpora, thresholds=thresholds,
+                models=models, datasets=datasets, analysis=analysis,
+            )  # fmt: skip
     for name, entry in corpora.items():
         concepts = _get(entry, "concepts")
         why = concept_table_error(concepts) if isinstance(concepts, str) else None

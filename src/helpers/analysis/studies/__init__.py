@@ -16,11 +16,10 @@ Public API::
 
 from helpers.analysis.studies.join import COVERAGE, STUDY_POINTS, StudyJoinError, join_counts, resolve_spellings
 from helpers.analysis.studies.run import headline, read_study_fits, run_study, study_fits, write_study
-from helpers.analysis.studies.spec import STUDY_KEYS, Study, check_study
+from helpers.analysis.studies.spec import Study, check_study
 
 __all__ = [
     "COVERAGE",
-    "STUDY_KEYS",
     "STUDY_POINTS",
     "Study",
     "StudyJoinError",

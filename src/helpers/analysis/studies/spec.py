@@ -38,15 +38,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from helpers.params import ConfigError, validate
+from helpers.params.studies import StudyEntry, release_datasets, release_models, study_reference_errors
 
-from helpers.analysis.loglinear import ZERO_RULES
-from helpers.evaluation.specs import PROMPT_SETS, RELEASE_METRIC
-from helpers.shards import ConfigError
+__all__ = ["DEFAULT_ZERO_SHOT_PLOTTED", "Statistics", "Study", "check_study", "count_type_name", "release_datasets",
+           "release_models"]  # fmt: skip
 
-STUDY_KEYS = ("counts", "models", "datasets", "prompts", "metrics", "statistics")
-COUNT_KEYS = ("corpus", "image_corpora", "thresholds", "truth", "release", "count_types")
-STATISTICS_KEYS = ("n_edges", "plotted_bins", "zero_rule", "bootstrap_resamples", "seed")
 #: the zero-shot plotted bins when a study names none: the paper's choice for most pretraining sets
 DEFAULT_ZERO_SHOT_PLOTTED = (1, -1)
 
@@ -102,70 +99,18 @@ def count_type_name(method: str, threshold: float, image_corpus: str, *, several
     return name if first else f"{name}:{image_corpus}"
 
 
-def _names(value: Any, key: str, known: Sequence[str] | None, what: str) -> tuple[str, ...]:
-    if isinstance(value, str) or not isinstance(value, Sequence) or not value:
-        raise ConfigError(f"{key}: expected a non-empty list of {what}, got {value!r}")
-    if any(not isinstance(v, str) for v in value):
-        raise ConfigError(f"{key}: expected names (strings), got {value!r}")
-    if known is not None:
-        unknown = [v for v in value if v not in known]
-        if unknown:
-            raise ConfigError(f"{key}: unknown {what} {unknown} (known: {sorted(known)})")
-    return tuple(value)
-
-
-def _int(value: Any, key: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{key}: expected an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _plotted(value: Any, key: str) -> tuple[int | None, int | None]:
-    ok = isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2
-    if not ok or any(v is not None and (isinstance(v, bool) or not isinstance(v, int)) for v in value):
-        raise ConfigError(f"{key}: expected [start, stop] (integers or null), got {value!r}")
-    return (value[0], value[1])
-
-
-def _statistics(entry: Any, prefix: str, analysis: Mapping[str, Any]) -> Statistics:
-    entry = {} if entry is None else entry
-    if not isinstance(entry, Mapping):
-        raise ConfigError(f"{prefix}: expected a mapping, got {entry!r}")
-    unknown = sorted(set(entry) - set(STATISTICS_KEYS))
-    if unknown:
-        raise ConfigError(f"{prefix}: unknown key(s) {unknown} (known: {list(STATISTICS_KEYS)})")
-    defaults_edges = {
-        "zero_shot": int(analysis["zero_shot"]["n_edges"]),
-        "retrieval": int(analysis["retrieval"]["n_edges"]),
-    }
-    defaults_plotted = {
-        "zero_shot": DEFAULT_ZERO_SHOT_PLOTTED,
-        "retrieval": _plotted(analysis["retrieval"]["plotted_bins"], "analysis.retrieval.plotted_bins"),
-    }
-    n_edges = defaults_edges
-    if "n_edges" in entry:
-        n_edges = dict.fromkeys(defaults_edges, _int(entry["n_edges"], f"{prefix}.n_edges", 2))
-    plotted = defaults_plotted
-    if "plotted_bins" in entry:
-        plotted = dict.fromkeys(defaults_plotted, _plotted(entry["plotted_bins"], f"{prefix}.plotted_bins"))
-    zero_rule = entry.get("zero_rule", "to_one")
-    if zero_rule not in ZERO_RULES:
-        raise ConfigError(f"{prefix}.zero_rule: expected one of {list(ZERO_RULES)}, got {zero_rule!r}")
-    resamples = _int(
-        entry.get("bootstrap_resamples", analysis["bootstrap_resamples"]), f"{prefix}.bootstrap_resamples", 0
-    )
-    seed = _int(entry.get("seed", analysis["seed"]), f"{prefix}.seed", 0)
-    return Statistics(n_edges, plotted, zero_rule, resamples, seed)
-
-
-def release_models(analysis: Mapping[str, Any]) -> dict[str, str]:
-    """Release model key -> its pretraining set, from ``analysis.zero_shot.pretrains``."""
-    return {m: p for p, spec in analysis["zero_shot"]["pretrains"].items() for m in spec["models"]}
-
-
-def release_datasets(analysis: Mapping[str, Any]) -> list[str]:
-    """The release's zero-shot and retrieval datasets (``analysis.zero_shot`` / ``analysis.retrieval``)."""
-    return [*analysis["zero_shot"]["datasets"], *analysis["retrieval"]["datasets"]]
+def _statistics(given: Any, analysis: Mapping[str, Any]) -> Statistics:
+    """The study's statistics with the study's own defaults (params ``analysis``) for what it leaves unset."""
+    n_edges = {"zero_shot": int(analysis["zero_shot"]["n_edges"]), "retrieval": int(analysis["retrieval"]["n_edges"])}
+    retrieval_plotted = analysis["retrieval"]["plotted_bins"]
+    plotted = {"zero_shot": DEFAULT_ZERO_SHOT_PLOTTED, "retrieval": (retrieval_plotted[0], retrieval_plotted[1])}
+    if given.n_edges is not None:
+        n_edges = dict.fromkeys(n_edges, given.n_edges)
+    if given.plotted_bins is not None:
+        plotted = dict.fromkeys(plotted, (given.plotted_bins[0], given.plotted_bins[1]))
+    resamples = analysis["bootstrap_resamples"] if given.bootstrap_resamples is None else given.bootstrap_resamples
+    seed = analysis["seed"] if given.seed is None else given.seed
+    return Statistics(n_edges, plotted, given.zero_rule, int(resamples), int(seed))
 
 
 def check_study(
@@ -182,105 +127,40 @@ def check_study(
 ) -> Study:
     """Check ``studies.<name>`` against params (the sections passed) and return it as a ``Study``.
 
-    Raises ``ConfigError`` naming the key for an unknown corpus, image corpus, threshold, release pretraining
-    set or count type, model, dataset, prompt or metric, and for a missing or malformed key. ``base``: the
-    folder a relative ``truth`` path is read from (the work folder).
+    The shape is :class:`helpers.params.studies.StudyEntry`'s, the references
+    :func:`helpers.params.studies.study_reference_errors` -- the same checks ``python -m helpers.params check``
+    and the stage runner make before any work. Here ``truth`` must also hold a world (it is a stage output, so
+    the whole-file check cannot require it). ``base``: the folder a relative ``truth`` is read from.
+
+    Raises:
+        ConfigError: one line per problem, each naming its key (``studies.<name>.counts.corpus: ...``).
     """
     prefix = f"studies.{name}"
-    if not isinstance(entry, Mapping):
-        raise ConfigError(f"{prefix}: expected a mapping, got {entry!r}")
-    unknown = sorted(set(entry) - set(STUDY_KEYS))
-    missing = [k for k in ("counts", "models", "datasets") if k not in entry]
-    if unknown or missing:
-        raise ConfigError(f"{prefix}: unknown key(s) {unknown} / missing key(s) {missing} (known: {list(STUDY_KEYS)})")
-    taken = {*analysis["zero_shot"]["pretrains"], analysis.get("t2i", {}).get("pretrain")}
-    if name in taken:
-        raise ConfigError(f"{prefix}: a study is named like a release pretraining set; its fits would mix with those")
-    counts = entry["counts"]
-    if not isinstance(counts, Mapping):
-        raise ConfigError(f"{prefix}.counts: expected a mapping, got {counts!r}")
-    unknown = sorted(set(counts) - set(COUNT_KEYS))
-    if unknown:
-        raise ConfigError(f"{prefix}.counts: unknown key(s) {unknown} (known: {list(COUNT_KEYS)})")
-    sources = [k for k in ("corpus", "release") if counts.get(k) is not None]
-    if len(sources) > 1 or (not sources and counts.get("truth") is None):
-        raise ConfigError(f"{prefix}.counts: give exactly one of corpus, release or (alone) truth, got {dict(counts)}")
-    fields: dict[str, Any] = {}
-    rel_models = release_models(analysis)
-    if counts.get("release") is not None:
-        pretrains = analysis["zero_shot"]["pretrains"]
-        if counts["release"] not in pretrains:
-            raise ConfigError(
-                f"{prefix}.counts.release: unknown pretraining set {counts['release']!r} ({sorted(pretrains)})"
-            )
-        for key in ("image_corpora", "thresholds", "truth"):
-            if counts.get(key) is not None:
-                raise ConfigError(f"{prefix}.counts.{key}: only with counts.corpus, not with counts.release")
-        types = counts.get("count_types") or analysis["zero_shot"]["count_types"]
-        fields.update(
-            release=counts["release"],
-            release_count_types=_names(types, f"{prefix}.counts.count_types", None, "count types"),
-        )
+    checked = validate(StudyEntry, entry, prefix)
+    errors = study_reference_errors(
+        name, entry, corpora=corpora, image_corpora=image_corpora, thresholds=thresholds, models=models,
+        datasets=datasets, analysis=analysis,
+    )  # fmt: skip
+    counts = checked.counts
+    truth = Path(base) / counts.truth if counts.truth is not None else None
+    if truth is not None and not (truth / "truth" / "concepts.parquet").exists():
+        errors.append(f"{prefix}.counts.truth: {truth} holds no synthetic world (truth/concepts.parquet)")
+    if errors:
+        raise ConfigError("\n".join(errors))
+    fields: dict[str, Any] = {"truth": truth}
+    if counts.release is not None:
+        types = counts.count_types or analysis["zero_shot"]["count_types"]
+        fields.update(release=counts.release, release_count_types=tuple(types))
     else:
-        if counts.get("count_types") is not None:
-            raise ConfigError(f"{prefix}.counts.count_types: only with counts.release")
-        if counts.get("corpus") is not None:
-            fields["corpus"] = _names([counts["corpus"]], f"{prefix}.counts.corpus", list(corpora), "corpus")[0]
-        images = counts.get("image_corpora")
-        if images is not None:
-            if "corpus" not in fields:
-                raise ConfigError(f"{prefix}.counts.image_corpora: needs counts.corpus (the caption side)")
-            images = _names(images, f"{prefix}.counts.image_corpora", list(image_corpora), "image_corpora entries")
-            for image in images:
-                if image_corpora[image].get("corpus") != fields["corpus"]:
-                    raise ConfigError(
-                        f"{prefix}.counts.image_corpora: {image!r} tags corpus {image_corpora[image].get('corpus')!r}, "
-                        f"not {fields['corpus']!r}"
-                    )
-            raw = counts.get("thresholds")
-            if isinstance(raw, str) or not isinstance(raw, Sequence) or not raw:
-                raise ConfigError(f"{prefix}.counts.thresholds: expected a non-empty list of thresholds, got {raw!r}")
-            for t in raw:
-                if (
-                    isinstance(t, bool)
-                    or not isinstance(t, (int, float))
-                    or not np.isclose(thresholds, t, atol=1e-9).any()
-                ):
-                    raise ConfigError(
-                        f"{prefix}.counts.thresholds: {t!r} is not one of image_search.thresholds {list(thresholds)}"
-                    )
-            fields.update(image_corpora=images, thresholds=tuple(float(t) for t in raw))
-        elif counts.get("thresholds") is not None:
-            raise ConfigError(f"{prefix}.counts.thresholds: only with counts.image_corpora")
-        if counts.get("truth") is not None:
-            truth = Path(base) / str(counts["truth"])
-            if not (truth / "truth" / "concepts.parquet").exists():
-                raise ConfigError(f"{prefix}.counts.truth: {truth} holds no synthetic world (truth/concepts.parquet)")
-            fields["truth"] = truth
-    model_names = _names(entry["models"], f"{prefix}.models", [*models, *rel_models], "models")
-    local = tuple(m for m in model_names if m in models)
-    known_datasets = [
-        *(datasets if local else []),
-        *(release_datasets(analysis) if len(local) < len(model_names) else []),
-    ]
-    dataset_names = _names(entry["datasets"], f"{prefix}.datasets", known_datasets, "datasets")
-    if local:
-        for dataset in dataset_names:
-            if dataset not in datasets:
-                raise ConfigError(
-                    f"{prefix}.datasets: {dataset!r} is no evaluation.datasets entry, which {list(local)} need"
-                )
-    prompts = entry.get("prompts")
-    if prompts is not None:
-        prompts = _names(prompts, f"{prefix}.prompts", list(PROMPT_SETS), "prompt sets")
-    metrics = entry.get("metrics")
-    if metrics is not None:
-        metrics = _names(metrics, f"{prefix}.metrics", None, "metrics")
-        bad = [m for m in metrics if not RELEASE_METRIC.match(m)]
-        if bad:
-            raise ConfigError(f"{prefix}.metrics: {bad} are not retrieval metrics like i2t_k=1 or t2i_k=5")
-    statistics = _statistics(entry.get("statistics"), f"{prefix}.statistics", analysis)
+        fields.update(
+            corpus=counts.corpus,
+            image_corpora=tuple(counts.image_corpora or ()),
+            thresholds=tuple(float(t) for t in counts.thresholds or ()),
+        )
+    local = tuple(m for m in checked.models if m in models)
     return Study(
-        name=name, models=model_names, local_models=local, datasets=dataset_names, prompts=prompts, metrics=metrics,
-        statistics=statistics, **fields,
+        name=name, models=tuple(checked.models), local_models=local, datasets=tuple(checked.datasets),
+        prompts=tuple(checked.prompts) if checked.prompts is not None else None,
+        metrics=tuple(checked.metrics) if checked.metrics is not None else None,
+        statistics=_statistics(checked.statistics, analysis), **fields,
     )  # fmt: skip
