@@ -31,6 +31,7 @@ from helpers.images.backends import build_tagger
 from helpers.images.frequencies import frequency_table, misalignment
 from helpers.images.search import image_search_dir, run_image_search, run_kwargs
 from helpers.images.sources import image_source, list_image_shards
+from helpers.images.tagger_data import DEFAULT_JPEG_QUALITY
 from helpers.images.tagger_trained import read_labels, train_tagger
 from helpers.shards import ConfigError
 from helpers.text import corpora
@@ -56,7 +57,10 @@ def resolve_tagger_config(tagger: Mapping[str, Any], base: Path | None = None) -
     return out
 
 
-TRAINING_KEYS = {"data", "labels", "image_size", "epochs", "batch_size", "lr", "seed", "checkpoint"}
+TRAINING_KEYS = {
+    "data", "labels", "image_size", "epochs", "batch_size", "lr", "seed", "checkpoint",
+    "loss", "augment", "jpeg_quality", "jpeg_p",
+}  # fmt: skip
 
 
 def train_sample_tagger(training: Mapping[str, Any], *, name: str = "sample", progress: bool = True):
@@ -76,17 +80,25 @@ def train_sample_tagger(training: Mapping[str, Any], *, name: str = "sample", pr
         raise ConfigError(f"{prefix}.labels: file not found: {labels_path}")
     images, labels = read_labels(labels_path)
     concepts = sorted({c for row in labels for c in row})
-    tagger = train_tagger(
-        images,
-        labels,
-        concepts,
-        image_size=int(training.get("image_size", 32)),
-        epochs=int(training.get("epochs", 10)),
-        batch_size=int(training.get("batch_size", 64)),
-        lr=float(training.get("lr", 1e-3)),
-        seed=int(training.get("seed", 0)),
-        progress=progress,
-    )
+    jpeg = training.get("jpeg_quality", list(DEFAULT_JPEG_QUALITY))
+    try:
+        tagger = train_tagger(
+            images,
+            labels,
+            concepts,
+            image_size=int(training.get("image_size", 32)),
+            epochs=int(training.get("epochs", 10)),
+            batch_size=int(training.get("batch_size", 64)),
+            lr=float(training.get("lr", 1e-3)),
+            seed=int(training.get("seed", 0)),
+            loss=str(training.get("loss", "bce")),
+            augment=bool(training.get("augment", True)),
+            jpeg_quality=None if jpeg is None else (int(jpeg[0]), int(jpeg[1])),
+            jpeg_p=float(training.get("jpeg_p", 0.5)),
+            progress=progress,
+        )
+    except (ValueError, TypeError, IndexError) as err:
+        raise ConfigError(f"{prefix}: {err}") from err
     checkpoint = Path(paths.resolve(training["checkpoint"]))
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     tagger.save(checkpoint)
