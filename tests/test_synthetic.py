@@ -39,6 +39,7 @@ SMALL = {
     "image_size": 24,
     "misalignment_rate": 0.1,
     "omission_rate": 0.1,
+    "full_misalignment_rate": 0.1,
     "seed": 3,
     "shard_size": 1000,
     "downstream_per_class": 3,
@@ -54,6 +55,7 @@ ZIPF = {
     "image_size": 16,
     "misalignment_rate": 0.0,
     "omission_rate": 0.0,
+    "full_misalignment_rate": 0.0,
     "seed": 11,
     "shard_size": 800,
     "downstream_per_class": 1,
@@ -166,21 +168,26 @@ def test_captions_agree_with_truth(world, pretrain):
     for sid, found, _meta in zip(pretrain.sample_id, matched, pretrain.json):
         found_ids = {names.index(n) for n in found}
         assert found_ids == mentioned.get(sid, set())  # the truth table says exactly what the text search finds
-        if not flags.misaligned[sid] and not flags.omitted[sid]:
+        if flags.fully_misaligned[sid]:  # names only absent concepts, as many as the image shows
+            assert not found_ids & shown[sid] and len(found_ids) == len(shown[sid])
+            assert not flags.misaligned[sid] and not flags.omitted[sid]
+        elif not flags.misaligned[sid] and not flags.omitted[sid]:
             assert found_ids == shown[sid]
             clean += 1
         if flags.misaligned[sid]:
             assert len(found_ids - shown[sid]) == 1
         if flags.omitted[sid]:
             assert len(shown[sid] - found_ids) == 1
-    assert clean > 0.7 * len(pretrain)
+    assert clean > 0.6 * len(pretrain)
     assert all(b'"caption"' in m and b'"key"' in m for m in pretrain.json)
 
 
 def test_misalignment_and_omission_rates(world):
     flags = pd.read_parquet(world["truth"]["samples"])
-    assert flags.misaligned.mean() == pytest.approx(SMALL["misalignment_rate"], abs=0.03)
-    assert flags.omitted.mean() == pytest.approx(SMALL["omission_rate"], abs=0.03)
+    # a fully misaligned sample is neither misaligned nor omitted: those rates apply to the other 90 %
+    assert flags.misaligned.mean() == pytest.approx(SMALL["misalignment_rate"] * 0.9, abs=0.03)
+    assert flags.omitted.mean() == pytest.approx(SMALL["omission_rate"] * 0.9, abs=0.03)
+    assert flags.fully_misaligned.mean() == pytest.approx(SMALL["full_misalignment_rate"], abs=0.02)
     concepts = pd.read_parquet(world["truth"]["concepts"])
     assert concepts.name.tolist() == list(CONCEPT_NAMES[: SMALL["n_concepts"]])
     image = pd.read_parquet(world["truth"]["image_concepts"])
@@ -306,3 +313,32 @@ def test_downstream_sets_can_live_apart_from_the_corpus(tmp_path):
     examples = example_samples(tmp_path / "world", n=3)
     assert len(examples) == 3
     assert all(image.size == (16, 16) and caption.strip() for image, caption in examples)
+
+
+def test_full_misalignment_is_the_misalignment_degree(tmp_path):
+    """The share of samples whose caption names only concepts the image does not show is the rate asked for,
+    and it is what the study's misalignment degree measures on the truth (disjoint mentioned/shown sets)."""
+    spec = {**ZIPF, "n_samples": 3000, "max_concepts_per_image": 2, "full_misalignment_rate": 0.05}
+    world = generate_world(spec, tmp_path / "w", progress=False)
+    flags = pd.read_parquet(world["truth"]["samples"]).set_index("sample_id")
+    shown = _sets(world["truth"]["image_concepts"])
+    mentioned = _sets(world["truth"]["caption_concepts"])
+    disjoint = {s for s in shown if s in mentioned and not shown[s] & mentioned[s]}
+    assert disjoint == set(flags.index[flags.fully_misaligned])
+    assert len(disjoint) / len(shown) == pytest.approx(0.05, abs=0.012)
+    assert world["counts"]["fully_misaligned"] == len(disjoint)
+
+
+def test_full_misalignment_rate_zero_keeps_the_world_and_bad_rates_fail(tmp_path):
+    """The rate draws from its own stream: at 0 every other draw (images, captions, flags) is unchanged."""
+    base = {**ZIPF, "n_samples": 300, "max_concepts_per_image": 2, "misalignment_rate": 0.2, "omission_rate": 0.2}
+    a = generate_world({**base, "full_misalignment_rate": 0.0}, tmp_path / "a", progress=False)
+    b = generate_world({**base, "full_misalignment_rate": 0.5}, tmp_path / "b", progress=False)
+    pa_, pb = (pd.read_parquet(w["truth"]["image_concepts"]) for w in (a, b))
+    pd.testing.assert_frame_equal(pa_, pb)  # the same images show the same concepts
+    fa, fb = (pd.read_parquet(w["truth"]["samples"]) for w in (a, b))
+    assert not fa.fully_misaligned.any() and 0.4 < fb.fully_misaligned.mean() < 0.6
+    assert (fa.misaligned | fa.omitted)[~fb.fully_misaligned].equals((fb.misaligned | fb.omitted)[~fb.fully_misaligned])
+    for bad in (-0.1, 1.5, "0.1", True):
+        with pytest.raises(ConfigError, match=r"synthetic\.full_misalignment_rate"):
+            WorldSpec.from_params({"full_misalignment_rate": bad})

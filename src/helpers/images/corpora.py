@@ -81,6 +81,10 @@ def train_sample_tagger(training: Mapping[str, Any], *, name: str = "sample", pr
         batch_size=spec.batch_size,
         lr=spec.lr,
         seed=spec.seed,
+        loss=spec.loss,
+        augment=spec.augment,
+        jpeg_quality=None if spec.jpeg_quality is None else (spec.jpeg_quality[0], spec.jpeg_quality[1]),
+        jpeg_p=spec.jpeg_p,
         progress=progress,
     )
     checkpoint = Path(paths.resolve(spec.checkpoint))

@@ -32,6 +32,8 @@ Config keys (an ``image_corpora.<name>.tagger`` entry; the model: :mod:`helpers.
       weight_decay: 0.0001
       widths: [32, 64, 128, 256]
       seed: 0
+      loss: bce                         # bce | asl | focal (helpers.images.tagger_data.multilabel_loss)
+      augment: true                     # flips/90-degree rotations and a JPEG round trip (tagger_data)
       device: auto                      # auto | cpu | cuda | cuda:1 ...
       num_workers: 0
 
@@ -54,10 +56,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from torchvision import transforms as T
 from tqdm.auto import tqdm
 
@@ -71,6 +72,14 @@ from helpers.images.backends import (
     json_digest,
     normalise_name,
     state_dict_sha256,
+)
+from helpers.images.tagger_data import (
+    DEFAULT_JPEG_QUALITY,
+    LOSSES,
+    LabelledImages,
+    dihedral,
+    multi_hot,
+    multilabel_loss,
 )
 from helpers.images.taggers import check_batch
 from helpers.params.images import DEFAULT_WIDTHS
@@ -317,46 +326,6 @@ def load_trained_tagger(path: str | os.PathLike, *, device: str | torch.device =
 # ------------------------------------------------------------------------------------------- training
 
 
-class _LabelledImages(Dataset):
-    """Images (PIL or paths, opened lazily) with their multi-hot targets."""
-
-    def __init__(self, images: Sequence[ImageLike], targets: torch.Tensor, transform: Callable) -> None:
-        self.images = images
-        self.targets = targets
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        item = self.images[index]
-        if isinstance(item, Image.Image):
-            tensor = self.transform(item)
-        else:
-            with Image.open(item) as img:
-                tensor = self.transform(img)
-        return tensor, self.targets[index]
-
-
-def multi_hot(labels: Sequence[Sequence[str]], concepts: Sequence[str]) -> torch.Tensor:
-    """(N, C) float targets; a label outside ``concepts`` raises ValueError (a typo must not vanish)."""
-    index = {c: j for j, c in enumerate(concepts)}
-    targets = torch.zeros(len(labels), len(concepts), dtype=torch.float32)
-    unknown: set[str] = set()
-    for i, row in enumerate(labels):
-        if isinstance(row, str):
-            raise ValueError(f"labels[{i}] is a string; expected a list of concepts")
-        for concept in row:
-            j = index.get(concept)
-            if j is None:
-                unknown.add(concept)
-            else:
-                targets[i, j] = 1.0
-    if unknown:
-        raise ValueError(f"labels name concepts not in the concept list: {sorted(unknown)[:10]!r}")
-    return targets
-
-
 def train_tagger(
     images: Sequence[ImageLike],
     labels: Sequence[Sequence[str]],
@@ -370,6 +339,9 @@ def train_tagger(
     widths: Sequence[int] = DEFAULT_WIDTHS,
     dropout: float = DEFAULT_DROPOUT,
     augment: bool = True,
+    loss: str = "bce",
+    jpeg_quality: tuple[int, int] | None = DEFAULT_JPEG_QUALITY,
+    jpeg_p: float = 0.5,
     seed: int = 0,
     device: str | torch.device = "cpu",
     num_workers: int = 0,
@@ -379,9 +351,12 @@ def train_tagger(
     """Train a :class:`TaggerCNN` on ``images`` (PIL images or paths) labelled with the concepts they show.
 
     ``labels[i]`` lists the concepts image ``i`` shows (any order, may be empty). AdamW with a cosine
-    learning-rate decay, binary cross-entropy per concept, random horizontal flips when ``augment``.
-    Seeded: the same inputs and seed give the same weights on the same device and library versions.
-    The returned tagger's ``loss_history`` holds the mean training loss of every epoch.
+    learning-rate decay and a per-concept multi-label ``loss`` (:func:`multilabel_loss`: ``bce``, ``asl``,
+    ``focal``). With ``augment``: a random flip / 90-degree rotation per image (:func:`dihedral`) and, with
+    probability ``jpeg_p``, a JPEG round trip at a quality drawn from ``jpeg_quality`` (``None``: never).
+    Images are decoded once into memory. Seeded: the same inputs and seed give the same weights on the same
+    device and library versions. The returned tagger's ``loss_history`` holds the mean training loss of
+    every epoch. Raises ValueError for mismatched or empty inputs and unknown options.
     """
     concepts = check_concepts(concepts)
     if len(images) != len(labels):
@@ -390,6 +365,10 @@ def train_tagger(
         raise ValueError("no training images")
     if epochs < 1 or batch_size < 1 or image_size < 2 ** len(widths):
         raise ValueError("epochs and batch_size must be >= 1 and image_size >= 2**len(widths)")
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if jpeg_quality is not None and not 1 <= jpeg_quality[0] <= jpeg_quality[1] <= 100:
+        raise ValueError(f"jpeg_quality must be (low, high) with 1 <= low <= high <= 100, got {jpeg_quality!r}")
     targets = multi_hot(labels, concepts)
     device = resolve_device(device)
     torch.manual_seed(seed)
@@ -399,7 +378,14 @@ def train_tagger(
         model.head.bias.copy_(torch.log(prevalence / (1 - prevalence)))
     model.to(device)
 
-    dataset = _LabelledImages(images, targets, make_transform(image_size))
+    dataset = LabelledImages(
+        images,
+        targets,
+        make_transform(image_size),
+        jpeg_quality=tuple(jpeg_quality) if augment and jpeg_quality is not None else None,
+        jpeg_p=jpeg_p,
+        seed=seed + 2,
+    )
     generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator, num_workers=num_workers)
     flip_gen = torch.Generator().manual_seed(seed + 1)
@@ -415,15 +401,14 @@ def train_tagger(
         total, count = 0.0, 0
         for batch, target in loader:
             if augment:
-                flip = torch.rand(batch.shape[0], generator=flip_gen) < 0.5
-                batch = torch.where(flip[:, None, None, None], batch.flip(-1), batch)
+                batch = dihedral(batch, flip_gen)
             batch, target = batch.to(device), target.to(device)
-            loss = F.binary_cross_entropy_with_logits(model(batch), target)
+            value = multilabel_loss(model(batch), target, loss)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            value.backward()
             optimizer.step()
             scheduler.step()
-            total += loss.item() * batch.shape[0]
+            total += value.item() * batch.shape[0]
             count += batch.shape[0]
         history.append(total / count)
         bar.set_postfix(loss=f"{history[-1]:.4f}")
@@ -436,6 +421,9 @@ def train_tagger(
         "lr": lr,
         "weight_decay": weight_decay,
         "augment": augment,
+        "loss": loss,
+        "jpeg_quality": list(jpeg_quality) if augment and jpeg_quality is not None else None,
+        "jpeg_p": jpeg_p,
         "seed": seed,
         "device": str(device),
         "torch_version": torch.__version__,
@@ -536,6 +524,8 @@ def _read_train_section(entry: TaggerEntry, train: Any) -> dict[str, Any]:
         "weight_decay": float(train.weight_decay),
         "widths": list(train.widths),
         "seed": train.seed,
+        "loss": train.loss,
+        "augment": train.augment,
     }
     return {
         "labels": labels,
@@ -584,6 +574,8 @@ def _train_from_config(entry: TaggerEntry, train: dict[str, Any], concepts: Sequ
         weight_decay=settings["weight_decay"],
         widths=settings["widths"],
         seed=settings["seed"],
+        loss=settings["loss"],
+        augment=settings["augment"],
         device=device,
         num_workers=train["num_workers"],
         training_record={"config_sha256": train["config_sha256"], "labels": str(train["labels"])},

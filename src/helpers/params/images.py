@@ -57,6 +57,21 @@ class TaggerTraining(Section):
     batch_size: PositiveInt = 64
     lr: float = Field(1e-3, gt=0)
     seed: NonNegativeInt = 0
+    loss: Literal["bce", "asl", "focal"] = Field(
+        "bce", description="multi-label loss (asl: asymmetric loss, Ridnik 2021)"
+    )
+    augment: bool = Field(True, description="random flips / 90-degree rotations")
+    jpeg_quality: Annotated[list[Annotated[int, Field(ge=1, le=100)]], Field(min_length=2, max_length=2)] | None = (
+        Field([60, 95], description="[low, high] JPEG re-encoding quality in training (the corpus is JPEG); null: off")
+    )
+    jpeg_p: Probability = Field(0.5, description="share of training images re-encoded as JPEG")
+
+    @field_validator("jpeg_quality")
+    @classmethod
+    def _ordered(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and value[0] > value[1]:
+            raise ValueError(f"expected [low, high] with low <= high, got {value}")
+        return value
 
 
 class InlineTraining(Section):
@@ -74,6 +89,8 @@ class InlineTraining(Section):
     weight_decay: float = 1e-4
     widths: list[PositiveInt] = Field(list(DEFAULT_WIDTHS), min_length=1, description="channels per conv block")
     seed: NonNegativeInt = 0
+    loss: Literal["bce", "asl", "focal"] = "bce"
+    augment: bool = True
     device: NonEmptyStr = "auto"
     num_workers: NonNegativeInt = 0
 

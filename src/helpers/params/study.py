@@ -99,6 +99,9 @@ class World(Section):
     max_concepts_per_image: PositiveInt | None = None
     image_size: Annotated[int, Field(ge=8, le=1024)] | None = None
     misalignment_rate: Probability | None = None
+    full_misalignment_rate: Probability | None = Field(
+        None, description="captions naming only concepts the image does not show (the true misalignment degree)"
+    )
     omission_rate: Probability | None = None
     seed: NonNegativeInt | None = None
     shard_size: PositiveInt | None = None

@@ -10,8 +10,10 @@ each other. Here every quantity the pipeline estimates is known by construction:
   target counts spread evenly over ``decades``, so every frequency decade is populated, which is what a
   log-linear fit needs);
 * the image--text misalignment: with probability ``misalignment_rate`` a caption also mentions a concept
-  the image does not show, with probability ``omission_rate`` it leaves out one that it shows
-  (``truth/samples.parquet`` flags every sample).
+  the image does not show, with probability ``omission_rate`` it leaves out one that it shows, and with
+  probability ``full_misalignment_rate`` it names *only* concepts the image does not show (as many as it
+  shows, drawn by the frequency law among the absent ones) -- the kind of sample the study's misalignment
+  degree counts (``truth/samples.parquet`` flags every sample).
 
 Images are tiny procedurally drawn scenes: every concept has a fixed visual signature (a shape, a stripe
 texture of a given frequency and orientation, a two-colour palette) drawn at a random position, rotation
@@ -26,7 +28,7 @@ Layout written by ``generate_world(spec, out_dir)``::
     truth/concepts.parquet             concept_id, name, target_frequency, shown_count, mentioned_count
     truth/image_concepts.parquet       sample_id int64, concept_id int32   (concepts SHOWN)
     truth/caption_concepts.parquet     sample_id int64, concept_id int32   (concepts MENTIONED)
-    truth/samples.parquet              sample_id, key, misaligned, omitted
+    truth/samples.parquet              sample_id, key, misaligned, omitted, fully_misaligned
     downstream/classification/         classes.txt (names in id order) + <name_with_underscores>/*.png
     downstream/retrieval/{i:05d}.tar   KEY.jpg, KEY.txt (5 captions, one per line), KEY.json
     downstream/retrieval/truth.parquet sample_id, concept_id (concepts shown)
@@ -112,6 +114,11 @@ class WorldSpec:
     ``zipf``: weight of rank r is ``r ** -zipf_exponent``; ``log_uniform``: log10 weights evenly spaced over
     ``[0, decades]``. The rank order of the concepts is a seeded permutation. ``target_frequency`` is the
     weight scaled to the expected total number of shown concepts.
+
+    ``full_misalignment_rate`` is the share of captions that name only concepts their image does not show
+    (the paper's "misaligned" sample, sec. 3 / app. misalignment degree); it is drawn from its own random
+    stream, so ``0`` reproduces a world without it byte for byte, and such a sample is neither
+    ``misaligned`` nor ``omitted`` (those flags describe captions that still name a shown concept).
     """
 
     n_concepts: int = 40
@@ -123,6 +130,7 @@ class WorldSpec:
     image_size: int = 32
     misalignment_rate: float = 0.05
     omission_rate: float = 0.05
+    full_misalignment_rate: float = 0.05
     seed: int = 0
     shard_size: int = 5_000
     downstream_per_class: int = 20
@@ -154,7 +162,7 @@ class WorldSpec:
         integer("n_samples", 1)
         integer("max_concepts_per_image", 1, self.n_concepts)
         integer("image_size", 8, 1024)
-        for key in ("misalignment_rate", "omission_rate"):
+        for key in ("misalignment_rate", "omission_rate", "full_misalignment_rate"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
                 fail(key, f"expected a rate in [0, 1], got {value!r}")
@@ -292,6 +300,14 @@ def _instances(rng: np.random.Generator, n: int) -> list[int]:
     return [1 if rng.random() < 0.7 else int(rng.integers(2, 4)) for _ in range(n)]
 
 
+def _absent_concepts(rng: np.random.Generator, weights: np.ndarray, shown: Sequence[int]) -> list[int]:
+    """As many concepts as ``shown`` holds (at most the absent ones), none shown, drawn by ``weights``."""
+    absent = np.setdiff1d(np.arange(len(weights)), np.asarray(shown, dtype=np.int64))
+    n = min(len(shown), len(absent))
+    p = weights[absent] / weights[absent].sum()
+    return [int(c) for c in rng.choice(absent, size=n, replace=False, p=p)]
+
+
 def _pairs_table(sample_ids: list[int], concept_ids: list[int]) -> pa.Table:
     sid = np.asarray(sample_ids, dtype=np.int64)
     cid = np.asarray(concept_ids, dtype=np.int32)
@@ -349,7 +365,8 @@ def generate_world(
     _clear(pre_dir, "*.tar")
     img_pairs: tuple[list[int], list[int]] = ([], [])
     cap_pairs: tuple[list[int], list[int]] = ([], [])
-    sample_rows: dict[str, list] = {"sample_id": [], "key": [], "misaligned": [], "omitted": []}
+    full_rng = rng_stream(spec.seed, "full_misalignment")
+    sample_rows: dict[str, list] = {"sample_id": [], "key": [], "misaligned": [], "omitted": [], "fully_misaligned": []}
     bar = tqdm(total=spec.n_samples, desc="synthetic pretrain", unit="img", disable=not progress)
     index = 0
     for shard in range(n_shards):
@@ -370,6 +387,11 @@ def generate_world(
                     at = int(rng.integers(len(mentioned) + 1))
                     mentioned.insert(at, int(rng.choice(absent)))
                     m_counts.insert(at, 1)
+                fully = bool(full_rng.random() < spec.full_misalignment_rate) and k > len(concepts)
+                if fully:  # the caption names only absent concepts; the draws above are kept for the stream
+                    mentioned = _absent_concepts(full_rng, weights, concepts)
+                    m_counts = list(counts[: len(mentioned)])
+                    misaligned = omitted = False
                 caption = writer.caption(mentioned, m_counts)
                 key = f"{shard:05d}{pos:04d}"
                 sample_id = (shard << 32) | pos
@@ -381,7 +403,7 @@ def generate_world(
                     img_pairs[0].append(sample_id), img_pairs[1].append(c)
                 for c in mentioned:
                     cap_pairs[0].append(sample_id), cap_pairs[1].append(c)
-                for col, value in zip(sample_rows, (sample_id, key, misaligned, omitted)):
+                for col, value in zip(sample_rows, (sample_id, key, misaligned, omitted, fully)):
                     sample_rows[col].append(value)
                 index += 1
                 bar.update()
@@ -408,6 +430,7 @@ def generate_world(
             "key": pa.array(sample_rows["key"], pa.string()),
             "misaligned": pa.array(sample_rows["misaligned"], pa.bool_()),
             "omitted": pa.array(sample_rows["omitted"], pa.bool_()),
+            "fully_misaligned": pa.array(sample_rows["fully_misaligned"], pa.bool_()),
         }
     )
     truth = {
@@ -460,6 +483,7 @@ def generate_world(
             "mentioned_pairs": caption_table.num_rows,
             "misaligned": int(sum(sample_rows["misaligned"])),
             "omitted": int(sum(sample_rows["omitted"])),
+            "fully_misaligned": int(sum(sample_rows["fully_misaligned"])),
         },
     }
     if leak is not None:

@@ -1,0 +1,103 @@
+"""The trained tagger's losses and augmentations (helpers.images.tagger_data), on hand-checkable inputs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from helpers.images.corpora import train_sample_tagger
+from helpers.images.tagger_data import LabelledImages, dihedral, jpeg_roundtrip, multilabel_loss
+from helpers.images.tagger_trained import train_tagger
+from helpers.shards import ConfigError
+
+
+def test_losses_by_hand():
+    logits = torch.tensor([[2.0, -1.0], [0.0, 3.0]])
+    target = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    assert multilabel_loss(logits, target, "bce") == pytest.approx(
+        float(F.binary_cross_entropy_with_logits(logits, target))
+    )
+    p = torch.sigmoid(logits)
+    # ASL (Ridnik et al. 2021): positives log p; negatives p_m^4 log(1 - p_m), p_m = max(p - 0.05, 0)
+    pm = (p - 0.05).clamp(min=0)
+    by_hand = (
+        -(
+            math.log(p[0, 0])
+            + pm[0, 1] ** 4 * math.log(1 - pm[0, 1])
+            + pm[1, 0] ** 4 * math.log(1 - pm[1, 0])
+            + math.log(p[1, 1])
+        )
+        / 4
+    )
+    assert float(multilabel_loss(logits, target, "asl")) == pytest.approx(float(by_hand), rel=1e-5)
+    focal = (
+        -(
+            (1 - p[0, 0]) ** 2 * math.log(p[0, 0])
+            + p[0, 1] ** 2 * math.log(1 - p[0, 1])
+            + p[1, 0] ** 2 * math.log(1 - p[1, 0])
+            + (1 - p[1, 1]) ** 2 * math.log(p[1, 1])
+        )
+        / 4
+    )
+    assert float(multilabel_loss(logits, target, "focal")) == pytest.approx(float(focal), rel=1e-5)
+    # an easy negative costs ASL (almost) nothing, while BCE still pays for it
+    easy = torch.tensor([[-4.0]])
+    assert (
+        float(multilabel_loss(easy, torch.zeros(1, 1), "asl")) < 1e-6 < float(multilabel_loss(easy, torch.zeros(1, 1)))
+    )
+    with pytest.raises(ValueError, match="loss must be one of"):
+        multilabel_loss(logits, target, "hinge")
+
+
+def test_dihedral_gives_each_image_one_of_the_eight_symmetries():
+    batch = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4).repeat(50, 1, 1, 1)
+    out = dihedral(batch.clone(), torch.Generator().manual_seed(0))
+    seen = set()
+    for original, moved in zip(batch, out):
+        variants = [torch.rot90(x, k, dims=(-2, -1)) for x in (original, original.flip(-1)) for k in range(4)]
+        matches = [i for i, v in enumerate(variants) if torch.equal(v, moved)]
+        assert matches, "not a flip/rotation of its own image"
+        seen.add(matches[0])
+    assert len(seen) == 8
+
+
+def test_jpeg_roundtrip_changes_pixels_not_size_and_dataset_applies_it_by_probability():
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    out = jpeg_roundtrip(image, 60)
+    assert out.size == image.size and out.mode == "RGB"
+    assert np.abs(np.asarray(out, dtype=int) - np.asarray(image, dtype=int)).mean() > 5
+    to_tensor = lambda im: torch.from_numpy(np.asarray(im, dtype=np.float32))  # noqa: E731
+    targets = torch.zeros(1, 2)
+    never = LabelledImages([image], targets, to_tensor, jpeg_quality=(60, 95), jpeg_p=0.0)
+    always = LabelledImages([image], targets, to_tensor, jpeg_quality=(60, 95), jpeg_p=1.0)
+    assert torch.equal(never[0][0], to_tensor(image))
+    assert not torch.equal(always[0][0], to_tensor(image))
+
+
+def test_training_options_are_checked(tmp_path):
+    images = [Image.new("RGB", (16, 16), (i * 20, 0, 0)) for i in range(4)]
+    labels = [["a"], ["b"], ["a", "b"], []]
+    with pytest.raises(ValueError, match="loss must be one of"):
+        train_tagger(images, labels, ["a", "b"], image_size=16, epochs=1, loss="mse", progress=False)
+    with pytest.raises(ValueError, match="jpeg_quality"):
+        train_tagger(images, labels, ["a", "b"], image_size=16, epochs=1, jpeg_quality=(90, 50), progress=False)
+    tagger = train_tagger(images, labels, ["a", "b"], image_size=16, epochs=1, loss="asl", progress=False)
+    assert tagger.training["loss"] == "asl" and tagger.training["jpeg_quality"] == [60, 95]
+    (tmp_path / "images").mkdir()
+    for i, im in enumerate(images):
+        im.save(tmp_path / "images" / f"{i}.png")
+    rows = ["image,concepts", *(f"images/{i}.png,{'|'.join(lab)}" for i, lab in enumerate(labels))]
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    base = {"labels": str(tmp_path / "labels.csv"), "checkpoint": str(tmp_path / "t.pt"), "image_size": 16, "epochs": 1}
+    with pytest.raises(ConfigError, match=r"taggers\.x: loss must be one of"):
+        train_sample_tagger({**base, "loss": "mse"}, name="x", progress=False)
+    with pytest.raises(ConfigError, match=r"taggers\.x: jpeg_quality"):
+        train_sample_tagger({**base, "jpeg_quality": [0, 50]}, name="x", progress=False)
+    tagger = train_sample_tagger({**base, "augment": False, "jpeg_quality": None}, name="x", progress=False)
+    assert tagger.training["augment"] is False and (tmp_path / "t.pt").is_file()
