@@ -316,3 +316,27 @@ def test_open_clip_tagger_checkpoint(tiny) -> None:
     with pytest.warns(UserWarning, match=r"^tagger\.trusted is true"):
         tagger = build_tagger({**config, "trusted": True}, ["red", "green"])
     assert torch.equal(tagger.model.state_dict()["logit_scale"], tiny["state"]["logit_scale"])
+
+
+def test_imagefolder_of_wordnet_ids(tmp_path) -> None:
+    """ImageNet's val folders (and ImageNet-Sketch's) are WordNet ids: all 1000 get the curated names; a subset
+    without a list is refused rather than prompted as ``A photo of a n01440764.``."""
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
+    wnids = [f"n{10_000_000 + 7 * i:08d}" for i in range(1000)]
+    for wnid in wnids:
+        (tmp_path / wnid).mkdir()
+    (tmp_path / wnids[134] / "a.png").write_bytes(_png())
+    ds = datasets.load_dataset({"format": "imagefolder", "root": str(tmp_path)}, lambda img: img, name="toy")
+    assert ds.class_names[:2] == list(IMAGENET_CLASSNAMES[:2]) and len(set(ds.class_names)) == 1000
+    assert ds.labels.tolist() == [134] and ds.class_names[134] == "crane bird"
+
+    subset = tmp_path / "subset"
+    for wnid in wnids[:200]:
+        (subset / wnid).mkdir(parents=True)
+    (subset / wnids[0] / "a.png").write_bytes(_png())
+    spec = {"format": "imagefolder", "root": str(subset)}
+    with pytest.raises(ConfigError, match=r"^evaluation\.datasets\.toy\.class_names: the 200 folders are WordNet ids"):
+        datasets.load_dataset(spec, lambda img: img, name="toy")
+    names = [f"class {i}" for i in range(200)]
+    assert datasets.load_dataset({**spec, "class_names": names}, lambda img: img, name="toy").class_names == names

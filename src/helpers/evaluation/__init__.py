@@ -75,7 +75,8 @@ Datasets (``load_dataset``)
     ``imagefolder``  ``root``: one sub-folder per class (sorted folder order = label order); class names are
                      the folder names with underscores read as spaces, unless ``class_names`` (a list in
                      sorted folder order, or a ``{folder: name}`` mapping) or ``class_names_file`` (one
-                     name per line, sorted folder order) is given.
+                     name per line, sorted folder order) is given. 1000 WordNet-id folders (ImageNet's
+                     ``n01440764`` ...) get ImageNet's curated names; fewer need a list.
     ``wds``          ``paths``: tar shards (brace patterns, globs, folders, lists, as in ``helpers.text.captions``),
                      ``image_ext`` (default ``[jpg, jpeg, png, webp]``: the first one a sample has).
                      Zero-shot (``task: zero_shot``, the default): ``label_key`` (default ``cls``: the file

@@ -18,6 +18,7 @@ A zero-shot classifier embeds a prompt per class name, and every per-class resul
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -31,6 +32,11 @@ CURATED_CLASS_NAMES = {"ImageNet": ("open_clip.zero_shot_metadata", "IMAGENET_CL
 #: ``zero_shot_evaluations/imagenet_*_results.json``, in label order) names the second ``missile``
 #: ``projectile`` and the first ``sunglasses`` ``sunglass``: index -> (open_clip's name, the study's name).
 IMAGENET_STUDY_FIXES = {744: ("missile", "projectile"), 836: ("sunglasses", "sunglass")}
+
+#: an ImageNet class folder: a WordNet noun id (``n01440764``)
+WORDNET_ID = re.compile(r"^n\d{8}$")
+#: the number of ImageNet-1k classes: folders that are this many WordNet ids, sorted, are its label order
+IMAGENET_CLASSES = 1000
 
 HINT = "give class_names or class_names_file with one distinct name per class (label order)"
 
@@ -109,6 +115,26 @@ def readable_class_names(classes: Sequence[Any], dataset_class: type | str) -> t
         else:
             out.append(str(c))
     return out, f"{label}.classes" + (" (first synonym of each)" if tuples else "")
+
+
+def folder_class_names(folders: Sequence[str]) -> tuple[list[str], str]:
+    """Class names of an imagefolder's sorted class folders, and a phrase saying where they come from.
+
+    Folder names with ``_`` read as spaces; but 1000 folders named by WordNet ids (ImageNet and its variants
+    such as ImageNet-Sketch: ``n01440764`` ...) are ImageNet's classes in label order and get the curated
+    names of :func:`curated_class_names`, as torchvision's ``ImageNet`` does. Raises ``ValueError`` for
+    another number of WordNet-id folders (a subset such as ImageNet-R's 200: which names they have needs
+    a list the entry must give), rather than prompting with ``A photo of a n01440764.``.
+    """
+    if folders and all(WORDNET_ID.match(f) for f in folders):
+        if len(folders) != IMAGENET_CLASSES:
+            raise ValueError(
+                f"the {len(folders)} folders are WordNet ids ({folders[0]}, ...), not class names; "
+                f"only all {IMAGENET_CLASSES} of ImageNet are named without a list"
+            )
+        names, source = curated_class_names("ImageNet")  # type: ignore[misc]
+        return names, f"{source} (the folders are ImageNet's {IMAGENET_CLASSES} WordNet ids)"
+    return [f.replace("_", " ") for f in folders], "the folder names"
 
 
 def class_names_from(

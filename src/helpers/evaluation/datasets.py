@@ -17,7 +17,13 @@ from PIL import Image
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 from tqdm.auto import tqdm
 
-from helpers.evaluation.classnames import HINT, class_names_from, readable_class_names, require_unique
+from helpers.evaluation.classnames import (
+    HINT,
+    class_names_from,
+    folder_class_names,
+    readable_class_names,
+    require_unique,
+)
 from helpers.evaluation.specs import (
     ANNOTATION_KEYS,
     DATASET_FORMATS,
@@ -201,12 +207,18 @@ def _load_imagefolder(
     folders = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not folders:
         raise section.error("root", f"{str(root)!r} has no class sub-folders")
-    from_folders = [f.replace("_", " ") for f in folders]
+    from_folders: list[str] | None = None
+    try:  # folders differing only by '_' versus ' ' would share a name; WordNet ids are no names
+        from_folders, source = folder_class_names(folders)
+    except ValueError as err:
+        source = str(err)
     class_names = class_names_from(section, spec, len(folders), folders)
-    if class_names is None:  # folders differing only by '_' versus ' ' would share a name
-        require_unique(section, "class_names", from_folders, f"the folder names of {str(root)!r}", HINT)
+    if class_names is None:
+        if from_folders is None:
+            raise section.error("class_names", f"{source}; {HINT}")
+        require_unique(section, "class_names", from_folders, f"{source} of {str(root)!r}", HINT)
         class_names = from_folders
-    if class_names != from_folders and sorted(class_names) == sorted(from_folders):
+    if from_folders is not None and class_names != from_folders and sorted(class_names) == sorted(from_folders):
         # The given names are exactly the folders' names in another order (e.g. a classes.txt in id order):
         # read by position they would label every folder with another folder's name, so match by name.
         warnings.warn(
