@@ -340,3 +340,17 @@ def test_imagefolder_of_wordnet_ids(tmp_path) -> None:
         datasets.load_dataset(spec, lambda img: img, name="toy")
     names = [f"class {i}" for i in range(200)]
     assert datasets.load_dataset({**spec, "class_names": names}, lambda img: img, name="toy").class_names == names
+
+
+@pytest.mark.filterwarnings("ignore:'torch.load' received a zip file")
+def test_torchscript_archive_refused_naming_trusted(tiny, tmp_path) -> None:
+    """torch.load(weights_only=True) refuses a TorchScript archive with a RuntimeError, not an UnpicklingError."""
+    archive = tmp_path / "scripted.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit's deprecation notices
+        torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), archive)
+    spec = {"key": "mine", "model_config": str(tiny["config"]), "pretrained": str(archive)}
+    with pytest.raises(
+        ConfigError, match=r"^evaluation\.models\.mine\.pretrained: .*it is a TorchScript archive.*trusted"
+    ):
+        models.load_model(spec)
