@@ -354,3 +354,20 @@ def test_torchscript_archive_refused_naming_trusted(tiny, tmp_path) -> None:
         ConfigError, match=r"^evaluation\.models\.mine\.pretrained: .*it is a TorchScript archive.*trusted"
     ):
         models.load_model(spec)
+
+
+def test_zero_shot_eval_refuses_repeats_before_embedding() -> None:
+    """A dataset built by hand (not by load_dataset) with a repeated name fails before any image is embedded."""
+    from helpers.evaluation import metrics
+
+    class Unread(torch.utils.data.Dataset):
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            raise AssertionError("embedded an image")
+
+    data = datasets.EvalDataset("toy", Unread(), 3, "zero_shot", np.array([0, 1, 2]), ["crane", "heron", "crane"])
+    model = models.LoadedModel(None, None, None, "fake")
+    with pytest.raises(ValueError, match=r"^toy: class names repeat: 'crane' \(classes 0, 2\)$"):
+        metrics.zero_shot_eval(model, data, "simple", progress=False)
