@@ -55,12 +55,15 @@ Models (``load_model``)
     style), and optionally ``quick_gelu`` (set it for checkpoints trained with QuickGELU: loading them
     without it gives silently wrong features), ``image_mean`` / ``image_std`` / ``image_interpolation`` /
     ``image_resize_mode`` (preprocessing of a checkpoint whose statistics open_clip cannot know) and
-    ``cache_dir`` (open_clip's download cache). ``name: hf-hub:org/repo`` (downloaded) and
+    ``cache_dir`` (open_clip's download cache), ``trusted`` (default false: see below). ``name: hf-hub:org/repo`` (downloaded) and
     ``name: local-dir:/folder`` (an open_clip_config.json and weights, offline) bring their own config and
     weights: no ``pretrained``, and ``key`` is required. open_clip must confirm that weights were loaded
     (``create_model_from_pretrained``), so a model never runs with random weights. Half precision runs as
     CUDA autocast over fp32 weights; on a CPU the model runs in fp32 and a warning says so. A wrong entry
-    raises ``ConfigError`` naming ``evaluation.models.<key>.<field>``.
+    raises ``ConfigError`` naming ``evaluation.models.<key>.<field>``. A checkpoint that
+    ``torch.load(weights_only=True)`` refuses (a training checkpoint holding an ``argparse.Namespace`` or
+    numpy scalars) raises ``ConfigError`` naming ``pretrained`` and the option ``trusted: true``, which loads
+    the file with ``weights_only=False`` (it can run code from the file) and warns that it does.
 
     Note on the release's keys: the authors name models by *pretraining set*, not tag
     (``backboneViT-B-16_pretrainedlaion400m`` for the tag ``laion400m_e32``), so give ``key`` (the
@@ -72,7 +75,8 @@ Datasets (``load_dataset``)
     ``imagefolder``  ``root``: one sub-folder per class (sorted folder order = label order); class names are
                      the folder names with underscores read as spaces, unless ``class_names`` (a list in
                      sorted folder order, or a ``{folder: name}`` mapping) or ``class_names_file`` (one
-                     name per line, sorted folder order) is given.
+                     name per line, sorted folder order) is given. 1000 WordNet-id folders (ImageNet's
+                     ``n01440764`` ...) get ImageNet's curated names; fewer need a list.
     ``wds``          ``paths``: tar shards (brace patterns, globs, folders, lists, as in ``helpers.text.captions``),
                      ``image_ext`` (default ``[jpg, jpeg, png, webp]``: the first one a sample has).
                      Zero-shot (``task: zero_shot``, the default): ``label_key`` (default ``cls``: the file
@@ -86,7 +90,10 @@ Datasets (``load_dataset``)
     ``torchvision``  ``name`` (a ``torchvision.datasets`` class, e.g. ``CIFAR10``), ``root``, ``split``
                      (``test`` by default; classes with a ``train`` flag get ``train = split == "train"``),
                      always ``download=False`` (a missing dataset is a ``ConfigError`` naming ``root``).
-                     Class names come from the dataset's ``classes`` unless given.
+                     Class names come from the dataset's ``classes`` unless given; tuples of synonyms
+                     become readable names (ImageNet: open_clip's curated list, made distinct as the
+                     study's release names it; others: the first synonym; :mod:`.classnames`).
+    Every format: class names must be distinct (repeats are refused at load time, listed).
     ``parquet``      ``paths``: Parquet files (a file, glob or folder, or a list; sorted), one row per image:
                      ``image_column`` (default ``image``: the image's encoded bytes, or a struct with a
                      ``bytes`` field as Hugging Face ``datasets`` writes an ``Image`` feature) and

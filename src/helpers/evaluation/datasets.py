@@ -17,6 +17,13 @@ from PIL import Image
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 from tqdm.auto import tqdm
 
+from helpers.evaluation.classnames import (
+    HINT,
+    class_names_from,
+    folder_class_names,
+    readable_class_names,
+    require_unique,
+)
 from helpers.evaluation.specs import (
     ANNOTATION_KEYS,
     DATASET_FORMATS,
@@ -145,32 +152,6 @@ class _TarImages(IterableDataset):
                     yield i, self.preprocess(_open_rgb(sample.files[ext], what))
 
 
-def _class_names_from(
-    section: EntryReader, spec: Mapping[str, Any], n_expected: int | None, folders: list[str] | None = None
-) -> list[str] | None:
-    """``class_names`` (list, or {folder: name} for imagefolder) or ``class_names_file``; None when neither."""
-    given, file_ = spec.get("class_names"), section.existing_path("class_names_file")
-    if given is not None and file_ is not None:
-        raise section.error("class_names", "give class_names or class_names_file, not both")
-    if file_ is not None:
-        names = read_lines(file_)
-        key = "class_names_file"
-    elif isinstance(given, Mapping) and folders is not None:
-        missing = [f for f in folders if f not in given]
-        if missing:
-            raise section.error("class_names", f"no name for folder(s) {missing[:5]}")
-        names, key = [str(given[f]) for f in folders], "class_names"
-    elif given is not None:
-        names, key = section.str_list("class_names"), "class_names"
-    else:
-        return None
-    if len(set(names)) != len(names):
-        raise section.error(key, "class names are not unique")
-    if n_expected is not None and len(names) != n_expected:
-        raise section.error(key, f"{len(names)} class names for {n_expected} classes")
-    return names
-
-
 #: bytes hashed at each end of every dataset file for the image cache's key (whole files up to twice this)
 DATASET_EDGE_BYTES = 1 << 12
 
@@ -226,9 +207,18 @@ def _load_imagefolder(
     folders = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not folders:
         raise section.error("root", f"{str(root)!r} has no class sub-folders")
-    from_folders = [f.replace("_", " ") for f in folders]
-    class_names = _class_names_from(section, spec, len(folders), folders) or from_folders
-    if class_names != from_folders and sorted(class_names) == sorted(from_folders):
+    from_folders: list[str] | None = None
+    try:  # folders differing only by '_' versus ' ' would share a name; WordNet ids are no names
+        from_folders, source = folder_class_names(folders)
+    except ValueError as err:
+        source = str(err)
+    class_names = class_names_from(section, spec, len(folders), folders)
+    if class_names is None:
+        if from_folders is None:
+            raise section.error("class_names", f"{source}; {HINT}")
+        require_unique(section, "class_names", from_folders, f"{source} of {str(root)!r}", HINT)
+        class_names = from_folders
+    if from_folders is not None and class_names != from_folders and sorted(class_names) == sorted(from_folders):
         # The given names are exactly the folders' names in another order (e.g. a classes.txt in id order):
         # read by position they would label every folder with another folder's name, so match by name.
         warnings.warn(
@@ -311,11 +301,15 @@ def _load_torchvision(
     labels = _torchvision_labels(base)
     own = list(getattr(base, "classes", None) or []) or None
     n_classes = len(own) if own else int(labels.max()) + 1
-    class_names = _class_names_from(section, spec, n_classes)
-    if class_names is None:
+    class_names = class_names_from(section, spec, n_classes)
+    if class_names is None:  # the dataset's own names, readable (synonym tuples) and one per class
         if own is None:
             raise section.error("class_names", f"{cls_name} has no `classes`; give class_names or class_names_file")
-        class_names = [str(c) for c in own]
+        try:
+            class_names, source = readable_class_names(own, cls)
+        except ValueError as err:
+            raise section.error("class_names", f"{err}; {HINT}") from err
+        require_unique(section, "class_names", class_names, source, HINT)
     fingerprint = {
         "torchvision": cls_name, "split": split, "n": len(base), "labels": digest(labels.tolist()),
         "class_names": class_names,
@@ -346,7 +340,7 @@ def _load_wds(
     image_exts = [e.lower().lstrip(".") for e in image_exts]
     if task == "zero_shot":
         meta_ext = section.get_str("label_key", "cls").lower().lstrip(".")
-        class_names = _class_names_from(section, spec, None)
+        class_names = class_names_from(section, spec, None)
         if class_names is None:
             raise section.error("class_names", "missing (give class_names or class_names_file)")
         for key in ("caption_ext", "max_captions", "concepts", "concepts_file"):
@@ -493,7 +487,7 @@ def _load_parquet(
         raise section.error("paths", f"no *.parquet files under {raw!r}")
     image_col = section.get_str("image_column", "image")
     label_col = section.get_str("label_column", "label")
-    class_names = _class_names_from(section, spec, None)
+    class_names = class_names_from(section, spec, None)
     if class_names is None:
         raise section.error("class_names", "missing (give class_names or class_names_file)")
     lookup = {c: i for i, c in enumerate(class_names)}

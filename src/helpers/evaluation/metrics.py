@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from helpers.evaluation.classnames import describe_repeats, repeated_names
 from helpers.evaluation.datasets import EvalDataset, prompt_templates
 from helpers.evaluation.embeddings import (
     caption_embeddings,
@@ -63,6 +64,9 @@ def zero_shot_eval(
     """
     if dataset.labels is None or dataset.class_names is None:
         raise ValueError(f"{dataset.name}: not a zero-shot dataset (no labels/class names)")
+    repeats = repeated_names(dataset.class_names)
+    if repeats:  # one prompt and one result row per name: checked before any image is embedded
+        raise ValueError(f"{dataset.name}: class names repeat: {describe_repeats(repeats)}")
     sets = [prompt_set] if isinstance(prompt_set, str) else list(prompt_set)
     for p in sets:
         prompt_templates(p, ())  # validates the name

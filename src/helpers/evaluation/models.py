@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import warnings
 from collections.abc import Callable, Mapping
@@ -127,6 +128,34 @@ def _check_schema_model(
     return None, key
 
 
+#: how torch.load says that weights_only=True cannot read a file (pickled objects, TorchScript archives)
+WEIGHTS_ONLY_REFUSAL = "weights_only"
+_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def untrusted_checkpoint_error(section: EntryReader, field_name: str, err: BaseException) -> ConfigError:
+    """The error for a checkpoint that ``torch.load(weights_only=True)`` refuses, naming the entry's key and
+    the ``trusted`` option (PyTorch >= 2.6 loads with ``weights_only=True``; open_clip passes its
+    ``weights_only`` argument to ``torch.load``).
+
+    A training checkpoint usually holds more than tensors (an ``argparse.Namespace`` of its arguments, numpy
+    scalars for the epoch or loss); only a full unpickle, which can run code from the file, reads those.
+    """
+    found = _UNSUPPORTED_GLOBAL.search(str(err))
+    if found:
+        what = f"it holds a pickled {found.group(1)} (not tensors only)"
+    elif "TorchScript" in str(err):
+        what = "it is a TorchScript archive"
+    else:
+        what = str(err).strip().splitlines()[0][:200]
+    return section.error(
+        field_name,
+        f"torch.load(weights_only=True) refuses {section.spec.get(field_name)!r}: {what}. If you trust this file, "
+        f"set {section.prefix}.trusted: true to load it with weights_only=False (which can run code from the "
+        "file); or save its tensors alone (e.g. torch.save(checkpoint['state_dict'], path), or safetensors)",
+    )
+
+
 def model_specs(section: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """The ``evaluation.models`` mapping with each entry's ``key`` filled in from its mapping key."""
     models = section.get("models") if isinstance(section, Mapping) else None
@@ -183,6 +212,13 @@ def load_model(
             pp[field_name] = getattr(checked, field_name)
     weights.update({"quick_gelu": quick_gelu, **{k: list(v) if isinstance(v, tuple) else v for k, v in pp.items()}})
 
+    weights_only = not checked.trusted
+    if checked.trusted and not str(pretrained or "").endswith(".safetensors"):
+        warnings.warn(
+            f"{section.prefix}.trusted is true: loading {pretrained or name!r} with torch.load(weights_only=False), "
+            "which runs any code the file holds; keep it only for a file you trust",
+            stacklevel=2,
+        )
     effective = precision
     if precision != "fp32" and not str(device).startswith("cuda"):
         warnings.warn(f"{key}: precision {precision} needs a GPU (autocast); running in fp32 on {device}", stacklevel=2)
@@ -195,10 +231,14 @@ def load_model(
             device=device,
             force_quick_gelu=quick_gelu,
             cache_dir=section.get_str("cache_dir"),
-            weights_only=True,
+            weights_only=weights_only,
             **pp,
         )
+    except pickle.UnpicklingError as err:  # torch.load(weights_only=True) met a pickled object
+        raise untrusted_checkpoint_error(section, "name" if pretrained is None else "pretrained", err) from err
     except (RuntimeError, FileNotFoundError, ValueError, OSError) as err:
+        if weights_only and WEIGHTS_ONLY_REFUSAL in str(err):  # a TorchScript archive
+            raise untrusted_checkpoint_error(section, "name" if pretrained is None else "pretrained", err) from err
         remote = "pretrained_tag" in weights or name.startswith("hf-hub:")
         hint = " (downloaded: needs the network or the Hugging Face cache)" if remote else ""
         message = f"open_clip could not load {name!r} with {pretrained!r}{hint}: {err}"

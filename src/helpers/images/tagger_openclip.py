@@ -50,6 +50,7 @@ Config keys (an ``image_corpora.<name>.tagger`` entry; the model: :mod:`helpers.
     image_size: 224                 # optional check against the model's input size
     quick_gelu: false               # as for evaluation.models (OpenAI-trained weights need true)
     cache_dir: null                 # open_clip's download cache
+    trusted: false                  # true: load a checkpoint torch.load(weights_only=True) refuses (a file you trust)
     weights: null                   # the path DVC tracks as this entry's input (not read here)
     templates: ["a photo of a {c}.", ...]
     use_descriptions: false         # add the concept descriptions to the prompts
@@ -59,7 +60,8 @@ Config keys (an ``image_corpora.<name>.tagger`` entry; the model: :mod:`helpers.
 
 The model is loaded by :func:`helpers.evaluation.models.load_model`, the package's one open_clip loader
 (fp32 weights; ``image_search.precision`` autocasts the forward pass). A checkpoint path goes to open_clip,
-which loads it with ``torch.load(weights_only=True)``.
+which loads it with ``torch.load(weights_only=True)``; a file that needs a full unpickle (a training checkpoint
+holding an ``argparse.Namespace``) is refused with an error naming ``trusted``, as for ``evaluation.models``.
 """
 
 from __future__ import annotations
@@ -316,6 +318,7 @@ def from_config(
         "model_config": cfg.model_config_file,
         "quick_gelu": cfg.quick_gelu,
         "cache_dir": cfg.cache_dir,
+        "trusted": cfg.trusted or None,
     }
     loader_spec = {k: v for k, v in loader_spec.items() if v is not None}
     templates = list(cfg.templates)

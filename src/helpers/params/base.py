@@ -44,6 +44,12 @@ PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
 #: the "weights"/"data" docstring of the per-entry DVC dependency keys
 DVC_PATH_DOC = "the path DVC tracks as this entry's input; not read by the code"
 
+#: the ``trusted`` key of an open_clip model entry (``evaluation.models.<m>`` and the open_clip tagger's)
+TRUSTED_DOC = (
+    "load the checkpoint with torch.load(weights_only=False), which runs any code the file holds: only for a "
+    "file you trust (a training checkpoint holding e.g. an argparse.Namespace or numpy scalars)"
+)
+
 
 class Section(BaseModel):
     """A params section: unknown keys are errors, and values keep their YAML type (no "5" -> 5)."""

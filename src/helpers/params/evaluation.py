@@ -8,6 +8,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from helpers.params.base import (
     DVC_PATH_DOC,
+    TRUSTED_DOC,
     Name,
     NonEmptyStr,
     NonNegativeInt,
@@ -52,6 +53,7 @@ class OpenClipModel(Section):
     image_interpolation: NonEmptyStr | None = None
     image_resize_mode: NonEmptyStr | None = None
     cache_dir: str | None = None
+    trusted: bool = Field(False, description=TRUSTED_DOC)
     weights: str | None = Field(None, description=DVC_PATH_DOC)
 
     model_config = {**Section.model_config, "populate_by_name": True, "protected_namespaces": ()}

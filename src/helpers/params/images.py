@@ -8,6 +8,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from helpers.params.base import (
     DVC_PATH_DOC,
+    TRUSTED_DOC,
     NonEmptyStr,
     NonNegativeInt,
     PositiveInt,
@@ -154,6 +155,7 @@ class OpenClipTagger(Section):
     pretrained: NonEmptyStr | None = Field(None, description="a pretrained tag or a checkpoint file")
     quick_gelu: bool = False
     cache_dir: str | None = None
+    trusted: bool = Field(False, description=TRUSTED_DOC)
     templates: Annotated[list[NonEmptyStr], Field(min_length=1)] = list(DEFAULT_TEMPLATES)
     use_descriptions: bool = False
     descriptions: NonEmptyStr | list[NonEmptyStr] | None = None
