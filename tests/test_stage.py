@@ -431,3 +431,33 @@ def test_a_stage_runs_its_notebook_without_the_kernels_tcp_warning(tmp_path, mon
     executed = nbformat.read(out, as_version=4)
     assert "value 7" in "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
     assert stage.KERNEL_TCP_WARNING not in capfd.readouterr().err
+
+
+def test_the_kernel_filter_is_importable_by_the_kernel_process():
+    """The kernel imports the filter by name in its own process: under ``python -m helpers.stage`` the runner
+    module is ``__main__``, so the name must be the package path, not ``__module__``."""
+    import importlib
+
+    dotted = stage.kernel_config()["IPKernelApp"]["logging_config"]["filters"]["no_tcp_warning"]["()"]
+    module, _, name = dotted.rpartition(".")
+    assert module == "helpers.stage" and getattr(importlib.import_module(module), name) is stage.KernelTcpWarningFilter
+
+
+def test_the_stage_command_runs_a_notebook_as_dvc_calls_it(tmp_path):
+    """``python -m helpers.stage <stage>`` exactly as dvc.yaml's cmd runs it, in a subprocess."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "FDP_WORKDIR": str(tmp_path), "MPLBACKEND": "Agg"}
+    done = subprocess.run(
+        [sys.executable, "-m", "helpers.stage", "sample_corpora"],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "reports" / "notebooks" / "12_sample_corpora.ipynb").exists()
+    assert stage.KERNEL_TCP_WARNING not in done.stderr

@@ -215,7 +215,9 @@ class KernelTcpWarningFilter(logging.Filter):
 
 def kernel_config() -> dict:
     """Traitlets config for the kernel: ``KernelTcpWarningFilter`` on the kernel app's console log handler."""
-    dotted = f"{KernelTcpWarningFilter.__module__}.{KernelTcpWarningFilter.__qualname__}"
+    # by its importable name: under ``python -m helpers.stage`` this module is ``__main__``, which the kernel
+    # process cannot import
+    dotted = f"helpers.stage.{KernelTcpWarningFilter.__qualname__}"
     logging_config = {
         "filters": {"no_tcp_warning": {"()": dotted}},
         "handlers": {"console": {"filters": ["no_tcp_warning"]}},
