@@ -95,9 +95,9 @@ def test_training_options_are_checked(tmp_path):
     rows = ["image,concepts", *(f"images/{i}.png,{'|'.join(lab)}" for i, lab in enumerate(labels))]
     (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
     base = {"labels": str(tmp_path / "labels.csv"), "checkpoint": str(tmp_path / "t.pt"), "image_size": 16, "epochs": 1}
-    with pytest.raises(ConfigError, match=r"taggers\.x: loss must be one of"):
+    with pytest.raises(ConfigError, match=r"taggers\.x\.loss: 'mse' is not one of bce, asl, focal"):
         train_sample_tagger({**base, "loss": "mse"}, name="x", progress=False)
-    with pytest.raises(ConfigError, match=r"taggers\.x: jpeg_quality"):
+    with pytest.raises(ConfigError, match=r"taggers\.x\.jpeg_quality\[0\]: input should be greater than or equal to 1"):
         train_sample_tagger({**base, "jpeg_quality": [0, 50]}, name="x", progress=False)
     tagger = train_sample_tagger({**base, "augment": False, "jpeg_quality": None}, name="x", progress=False)
     assert tagger.training["augment"] is False and (tmp_path / "t.pt").is_file()
