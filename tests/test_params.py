@@ -287,7 +287,9 @@ def test_an_existing_file_passes_and_absolute_paths_are_checked(params, tmp_path
 def test_missing_inputs_are_named(params, tmp_path, dotted, value):
     errors = errors_of(with_change(params, dotted, value), files=True, workdir=tmp_path)
     # a model's weights are restated by its evaluation runs: those differ now too (checked separately)
-    errors = [e for e in errors if not e.startswith("evaluation.runs.")]
+    # a model's weights are restated by its evaluation runs, and a corpus's captions must lie in its data:
+    # those follow-on errors are checked separately
+    errors = [e for e in errors if not e.startswith(("evaluation.runs.", "corpora.sample_tsv.captions.paths"))]
     assert errors == [f"{dotted}: file not found: {value}"]
 
 
@@ -447,3 +449,21 @@ def test_a_study_is_checked_with_the_whole_file(params):
     ]
     errors = errors_of(with_change(params, f"studies.{study}.modles", ["x"]))
     assert errors[0].startswith(f"studies.{study}.modles: unknown key; did you mean 'models'")
+
+
+def test_a_corpus_reads_only_inside_its_tracked_data(params):
+    moved = with_change(params, "corpora.sample_tsv.captions.paths", "/elsewhere/*.tsv")
+    assert errors_of(moved) == [
+        "corpora.sample_tsv.captions.paths: '/elsewhere/*.tsv' is outside corpora.sample_tsv.data "
+        "('data/raw/samples/tsv'); DVC would not see it change, so the counts could go stale: point data at "
+        "the folder that holds it"
+    ]
+    images = with_change(params, "image_corpora.sample_wds.images.paths", ["data/raw/samples/wds/*.tar", "x/*.tar"])
+    assert errors_of(images)[0].startswith("image_corpora.sample_wds.images.paths[1]: 'x/*.tar' is outside")
+
+
+def test_a_corpus_without_data_is_named_before_dvc_fails_on_it(params):
+    errors = errors_of(with_change(params, "corpora.sample_txt.data", None, delete=True))
+    assert errors == [
+        "corpora.sample_txt.data: missing (the folder text_search@sample_txt depends on, holding its input)"
+    ]

@@ -204,7 +204,7 @@ def retrieval_eval(
     """Image-to-text and text-to-image recall@k, overall and per concept (tidy columns, value a fraction).
 
     ``concepts`` (default: the dataset's ``concepts``; none: overall only) are found in the captions with
-    ``helpers.text.search.match_captions(mode=match_mode, **match_options)``.
+    ``helpers.text.matching.match_captions(mode=match_mode, **match_options)``.
     """
     if dataset.captions is None:
         raise ValueError(f"{dataset.name}: not a retrieval dataset (no captions)")

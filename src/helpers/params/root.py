@@ -199,10 +199,45 @@ def _path_keys(data: Mapping[str, Any]) -> Iterable[tuple[str, Any]]:
     yield "synthetic_validation.world", _get(data, "synthetic_validation", "world")
 
 
+def _inside(pattern: str, folder: str) -> bool:
+    """Whether a path or glob lies in ``folder`` (both as written, or both made absolute against the cwd)."""
+    a, b = os.path.abspath(os.path.expanduser(pattern)), os.path.abspath(os.path.expanduser(folder))
+    return a == b or a.startswith(b.rstrip(os.sep) + os.sep)
+
+
+def _tracked_input_errors(section: str, entries: Mapping[str, Any], reader: str, stage: str) -> list[str]:
+    """Each entry's ``data`` (what its stage depends on) exists and holds what ``<reader>.paths`` reads.
+
+    DVC reruns a stage when its declared inputs change: files read from outside ``data`` would leave its
+    counts stale without a word, and an entry without ``data`` breaks every dvc command (dvc.yaml
+    interpolates ``${item.data}``)."""
+    errors = []
+    for name, entry in entries.items():
+        if not isinstance(entry, Mapping):
+            continue
+        data = entry.get("data")
+        if not isinstance(data, str) or not data.strip():
+            errors.append(f"{section}.{name}.data: missing (the folder {stage}@{name} depends on, holding its input)")
+            continue
+        source = entry.get(reader)
+        patterns = source.get("paths") if isinstance(source, Mapping) else None
+        patterns = [patterns] if isinstance(patterns, str) else patterns if isinstance(patterns, list) else []
+        for i, pattern in enumerate(p for p in patterns if isinstance(p, str)):
+            if not _inside(pattern, data):
+                key = f"{section}.{name}.{reader}.paths" + (f"[{i}]" if len(patterns) > 1 else "")
+                errors.append(
+                    f"{key}: {pattern!r} is outside {section}.{name}.data ({data!r}); DVC would not see it change, "
+                    "so the counts could go stale: point data at the folder that holds it"
+                )
+    return errors
+
+
 def _reference_errors(data: Mapping[str, Any]) -> list[str]:
     errors = []
     corpora = _entries(data, "corpora")
     image_corpora = _entries(data, "image_corpora")
+    errors += _tracked_input_errors("corpora", corpora, "captions", "text_search")
+    errors += _tracked_input_errors("image_corpora", image_corpora, "images", "image_search")
 
     def refer(key: str, value: Any, known: Mapping[str, Any], section: str) -> None:
         if isinstance(value, str) and value not in known:
