@@ -23,6 +23,7 @@ from pydantic import Field, ValidationError
 
 from helpers.params.base import Name, Section
 from helpers.params.errors import error_lines
+from helpers.params.controls import Controls, LetItWag
 from helpers.params.evaluation import Evaluation
 from helpers.params.images import ImageCorpus, ImageSearch, TaggerTraining
 from helpers.params.study import Analysis, ClipTraining, Figures, Release, Synthetic, SyntheticValidation
@@ -49,6 +50,8 @@ class Params(Section):
     clip_training: ClipTraining | None = None
     evaluation: Evaluation = Evaluation()
     synthetic_validation: SyntheticValidation | None = None
+    controls: Controls | None = None
+    let_it_wag: LetItWag | None = None
     studies: dict[Name, dict[str, Any]] = Field(
         {}, description="user studies (helpers.analysis.study); their keys are checked here"
     )
@@ -241,6 +244,24 @@ def _reference_errors(data: Mapping[str, Any]) -> list[str]:
         refer("synthetic_validation.corpus", validation.get("corpus"), corpora, "corpora")
         for i, value in enumerate(validation.get("image_corpora") or []):
             refer(f"synthetic_validation.image_corpora[{i}]", value, image_corpora, "image_corpora")
+    similarity = _get(data, "controls", "similarity")
+    if isinstance(similarity, Mapping):
+        key = "controls.similarity"
+        refer(f"{key}.corpus", similarity.get("corpus"), image_corpora, "image_corpora")
+        for i, value in enumerate(similarity.get("datasets") or []):
+            refer(f"{key}.datasets[{i}]", value, datasets, "evaluation.datasets")
+        refer(f"{key}.model", similarity.get("model"), models, "evaluation.models")
+        embedder = similarity.get("embedder")
+        if isinstance(embedder, Mapping) and embedder.get("kind") == "open_clip":
+            refer(f"{key}.embedder.model", embedder.get("model"), models, "evaluation.models")
+        if similarity.get("retrain") and not isinstance(_get(data, "clip_training"), Mapping):
+            errors.append(f"{key}.retrain: needs a clip_training section (the model that is retrained)")
+    wag = _get(data, "let_it_wag")
+    if isinstance(wag, Mapping):
+        for i, value in enumerate(wag.get("models") or []):
+            refer(f"let_it_wag.models[{i}]", value, models, "evaluation.models")
+        refer("let_it_wag.outliers.model", _get(wag, "outliers", "model"), models, "evaluation.models")
+        refer("let_it_wag.reference", wag.get("reference"), datasets, "evaluation.datasets")
     for name, entry in corpora.items():
         concepts = _get(entry, "concepts")
         why = concept_table_error(concepts) if isinstance(concepts, str) else None
