@@ -47,7 +47,6 @@ from helpers.params.controls import Search
 from helpers.params.errors import validate
 from helpers.shards import (
     SHARD_DIR,
-    ConfigError,
     RunResult,
     Shard,
     ShardChunk,

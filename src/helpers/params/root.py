@@ -22,8 +22,8 @@ from typing import Any
 from pydantic import Field, ValidationError
 
 from helpers.params.base import Name, Section
-from helpers.params.errors import error_lines
 from helpers.params.controls import Controls, LetItWag
+from helpers.params.errors import error_lines
 from helpers.params.evaluation import Evaluation
 from helpers.params.images import ImageCorpus, ImageSearch, TaggerTraining
 from helpers.params.study import Analysis, ClipTraining, Figures, Release, Synthetic, SyntheticValidation
