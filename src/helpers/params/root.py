@@ -200,6 +200,10 @@ def _path_keys(data: Mapping[str, Any]) -> Iterable[tuple[str, Any]]:
                 continue  # torchvision checks its own files (and names what is missing)
             yield f"evaluation.datasets.{name}.{key}", _get(entry, key)
     yield "clip_training.data", _get(data, "clip_training", "data")
+    yield "controls.similarity.leaks", _get(data, "controls", "similarity", "leaks")
+    yield "let_it_wag.counts", _get(data, "let_it_wag", "counts")
+    yield "let_it_wag.images.root", _get(data, "let_it_wag", "images", "root")
+    yield "let_it_wag.images.world", _get(data, "let_it_wag", "images", "world")
     yield "synthetic_validation.world", _get(data, "synthetic_validation", "world")
 
 
