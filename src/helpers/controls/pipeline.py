@@ -235,7 +235,7 @@ def named_counts(counts: pd.DataFrame, frequencies: str | os.PathLike) -> pd.Dat
     table = pd.read_parquet(path, columns=["concept_id", "concept"]).drop_duplicates("concept_id")
     out = counts.merge(table, on="concept_id", how="left", validate="many_to_one")
     if out["concept"].isna().any():
-        raise ValueError(f"{path}: concept ids {sorted(out.loc[out['concept'].isna(), 'concept_id'].unique())[:5]} "
+        raise ValueError(f"{path}: concept ids {sorted(int(c) for c in out.loc[out['concept'].isna(), 'concept_id'].unique())[:5]} "
                          "are not in the frequency table")  # fmt: skip
     return out
 

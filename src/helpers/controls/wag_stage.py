@@ -78,6 +78,14 @@ def read_counts(path: str | os.PathLike) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
+def _check_selection(selection: pd.DataFrame, spec: LetItWag) -> None:
+    if selection.empty:
+        raise ConfigError(
+            f"{PREFIX}.counts: no concept of {spec.counts} (where {spec.where}) has >= {spec.min_images} candidate "
+            f"images in {spec.images.world or spec.images.root}"
+        )
+
+
 def build_from_params(
     section: Mapping[str, Any] | LetItWag,
     models: Mapping[str, Mapping[str, Any]] | None = None,
@@ -109,6 +117,7 @@ def build_from_params(
         have = dict.fromkeys(world_spec(world).concept_names, spec.images.per_concept)
         selection = select_concepts(counts, spec.n_concepts, min_images=spec.min_images, candidates=have,
                                     where=spec.where)  # fmt: skip
+        _check_selection(selection, spec)
         world_names = {n.lower(): n for n in have}
         chosen = [world_names.get(c, c) for c in selection["concept"]]
         candidates = render_world_candidates(world, chosen, spec.images.per_concept, spec.images.seed,
@@ -119,6 +128,7 @@ def build_from_params(
         found = folder_candidates(root, names)
         selection = select_concepts(counts, spec.n_concepts, min_images=spec.min_images,
                                     candidates={k: len(v) for k, v in found.items()}, where=spec.where)  # fmt: skip
+        _check_selection(selection, spec)
         by_norm = {k.lower(): v for k, v in found.items()}
         candidates = {c: by_norm.get(c, found.get(c, [])) for c in selection["concept"]}
     result = build_let_it_wag(
