@@ -80,4 +80,19 @@ def leaked_classes(table: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-__all__ = ["fit_vs_threshold", "leaked_classes", "similarity_distribution"]
+def datasheet(counts: pd.DataFrame, steps: Sequence[str]) -> plt.Figure:
+    """Images per class after every step of the Let It Wag! builder (``wag.build_let_it_wag``'s ``counts``:
+    class, step, n), one line per class over ``steps`` in order."""
+    data = counts[counts["step"].isin(steps)].copy()
+    data["step"] = pd.Categorical(data["step"], categories=list(steps), ordered=True)
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    sns.lineplot(data=data.sort_values("step"), x="step", y="n", hue="class", marker="o", ax=ax)
+    ax.set_xlabel("builder step")
+    ax.set_ylabel("images")
+    ax.tick_params(axis="x", rotation=30)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+__all__ = ["datasheet", "fit_vs_threshold", "leaked_classes", "similarity_distribution"]
