@@ -156,3 +156,18 @@ def test_a_study_with_true_counts_is_shown_with_the_synthetic_world(paper_ordere
     world = text[text.index("<h2 id='synthetic_world'") : text.index("<h2 id='brand_new'")]
     assert "figures/studies/mine/f.png" in studies and "no count for: yak" in studies
     assert "figures/studies/synthetic/f.png" in world and "figures/studies/synthetic/f.png" not in studies
+
+
+def test_the_controls_on_your_corpus_follow_your_studies_with_their_tables(tmp_path):
+    for folder in ("studies/mine", "controls_similarity", "let_it_wag_build", "synthetic_world"):
+        _png(tmp_path / "figures" / folder / "f.png")
+    tables = tmp_path / "tables" / "controls_similarity"
+    tables.mkdir(parents=True)
+    pd.DataFrame({"similarity_threshold": [0.85], "recall": [0.975]}).to_csv(tables / "leak_recall.csv", index=False)
+    text = report.build_index(tmp_path, title="t").read_text()
+    order = ["id='studies'", "id='controls_yours'", "id='synthetic_world'"]
+    positions = [text.index(f"<h2 {key}") for key in order]
+    assert positions == sorted(positions)
+    section = text[positions[1] : positions[2]]
+    assert "<h3>Sample-similarity control</h3>" in section and "<h3>Let It Wag!-style test set</h3>" in section
+    assert "<td>0.975</td>" in section  # the leak recall, inlined beside the figures

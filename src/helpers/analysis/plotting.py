@@ -166,8 +166,13 @@ def scatter_grid(points: pd.DataFrame, *, x: str, y: str, col: str, x_label: str
     return fig
 
 
-def let_it_wag_scatter(table: pd.DataFrame, fits: pd.DataFrame, split: float) -> plt.Figure:
-    """Let It Wag! vs ImageNet top-1 per model, coloured by pretraining data, with the two least-squares lines."""
+def let_it_wag_scatter(
+    table: pd.DataFrame, fits: pd.DataFrame, split: float, yours: pd.DataFrame | None = None
+) -> plt.Figure:
+    """Let It Wag! vs ImageNet top-1 per model, coloured by pretraining data, with the two least-squares lines.
+
+    ``yours``: models evaluated here (``letitwag.user_models``: model, imagenet_top1 = their reference set's
+    top-1, let_it_wag_top1 = their built set's), drawn as labelled black stars beside the release's models."""
     fig, ax = plt.subplots(figsize=(6.4, 5.0))
     sns.scatterplot(
         data=table,
@@ -191,6 +196,12 @@ def let_it_wag_scatter(table: pd.DataFrame, fits: pd.DataFrame, split: float) ->
             linewidth=1.2,
             label=f"{fit['group']} {split:g}%: slope {fit['slope']:.2f}",
         )
+    if yours is not None and len(yours):
+        ax.scatter(yours["imagenet_top1"], yours["let_it_wag_top1"], marker="*", s=160, color="black",
+                   label="yours (x: reference set)", zorder=5)  # fmt: skip
+        for _, row in yours.iterrows():
+            ax.annotate(row["model"], (row["imagenet_top1"], row["let_it_wag_top1"]), fontsize=7,
+                        xytext=(4, -8), textcoords="offset points")  # fmt: skip
     lim = [0, 100]
     ax.plot(lim, lim, color="grey", linewidth=0.8, linestyle=":", label="y = x")
     ax.set_xlim(0, 100)

@@ -3,7 +3,8 @@
 The page opens with a summary (what was regenerated, the check of the paper's legends, the headline
 concept-level slopes, the misalignment degrees, each study's headline fit), then follows the paper (Udandarao
 et al. 2024): zero-shot classification (with the log-linear fits), retrieval, text-to-image, the threshold
-ablation, the controls, the long tail, misalignment, Let It Wag!; then the user's studies; then the pages of
+ablation, the controls, the long tail, misalignment, Let It Wag!; then the user's studies and the study's
+controls run on the user's corpus (similarity control, built Let It Wag!-style set); then the pages of
 each corpus and tagger; then the synthetic world. Figure folders the page does not know come last, before
 the tables, so nothing is ever left out.
 """
@@ -37,6 +38,12 @@ CORPUS_FOLDERS = ("text_search", "image_search")  # figures/<folder>/<corpus>: o
 TAGGER_FOLDERS = ("tagger", "train_clip")  # figures/tagger/<name>, figures/train_clip
 SYNTHETIC_FOLDERS = ("synthetic_world", "synthetic")
 STUDIES = "studies"
+#: the study's controls run on the user's corpus (figures/<folder>), with the tables summarised in their notes
+CONTROL_SECTIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("controls_similarity", "Sample-similarity control",
+     ("controls_similarity/summary.csv", "controls_similarity/leak_recall.csv")),
+    ("let_it_wag_build", "Let It Wag!-style test set", ("let_it_wag_build/selection.csv", "let_it_wag_user_models.csv")),
+)  # fmt: skip
 HEADLINE_COUNT_TYPE = "integrated_tlemmatized_i0.7"  # the paper's main (matched, t=0.7) counts
 
 _STYLE = """
@@ -156,6 +163,16 @@ def _coverage_note(tables: Path, study: str) -> str:
     return "<p>Join (" + _esc(first["count_type"].iloc[0]) + " counts): " + "; ".join(notes) + ".</p>"
 
 
+def _control_note(tables: Path, names: Iterable[str]) -> str:
+    """The small tables of a control section, inlined (those that exist)."""
+    parts = []
+    for name in names:
+        df = _read_csv(tables / name)
+        if df is not None and len(df):
+            parts.append(f"<p>{_esc(name)}</p>" + _table(df.head(MAX_TABLE_ROWS)))
+    return "".join(parts)
+
+
 def build_index(reports: Path, title: str, intro: str = "") -> Path:
     """Write ``reports/index.html`` (see the module docstring for its order); returns its path.
 
@@ -199,6 +216,8 @@ def build_index(reports: Path, title: str, intro: str = "") -> Path:
     studies = sorted({f.split("/")[1] for f in by_folder if f.startswith(STUDIES + "/")})
     user = [(s, take(f"{STUDIES}/{s}"), _coverage_note(tables, s)) for s in studies if s not in truth]
     block("studies", "Your studies", user)
+    groups = [(heading, take(folder), _control_note(tables, notes)) for folder, heading, notes in CONTROL_SECTIONS]
+    block("controls_yours", "The study's controls on your corpus", groups)
     corpora = sorted({f.split("/")[1] for f in by_folder if f.split("/")[0] in CORPUS_FOLDERS and "/" in f})
     block("corpora", "Corpora", [(c, [p for d in CORPUS_FOLDERS for p in take(f"{d}/{c}")], "") for c in corpora])
     taggers = sorted({f.split("/")[1] for f in by_folder if f.startswith("tagger/")})

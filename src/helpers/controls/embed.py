@@ -41,6 +41,10 @@ from helpers.evaluation.datasets import load_dataset
 from helpers.evaluation.embeddings import image_embeddings
 from helpers.evaluation.models import LoadedModel, load_model
 from helpers.images.sources import ImageSource, ShardImages, list_image_shards
+from helpers.params.controls import Embedder as EmbedderParams
+from helpers.params.controls import OpenClipEmbedder as OpenClipParams
+from helpers.params.controls import PixelEmbedder as PixelParams
+from helpers.params.errors import validate, validate_union
 from helpers.shards import (
     ConfigError,
     RunResult,
@@ -61,9 +65,7 @@ class PixelEmbedder:
     default_threshold = 0.85  # cosine; measured on the synthetic world's planted duplicates (tests)
 
     def __init__(self, size: int = 6) -> None:
-        if not isinstance(size, int) or isinstance(size, bool) or not 2 <= size <= 64:
-            raise ConfigError(f"size: expected an integer 2..64, got {size!r}")
-        self.size = size
+        self.size = validate(PixelParams, {"kind": "pixel", "size": size}, "controls.similarity.embedder").size
 
     def fingerprint(self) -> dict:
         return {"kind": "pixel", "size": self.size}
@@ -119,33 +121,38 @@ class OpenClipEmbedder:
 Embedder = PixelEmbedder | OpenClipEmbedder
 
 
-def make_embedder(config: Mapping[str, Any] | None, device: str = "cpu") -> Embedder:
-    """From a params entry: ``{"kind": "pixel", "size": 6}`` or ``{"kind": "open_clip", "model": {...}}``
-    (``model``: an ``evaluation.models`` entry). The model is loaded here, so a bad entry fails before any
-    shard runs. Errors name ``controls.similarity.embedder.<key>``."""
-    config = dict(config or {"kind": "pixel"})
-    kind = config.pop("kind", None)
-    prefix = "controls.similarity.embedder"
-    if kind == "pixel":
-        unknown = sorted(set(config) - {"size"})
-        if unknown:
-            raise ConfigError(f"{prefix}.{unknown[0]}: unknown key (known: kind, size)")
-        try:
-            return PixelEmbedder(config.get("size", 6))
-        except ConfigError as err:
-            raise ConfigError(f"{prefix}.{err}") from err
-    if kind == "open_clip":
-        unknown = sorted(set(config) - {"model", "precision", "default_threshold"})
-        if unknown:
-            raise ConfigError(f"{prefix}.{unknown[0]}: unknown key (known: kind, model, precision, default_threshold)")
-        if not isinstance(config.get("model"), Mapping):
-            raise ConfigError(f"{prefix}.model: expected an evaluation.models entry (a mapping)")
-        embedder = OpenClipEmbedder(config["model"], device, config.get("precision", "fp32"))
-        if "default_threshold" in config:
-            embedder.default_threshold = check_threshold(config["default_threshold"], f"{prefix}.default_threshold")
+def make_embedder(
+    config: Mapping[str, Any] | PixelParams | OpenClipParams | None,
+    models: Mapping[str, Mapping[str, Any]] | None = None,
+    device: str = "cpu",
+    *,
+    key: str = "controls.similarity.embedder",
+) -> Embedder:
+    """The embedder of a params entry (``helpers.params.controls.Embedder``: ``{kind: pixel, size: 6}`` or
+    ``{kind: open_clip, model: <evaluation.models key>}``), checked by the typed params layer.
+
+    ``models``: the ``evaluation.models`` section (key -> entry) an open_clip ``model`` names; a mapping given
+    as ``model`` is used as the entry itself. The open_clip model is loaded here, so a bad entry or a model
+    that cannot be loaded fails before any shard runs. Errors are ``ConfigError`` naming ``key``.
+    """
+    if isinstance(config, Mapping) and isinstance(config.get("model"), Mapping):  # an inline model entry
+        inline = dict(config["model"])
+        config = {**config, "model": str(inline.get("key") or "inline")}
+        models = {config["model"]: inline}
+    checked = validate_union(EmbedderParams, config if config is not None else {"kind": "pixel"}, key)
+    if isinstance(checked, PixelParams):
+        return PixelEmbedder(checked.size)
+    spec = (models or {}).get(checked.model)
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"{key}.model: {checked.model!r} is not an entry of evaluation.models")
+    embedder = OpenClipEmbedder(spec, device, checked.precision)
+    if checked.default_threshold is not None:
+        embedder.default_threshold = checked.default_threshold
+    try:
         embedder.model()
-        return embedder
-    raise ConfigError(f"{prefix}.kind: expected 'pixel' or 'open_clip', got {kind!r}")
+    except Exception as err:  # open_clip/torch errors of a model that cannot be built or read
+        raise ConfigError(f"{key}.model: {checked.model!r} cannot be loaded: {err}") from err
+    return embedder
 
 
 def check_threshold(value: Any, key: str) -> float:

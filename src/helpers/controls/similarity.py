@@ -43,9 +43,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from helpers.params.controls import Search
+from helpers.params.errors import validate
 from helpers.shards import (
     SHARD_DIR,
-    ConfigError,
     RunResult,
     Shard,
     ShardChunk,
@@ -76,28 +77,13 @@ class SearchSettings:
     memory_bytes: int = DEFAULT_MEMORY_BYTES
     seed: int = 0
 
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ConfigError(
-                f"controls.similarity.search.method: expected one of {', '.join(METHODS)}, got {self.method!r}"
-            )
-        for key in ("exact_max_test", "nprobe", "memory_bytes"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"controls.similarity.search.{key}: expected a positive integer, got {value!r}")
-        if self.nlist is not None and (not isinstance(self.nlist, int) or self.nlist < 1):
-            raise ConfigError(f"controls.similarity.search.nlist: expected a positive integer, got {self.nlist!r}")
+    def __post_init__(self) -> None:  # one check: the typed params layer's (errors name the params key)
+        validate(Search, dict(self.__dict__), "controls.similarity.search")
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any] | None) -> SearchSettings:
-        config = dict(config or {})
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise ConfigError(
-                f"controls.similarity.search.{unknown[0]}: unknown key (known: {', '.join(sorted(known))})"
-            )
-        return cls(**config)
+    def from_config(cls, config: Mapping[str, Any] | Search | None) -> SearchSettings:
+        """From a ``controls.similarity.search`` entry (``helpers.params.controls.Search``)."""
+        return cls(**validate(Search, config, "controls.similarity.search").model_dump())
 
     def resolved(self, n_test: int) -> str:
         if self.method != "auto":

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ValidationError
 M = TypeVar("M", bound=BaseModel)
 
 #: the tag values of the discriminated unions; pydantic puts the chosen tag into an error's location
-UNION_TAGS = frozenset({"trained", "open_clip", "rampp", "imagefolder", "wds", "torchvision", "parquet"})
+UNION_TAGS = frozenset({"trained", "open_clip", "rampp", "imagefolder", "wds", "torchvision", "parquet", "pixel"})
 
 
 class ConfigError(ValueError):

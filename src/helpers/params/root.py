@@ -22,6 +22,7 @@ from typing import Any
 from pydantic import Field, ValidationError
 
 from helpers.params.base import Name, Section
+from helpers.params.controls import Controls, LetItWag
 from helpers.params.errors import error_lines
 from helpers.params.evaluation import Evaluation
 from helpers.params.images import ImageCorpus, ImageSearch, TaggerTraining
@@ -50,6 +51,8 @@ class Params(Section):
     clip_training: ClipTraining | None = None
     evaluation: Evaluation = Evaluation()
     synthetic_validation: SyntheticValidation | None = None
+    controls: Controls | None = None
+    let_it_wag: LetItWag | None = None
     studies: dict[Name, StudyEntry] = Field({}, description="your counts x your models -> the study's fits")
 
 
@@ -196,6 +199,10 @@ def _path_keys(data: Mapping[str, Any]) -> Iterable[tuple[str, Any]]:
                 continue  # torchvision checks its own files (and names what is missing)
             yield f"evaluation.datasets.{name}.{key}", _get(entry, key)
     yield "clip_training.data", _get(data, "clip_training", "data")
+    yield "controls.similarity.leaks", _get(data, "controls", "similarity", "leaks")
+    yield "let_it_wag.counts", _get(data, "let_it_wag", "counts")
+    yield "let_it_wag.images.root", _get(data, "let_it_wag", "images", "root")
+    yield "let_it_wag.images.world", _get(data, "let_it_wag", "images", "world")
     yield "synthetic_validation.world", _get(data, "synthetic_validation", "world")
 
 
@@ -288,6 +295,24 @@ def _reference_errors(data: Mapping[str, Any]) -> list[str]:
                 name, entry, corpora=corpora, image_corpora=image_corpora, thresholds=thresholds,
                 models=models, datasets=datasets, analysis=analysis,
             )  # fmt: skip
+    similarity = _get(data, "controls", "similarity")
+    if isinstance(similarity, Mapping):
+        key = "controls.similarity"
+        refer(f"{key}.corpus", similarity.get("corpus"), image_corpora, "image_corpora")
+        for i, value in enumerate(similarity.get("datasets") or []):
+            refer(f"{key}.datasets[{i}]", value, datasets, "evaluation.datasets")
+        refer(f"{key}.model", similarity.get("model"), models, "evaluation.models")
+        embedder = similarity.get("embedder")
+        if isinstance(embedder, Mapping) and embedder.get("kind") == "open_clip":
+            refer(f"{key}.embedder.model", embedder.get("model"), models, "evaluation.models")
+        if similarity.get("retrain") and not isinstance(_get(data, "clip_training"), Mapping):
+            errors.append(f"{key}.retrain: needs a clip_training section (the model that is retrained)")
+    wag = _get(data, "let_it_wag")
+    if isinstance(wag, Mapping):
+        for i, value in enumerate(wag.get("models") or []):
+            refer(f"let_it_wag.models[{i}]", value, models, "evaluation.models")
+        refer("let_it_wag.outliers.model", _get(wag, "outliers", "model"), models, "evaluation.models")
+        refer("let_it_wag.reference", wag.get("reference"), datasets, "evaluation.datasets")
     for name, entry in corpora.items():
         concepts = _get(entry, "concepts")
         why = concept_table_error(concepts) if isinstance(concepts, str) else None
