@@ -475,8 +475,10 @@ def plot_precision_recall(report: pd.DataFrame):
         ax.axhline(0.9, color="grey", linewidth=0.6, linestyle=":")
         ax.axvline(0.9, color="grey", linewidth=0.6, linestyle=":")
     axes[0].set_ylabel("precision")
-    axes[1].legend(loc="lower left", fontsize=8, title="tagger (ring: operating threshold)", title_fontsize=8)
-    fig.tight_layout()
+    handles, labels = axes[1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=max(1, len(labels)), fontsize=8, frameon=False,
+               title="tagger (ring: operating threshold; dotted: 0.9)", title_fontsize=8)  # fmt: skip
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     return fig
 
 
