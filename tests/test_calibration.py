@@ -80,6 +80,18 @@ def test_floor_bounds_the_threshold_from_below():
     assert (table["threshold"] >= 0.5).all()
 
 
+@pytest.mark.parametrize("mode", ["precision", "f1"])
+def test_a_concept_scored_below_the_floor_everywhere_falls_back(mode):
+    """A zero-shot tagger may never score a concept above the stored floor on the audit: no cut, the default."""
+    labels = np.zeros((20, 2), dtype=bool)
+    labels[:10] = True
+    probs = np.where(labels, 0.9, 0.05)
+    probs[:, 1] = 0.2  # concept 1: every audit score below the floor
+    table = fit_thresholds(probs, labels, mode=mode, floor=0.5, default=0.7, min_positives=3, target_precision=0.8)
+    assert table["fallback"].tolist() == [False, True]
+    assert table.loc[1, "threshold"] == 0.7 and table.loc[1, "recall"] == 0.0
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

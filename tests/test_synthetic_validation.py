@@ -26,8 +26,10 @@ from helpers.images.search import run_image_search
 from helpers.images.sources import decode_image
 from helpers.images.taggers import Tagger
 from helpers.synthetic.validation import (
+    CALIBRATED,
     SYNTHETIC_VALIDATION,
     estimated_pairs,
+    plot_precision_recall,
     true_frequency_table,
     validation_table,
 )
@@ -273,13 +275,64 @@ def test_a_blind_or_random_tagger_scores_worse(world, runs, table, oracle_table)
     assert strict.loc["image", "recall"] < rand.loc["image", "recall"]
 
 
+def test_a_row_per_threshold_and_the_calibrated_one(world, runs, table):
+    """The random tagger's P/R curve: recall falls as the threshold rises; per-concept thresholds are applied
+    per concept (all at 0.9 reproduce the global 0.9 rows; one concept at 1.0 loses exactly its pairs)."""
+    sweep = validation_table(
+        world["out_dir"], runs["text"], runs["random"], table, THRESHOLD, thresholds=[0.3, 0.7, 0.9, THRESHOLD]
+    )
+    SYNTHETIC_VALIDATION.validate(sweep, lazy=True)
+    image = sweep[sweep["method"] == "image"].set_index("threshold_label")
+    assert THRESHOLD == 0.5
+    assert image.index.tolist() == ["0.5", "0.3", "0.7", "0.9"]  # operating first, no repeated row
+    assert image["operating"].tolist() == [True, False, False, False]
+    assert (
+        image.loc["0.3", "recall"]
+        > image.loc["0.5", "recall"]
+        > image.loc["0.7", "recall"]
+        > image.loc["0.9", "recall"]
+    )
+    assert sweep[sweep["method"] == "matched"]["threshold_label"].tolist() == ["0.5", "0.3", "0.7", "0.9"]
+    assert (sweep["method"] == "text").sum() == 1 and (sweep["method"] == "misalignment").sum() == 1
+
+    n = len(table)
+    flat = validation_table(
+        world["out_dir"], runs["text"], runs["random"], table, THRESHOLD, thresholds=[0.9], calibrated=np.full(n, 0.9)
+    )
+    rows = flat[flat["method"].isin(["image", "matched"])].set_index(["method", "threshold_label"])
+    counts = ["true_positives", "false_positives", "false_negatives"]
+    for method in ("image", "matched"):
+        assert rows.loc[(method, CALIBRATED), counts].tolist() == rows.loc[(method, "0.9"), counts].tolist()
+        assert np.isnan(rows.loc[(method, CALIBRATED), "threshold"])
+
+    # the oracle's probabilities are 0 or 1: a concept at threshold 1.0 keeps its pairs, none at all loses them
+    goose = table["name"].tolist().index("goose")
+    cuts = np.full(n, 0.5)
+    oracle = validation_table(world["out_dir"], runs["text"], runs["oracle"], table, THRESHOLD, calibrated=cuts)
+    assert oracle.set_index(["method", "threshold_label"]).loc[("image", CALIBRATED), "recall"] == 1.0
+    with pytest.raises(ValueError, match="below the prob_floor"):
+        validation_table(
+            world["out_dir"],
+            runs["text"],
+            runs["oracle"],
+            table,
+            THRESHOLD,
+            calibrated=np.where(np.arange(n) == goose, 0.05, 0.5),
+        )
+    with pytest.raises(ValueError, match="one per concept"):
+        validation_table(world["out_dir"], runs["text"], runs["oracle"], table, THRESHOLD, calibrated=cuts[:-1])
+
+    fig = plot_precision_recall(sweep.assign(image_corpus="random"))
+    assert [ax.get_title() for ax in fig.axes[:2]] == ["image counts vs truth", "matched counts vs truth"]
+
+
 def test_schema_rejects_a_bad_table(oracle_table):
     SYNTHETIC_VALIDATION.validate(oracle_table, lazy=True)
     bad = oracle_table.copy()
     bad.loc[0, "precision"] = 1.5
     cases = {
         "precision": bad,
-        "method": oracle_table.assign(method=["text", "image", "image", "misalignment"]),
+        "method": oracle_table.assign(method=["text", "image", "image", "misalignment"]),  # two image rows at 0.7
         "extra": oracle_table.assign(extra=1),
         "recall": oracle_table.drop(columns="recall"),
     }

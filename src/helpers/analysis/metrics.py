@@ -92,9 +92,12 @@ def validation_metrics(report: pd.DataFrame) -> dict:
     """The synthetic world's headline numbers from ``synthetic.validation.validation_report``.
 
     ``{"text": {"precision", "recall"}, <image corpus>: {"image": {...}, "matched": {...}, "misalignment":
-    {"estimated", "true", "estimated_fixed", "true_fixed"}}}``; precision and recall are pair-level fractions.
+    {"estimated", "true", "estimated_fixed", "true_fixed"}}}``; precision and recall are pair-level fractions,
+    at the operating threshold (rows with ``operating`` False, the other thresholds, are left out).
     """
     _require(report, ["image_corpus", "method", "precision", "recall", "estimated", "true"], "synthetic validation")
+    if "operating" in report.columns:  # the rows at other or calibrated thresholds are the P/R curve, not headlines
+        report = report[~report["operating"].eq(False)]
     out: dict[str, dict] = {}
     for row in report.itertuples(index=False):
         if row.method == "text":

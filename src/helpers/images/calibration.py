@@ -64,6 +64,9 @@ class AuditScores:
 
 def _curve(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Candidate thresholds (distinct scores, descending) with TP, precision, recall and F1 at ``prob >= t``."""
+    if len(probs) == 0:  # no audit score at or above the floor: no candidate cut
+        empty = np.zeros(0, dtype=float)
+        return empty, np.zeros(0, dtype=np.int64), empty, empty, empty
     order = np.argsort(-probs, kind="stable")
     p, y = probs[order], labels[order]
     tp = np.cumsum(y)

@@ -28,6 +28,7 @@ import pandas as pd
 from PIL import Image
 
 from helpers import paths, schemas
+from helpers.images.audit import CalibrationResult, calibrate_corpus
 from helpers.images.backends import build_tagger
 from helpers.images.frequencies import frequency_table, misalignment
 from helpers.images.search import image_search_dir, run_image_search
@@ -100,6 +101,7 @@ class ImageSearchResult:
     shards: pd.DataFrame  # per-shard status and reader stats of the image side, and the caption side's status
     image_dir: Path
     report: dict = field(default_factory=dict)  # the image run's report, and the failed shards of both sides
+    calibration: CalibrationResult | None = None  # per-concept thresholds fitted on the entry's audit split
 
 
 def frequencies_path(name: str) -> Path:
@@ -165,6 +167,9 @@ def tag_corpus(
 ) -> ImageSearchResult:
     """Tag the images of corpus ``name``, then count image, matched and misalignment frequencies.
 
+    With an ``audit`` entry it then fits per-concept thresholds on that labelled split
+    (:func:`helpers.images.audit.calibrate_corpus`, written under the run folder's ``calibration/``).
+
     The caption side (``image_corpora.<name>.corpus``, default ``name``) must have been searched first with
     the same ``concepts``. The tagger is ``image_corpora.<name>.tagger``; ``settings`` is the ``image_search``
     section (:class:`helpers.params.images.ImageSearch` or a mapping of its keys). A failed image shard stops the
@@ -214,7 +219,12 @@ def tag_corpus(
     table = table.assign(concept_id=table["concept_id"].astype("int32"), count=table["count"].astype("int64"))
     frequencies_path(name).parent.mkdir(parents=True, exist_ok=True)
     schemas.write_table(table, schemas.CORPUS_FREQUENCIES, frequencies_path(name))
-    return ImageSearchResult(frequencies=table, misalignment=mis, shards=shards, image_dir=image_dir, report=report)
+    calibration = calibrate_corpus(
+        name, entry, concepts, search, tagger_config=tagger_config, descriptions=descriptions, progress=progress
+    )
+    return ImageSearchResult(
+        frequencies=table, misalignment=mis, shards=shards, image_dir=image_dir, report=report, calibration=calibration
+    )
 
 
 def qualitative_examples(

@@ -211,6 +211,29 @@ class ImageSource(Section):
     image_ext: Literal["jpg", "jpeg", "png", "webp"] | list[Literal["jpg", "jpeg", "png", "webp"]] = ["jpg"]
 
 
+class Audit(Section):
+    """``image_corpora.<name>.audit``: a labelled audit split on which per-concept thresholds are fitted.
+
+    The images a user (or the synthetic world's tagger split) labelled with the concepts they show; the stage
+    scores them with the corpus's tagger and fits one threshold per concept (:mod:`helpers.images.calibration`).
+    It must not be the data a trained tagger learned from (its scores there are optimistic).
+    """
+
+    labels: NonEmptyStr = Field(description="Parquet or CSV/TSV: one row per audit image (under the entry's `data`)")
+    image_column: NonEmptyStr = "image"
+    concepts_column: NonEmptyStr = "concepts"
+    separator: NonEmptyStr = "|"
+    image_root: str | None = Field(None, description="default: the labels file's folder")
+    mode: Literal["precision", "f1"] = Field("precision", description="meet target_precision, or maximise F1")
+    target_precision: Annotated[float, Field(gt=0.0, le=1.0)] = 0.8
+    min_positives: PositiveInt = Field(
+        5, description="fewer labelled positives: the concept keeps the global threshold"
+    )
+    default: Probability | None = Field(
+        None, description="threshold of unfitted concepts (default: max image_search.thresholds)"
+    )
+
+
 class ImageCorpus(Section):
     """``image_corpora.<name>``: the image side of a ``corpora`` entry, tagged by one tagger."""
 
@@ -218,6 +241,7 @@ class ImageCorpus(Section):
     data: str | None = Field(None, description=DVC_PATH_DOC)
     images: ImageSource
     tagger: Tagger
+    audit: Audit | None = Field(None, description="fit per-concept thresholds on a labelled audit split")
 
 
 class ImageSearch(Section):

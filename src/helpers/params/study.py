@@ -191,3 +191,11 @@ class SyntheticValidation(Section):
         description="image_corpora entries, each tagger scored against the truth"
     )
     threshold: Probability = 0.7
+    thresholds: list[Probability] = Field(
+        [], description="further global thresholds, one precision/recall row each (the P/R curve); >= prob_floor"
+    )
+    calibrated: dict[NonEmptyStr, NonEmptyStr] = Field(
+        {},
+        description="image corpus -> its per-concept threshold table (helpers.images.calibration), scored as "
+        "threshold_label 'calibrated'",
+    )

@@ -15,7 +15,8 @@ an error: its pairs would silently count as misses.
 Public API::
 
     estimated_pairs(text_dir, image_dir, threshold, concepts, world_names) -> (sample_id, concept_id, in_text, in_image)
-    validation_table(world_dir, text_dir, image_dir, concepts, threshold) -> SYNTHETIC_VALIDATION rows
+    validation_table(world_dir, text_dir, image_dir, concepts, threshold, thresholds=, calibrated=)
+        -> SYNTHETIC_VALIDATION rows (the operating threshold, every other threshold, per-concept calibrated ones)
     true_frequency_table(world_dir) -> truth/concepts.parquet + matched_count
 """
 
@@ -32,13 +33,14 @@ import pandera.pandas as pa
 from scipy import stats
 
 from helpers import schemas
+from helpers.images.calibration import read_thresholds, thresholds_for
 from helpers.images.corpora import frequencies_path
 from helpers.images.frequencies import METHODS, _concept_names, paired_shards
 from helpers.images.search import check_thresholds, image_search_dir, stored_floor
 from helpers.naming import concept_key
 from helpers.params import ConfigError, validate
 from helpers.params.study import SyntheticValidation
-from helpers.shards import RUN_FILE, distinct_pairs
+from helpers.shards import RUN_FILE, distinct_pairs, read_run
 from helpers.text import corpora
 
 PAIR_KEYS = ["sample_id", "concept_id"]
@@ -55,9 +57,11 @@ _pair_count = pa.Column("Int64", pa.Check.ge(0), nullable=True)
 
 SYNTHETIC_VALIDATION = pa.DataFrameSchema(
     {
-        "method": pa.Column(str, pa.Check.isin(list(VALIDATION_METHODS)), unique=True),
+        "method": pa.Column(str, pa.Check.isin(list(VALIDATION_METHODS))),
         "truth": pa.Column(str),
         "threshold": _rate,
+        "threshold_label": pa.Column(str),
+        "operating": pa.Column(bool),
         "precision": _rate,
         "recall": _rate,
         "true_positives": _pair_count,
@@ -70,6 +74,7 @@ SYNTHETIC_VALIDATION = pa.DataFrameSchema(
         "estimated_fixed": _rate,
         "true_fixed": _rate,
     },
+    unique=["method", "threshold_label"],
     strict=True,
     ordered=True,
     name="synthetic_validation",
@@ -117,10 +122,28 @@ def _to_world(sample: np.ndarray, concept: np.ndarray, world: np.ndarray) -> tup
     return distinct_pairs(sample[keep], mapped[keep])  # two table concepts may share a world concept
 
 
+def _per_concept_cuts(thresholds: np.ndarray, n_concepts: int, floor: float, image_dir: Any) -> np.ndarray:
+    """float32 per-concept thresholds, checked: one per run concept, probabilities, none below the floor."""
+    cuts = np.asarray(thresholds, dtype=np.float64)
+    if cuts.shape != (n_concepts,):
+        raise ValueError(
+            f"per-concept thresholds: expected {n_concepts} (one per concept of the runs), got {cuts.shape}"
+        )
+    if not np.isfinite(cuts).all() or (cuts < 0).any() or (cuts > 1).any():
+        raise ValueError("per-concept thresholds: expected probabilities in [0, 1]")
+    below = np.flatnonzero(cuts.astype(np.float32) < np.float32(floor))
+    if len(below):
+        raise ValueError(
+            f"per-concept thresholds of concept ids {below[:10].tolist()} are below the prob_floor {floor} the image "
+            f"search in {image_dir} stored (fit them with floor={floor}, or rerun the search with a lower floor)"
+        )
+    return cuts.astype(np.float32)
+
+
 def estimated_pairs(
     text_dir: str | os.PathLike,
     image_dir: str | os.PathLike,
-    threshold: float,
+    threshold: float | np.ndarray,
     concepts: pd.DataFrame,
     world_names: Sequence[str],
     *,
@@ -128,20 +151,29 @@ def estimated_pairs(
 ) -> pd.DataFrame:
     """Every (sample, world concept) pair the caption search found or the tagger scored >= ``threshold``.
 
+    ``threshold`` is one global probability, or an array with one threshold per concept-table id (the runs'
+    concept ids 0..n-1: per-concept thresholds fitted on an audit split, ``helpers.images.calibration``); each
+    must be >= the image run's stored ``prob_floor`` (ValueError naming the concepts otherwise).
+
     Returns DataFrame(sample_id int64, concept_id int32 = WORLD id, in_text bool, in_image bool), sorted. Text
     pairs are exactly those the pipeline counts (``frequencies.paired_shards``, drop rule included); the
     threshold is compared in float32, as ``image_counts``. ``concepts`` is the table the runs searched
     (concept_id, name); ``world_names`` the world's names in world-id order. ``attrs["n_records"]`` holds
     the number of records the image search read (the pipeline's fixed misalignment denominator).
     """
-    cut = np.float32(check_thresholds(threshold, stored_floor(image_dir), image_dir)[0])
+    floor = stored_floor(image_dir)
+    per_concept = isinstance(threshold, np.ndarray)
+    if not per_concept:
+        cut = np.float32(check_thresholds(threshold, floor, image_dir)[0])
     n_concepts, shards = paired_shards(text_dir, image_dir, allow_failed=allow_failed)
+    if per_concept:
+        cuts = _per_concept_cuts(threshold, n_concepts, floor, image_dir)
     world = _world_ids(concepts, world_names, n_concepts)
     frames, records = [], 0
     for pair in shards:
         records += pair.image_records
         text = _flagged(*_to_world(pair.text_sample, pair.text_concept, world), "in_text")
-        keep = pair.image_prob >= cut
+        keep = pair.image_prob >= (cuts[pair.image_concept] if per_concept else cut)
         image = _flagged(*_to_world(pair.image_sample[keep], pair.image_concept[keep], world), "in_image")
         frames.append(_flag_union(text, image))
     if not frames:  # a run without shards: an empty table of the right columns and dtypes
@@ -219,6 +251,32 @@ def _disjoint_degrees(pairs: pd.DataFrame, first: str, second: str, n_total: int
     return _ratio(n_misaligned, int(both.sum())), _ratio(n_misaligned, n_total)
 
 
+CALIBRATED = "calibrated"  # threshold_label of the rows at per-concept (audit-fitted) thresholds
+
+
+def _label(threshold: float) -> str:
+    return f"{float(threshold):g}"
+
+
+def _estimator_rows(pairs: pd.DataFrame, k: int, methods: Sequence[str], threshold: float, label: str, operating: bool):
+    concept = pairs["concept_id"].to_numpy()
+    rows = []
+    for method in methods:
+        est_flags, true_flags, truth = _ESTIMATORS[method]
+        est, true = _all(pairs, est_flags), _all(pairs, true_flags)
+        tp, fp, fn = int((est & true).sum()), int((est & ~true).sum()), int((~est & true).sum())
+        est_counts, true_counts = np.bincount(concept[est], minlength=k), np.bincount(concept[true], minlength=k)
+        rows.append({
+            "method": method, "truth": truth, "threshold": np.nan if method == "text" else threshold,
+            "threshold_label": "-" if method == "text" else label, "operating": operating,
+            "precision": _ratio(tp, tp + fp), "recall": _ratio(tp, tp + fn),
+            "true_positives": tp, "false_positives": fp, "false_negatives": fn,
+            "count_spearman_r": _spearman(est_counts, true_counts),
+            "count_ratio": _ratio(est_counts.sum(), true_counts.sum()),
+        })  # fmt: skip
+    return rows
+
+
 def validation_table(
     world_dir: str | os.PathLike,
     text_dir: str | os.PathLike,
@@ -226,11 +284,14 @@ def validation_table(
     concepts: pd.DataFrame,
     threshold: float,
     *,
+    thresholds: Sequence[float] = (),
+    calibrated: np.ndarray | None = None,
     allow_failed: bool = False,
 ) -> pd.DataFrame:
     """Precision and recall of the text, image and matched estimates, and the misalignment, against the truth.
 
-    One row per estimator (``SYNTHETIC_VALIDATION``), over the world's concepts only:
+    Rows (``SYNTHETIC_VALIDATION``), over the world's concepts only, at the operating ``threshold``
+    (``operating`` True):
 
     * ``text`` vs the *mentioned* pairs, ``image`` (prob >= ``threshold``) vs the *shown* pairs, ``matched``
       (both) vs the pairs shown AND mentioned: pair-level precision/recall with their TP/FP/FN counts, the
@@ -238,38 +299,45 @@ def validation_table(
     * ``misalignment``: ``estimated`` is the pipeline's ``degree_extracted`` definition applied to the
       estimated sets, ``true`` the same definition on the mentioned vs shown sets; ``*_fixed`` divide by
       the records the image search read and by the world's sample count.
+
+    Then an ``image`` and a ``matched`` row (``operating`` False) for every other global threshold of
+    ``thresholds`` (``threshold_label`` its value: the precision/recall curve) and, with ``calibrated`` (one
+    threshold per concept-table id, e.g. ``calibration.thresholds_for``), for the per-concept thresholds
+    (``threshold_label`` ``calibrated``, ``threshold`` NaN). Raises ValueError for thresholds below the run's
+    ``prob_floor`` or a calibrated array of the wrong length.
     """
     world = _world_concepts(world_dir)
     k = len(world)
-    estimate = estimated_pairs(
-        text_dir, image_dir, threshold, concepts, world["name"].tolist(), allow_failed=allow_failed
-    )
+    names = world["name"].tolist()
+    estimate = estimated_pairs(text_dir, image_dir, threshold, concepts, names, allow_failed=allow_failed)
     n_records = estimate.attrs["n_records"]
-    pairs = _flag_union(estimate, _true_pairs(world_dir))
-    concept = pairs["concept_id"].to_numpy()
-    rows = []
-    for method, (est_flags, true_flags, truth) in _ESTIMATORS.items():
-        est, true = _all(pairs, est_flags), _all(pairs, true_flags)
-        tp, fp, fn = int((est & true).sum()), int((est & ~true).sum()), int((~est & true).sum())
-        est_counts, true_counts = np.bincount(concept[est], minlength=k), np.bincount(concept[true], minlength=k)
-        rows.append({
-            "method": method, "truth": truth, "threshold": np.nan if method == "text" else float(threshold),
-            "precision": _ratio(tp, tp + fp), "recall": _ratio(tp, tp + fn),
-            "true_positives": tp, "false_positives": fp, "false_negatives": fn,
-            "count_spearman_r": _spearman(est_counts, true_counts),
-            "count_ratio": _ratio(est_counts.sum(), true_counts.sum()),
-        })  # fmt: skip
+    truth_pairs = _true_pairs(world_dir)
+    pairs = _flag_union(estimate, truth_pairs)
+    rows = _estimator_rows(pairs, k, list(_ESTIMATORS), float(threshold), _label(threshold), True)
     estimated, estimated_fixed = _disjoint_degrees(pairs, "in_text", "in_image", n_records)
     n_samples = len(pd.read_parquet(Path(world_dir) / "truth" / "samples.parquet", columns=["sample_id"]))
     true, true_fixed = _disjoint_degrees(pairs, "mentioned", "shown", n_samples)
     rows.append({
         "method": "misalignment", "truth": "mentioned vs shown", "threshold": float(threshold),
+        "threshold_label": _label(threshold), "operating": True,
         "estimated": estimated, "true": true, "estimated_fixed": estimated_fixed, "true_fixed": true_fixed,
     })  # fmt: skip
+    others: list[tuple[float | np.ndarray, float, str]] = [
+        (t, t, _label(t))
+        for t in check_thresholds(list(thresholds) or [threshold], 0.0)
+        if _label(t) != _label(threshold)
+    ]
+    if calibrated is not None:
+        others.append((np.asarray(calibrated, dtype=np.float64), np.nan, CALIBRATED))
+    for cut, value, label in others:
+        other = estimated_pairs(text_dir, image_dir, cut, concepts, names, allow_failed=allow_failed)
+        rows += _estimator_rows(_flag_union(other, truth_pairs), k, ["image", "matched"], value, label, False)
     table = pd.DataFrame(rows, columns=list(SYNTHETIC_VALIDATION.columns))
     counts = ["true_positives", "false_positives", "false_negatives"]
-    floats = [c for c in SYNTHETIC_VALIDATION.columns if c not in ("method", "truth", *counts)]
-    table = table.astype({**dict.fromkeys(counts, "Int64"), **dict.fromkeys(floats, "float64")})
+    floats = [
+        c for c in SYNTHETIC_VALIDATION.columns if c not in ("method", "truth", "threshold_label", "operating", *counts)
+    ]
+    table = table.astype({**dict.fromkeys(counts, "Int64"), **dict.fromkeys(floats, "float64"), "operating": bool})
     return SYNTHETIC_VALIDATION.validate(table, lazy=True)
 
 
@@ -298,6 +366,10 @@ def image_run_dir(image_corpus: str) -> Path:
 def validation_report(settings: Mapping[str, Any], base: str | os.PathLike) -> pd.DataFrame:
     """``validation_table`` for each tagger (``image_corpora``) of the world's corpus, stacked.
 
+    Every tagger gets rows at ``threshold`` (operating), at each of ``thresholds`` and, when ``calibrated``
+    names its per-concept threshold table (a path under ``base``), at those thresholds (concepts the table
+    lacks keep ``threshold``).
+
     The first column, ``image_corpus``, names the tagged corpus entry; the text row (no tagger) comes once,
     with ``image_corpus`` ``-``.
     """
@@ -305,9 +377,28 @@ def validation_report(settings: Mapping[str, Any], base: str | os.PathLike) -> p
     world = Path(base) / settings.world
     text_dir = corpora.text_search_dir(settings.corpus)
     concepts = corpora.searched_concepts(settings.corpus)
+    unknown = sorted(set(settings.calibrated) - set(settings.image_corpora))
+    if unknown:
+        raise ConfigError(
+            f"synthetic_validation.calibrated: {unknown} are not among synthetic_validation.image_corpora"
+        )
     frames = []
     for i, name in enumerate(settings.image_corpora):
-        table = validation_table(world, text_dir, image_run_dir(name), concepts, float(settings.threshold))
+        calibrated = None
+        if name in settings.calibrated:
+            run_dir = image_run_dir(name)
+            n = int(read_run(run_dir).get("n_concepts") or 0)
+            fitted = read_thresholds(Path(base) / settings.calibrated[name])
+            calibrated = thresholds_for(fitted, np.arange(n), float(settings.threshold))
+        table = validation_table(
+            world,
+            text_dir,
+            image_run_dir(name),
+            concepts,
+            float(settings.threshold),
+            thresholds=settings.thresholds,
+            calibrated=calibrated,
+        )
         table.insert(0, "image_corpus", np.where(table["method"] == "text", "-", name))
         frames.append(table if i == 0 else table[table["method"] != "text"])
     return pd.concat(frames, ignore_index=True)
@@ -349,11 +440,55 @@ def plot_estimated_vs_true(settings: Mapping[str, Any], base: str | os.PathLike)
     return grid.figure
 
 
+def plot_precision_recall(report: pd.DataFrame):
+    """Precision against recall of every tagger's image and matched estimates, one point per threshold.
+
+    ``report``: ``validation_report``'s table. Global thresholds are joined by a line (the P/R curve, labelled
+    with their values); the operating threshold is ringed; a calibrated row is drawn as a star. Returns the figure.
+    """
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    rows = report[report["method"].isin(["image", "matched"])].copy()
+    if rows.empty:
+        raise ValueError("plot_precision_recall: the report has no image or matched rows")
+    methods = ["image", "matched"]
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 4.2), sharex=True, sharey=True)
+    taggers = list(dict.fromkeys(rows["image_corpus"]))
+    colours = dict(zip(taggers, sns.color_palette("colorblind", len(taggers))))
+    for ax, method in zip(axes, methods):
+        for tagger in taggers:
+            these = rows[(rows["method"] == method) & (rows["image_corpus"] == tagger)]
+            curve = these[these["threshold_label"] != CALIBRATED].sort_values("threshold")
+            colour = colours[tagger]
+            ax.plot(curve["recall"], curve["precision"], marker="o", markersize=4, color=colour, label=tagger)
+            for row in curve.itertuples(index=False):
+                ax.annotate(row.threshold_label, (row.recall, row.precision), fontsize=7, xytext=(3, 3),
+                            textcoords="offset points", color=colour)  # fmt: skip
+            op = curve[curve["operating"]]
+            ax.scatter(op["recall"], op["precision"], s=160, facecolors="none", edgecolors=colour, linewidths=1.5)
+            cal = these[these["threshold_label"] == CALIBRATED]
+            if len(cal):
+                ax.scatter(cal["recall"], cal["precision"], marker="*", s=180, color=colour, edgecolors="black",
+                           linewidths=0.6, label=f"{tagger}, calibrated", zorder=3)  # fmt: skip
+        ax.set(title=f"{method} counts vs truth", xlabel="recall", xlim=(0, 1.02), ylim=(0, 1.02))
+        ax.axhline(0.9, color="grey", linewidth=0.6, linestyle=":")
+        ax.axvline(0.9, color="grey", linewidth=0.6, linestyle=":")
+    axes[0].set_ylabel("precision")
+    handles, labels = axes[1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=max(1, len(labels)), fontsize=8, frameon=False,
+               title="tagger (ring: operating threshold; dotted: 0.9)", title_fontsize=8)  # fmt: skip
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    return fig
+
+
 __all__ = [
+    "CALIBRATED",
     "SYNTHETIC_VALIDATION",
     "estimated_pairs",
     "image_run_dir",
     "plot_estimated_vs_true",
+    "plot_precision_recall",
     "true_frequency_table",
     "validation_report",
     "validation_table",
