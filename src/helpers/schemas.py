@@ -175,6 +175,24 @@ def read_table(path: Path, schema: pa.DataFrameSchema) -> pd.DataFrame:
     return schema.validate(pd.read_parquet(path), lazy=True)
 
 
+def read_arrow(path: str | Path, schema, *, what: str, missing_hint: str) -> pd.DataFrame:
+    """Read a Parquet file that must have exactly the pyarrow ``schema`` (metadata ignored), as a DataFrame.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist (the message names it and adds ``missing_hint``).
+        ValueError: its columns or types differ (the message names the file and calls it not a ``what``).
+    """
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: {missing_hint}")
+    table = pq.read_table(path)
+    if not table.schema.equals(schema, check_metadata=False):
+        raise ValueError(f"{path}: not {what}; expected columns {schema.names}")
+    return table.to_pandas()
+
+
 def _is_str_list(value: object) -> bool:
     """A list of strings (a tuple or numpy array too: Parquet gives list columns back as arrays)."""
     if isinstance(value, str) or not hasattr(value, "__iter__") or isinstance(value, dict):

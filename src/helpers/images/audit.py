@@ -39,6 +39,7 @@ from helpers.images.search import image_search_dir
 from helpers.images.tagger_trained import read_labels
 from helpers.params import ConfigError, validate
 from helpers.params.images import Audit, ImageCorpus, ImageSearch
+from helpers.schemas import read_arrow
 
 CALIBRATION_DIR = "calibration"
 AUDIT_SCHEMA = pa.schema(
@@ -90,13 +91,12 @@ def read_audit(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
     Raises FileNotFoundError naming the file, ValueError when it is not a dense audit table.
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no scored audit split (give the image corpus an `audit` entry and rerun)")
-    table = pq.read_table(path)
-    if not table.schema.equals(AUDIT_SCHEMA, check_metadata=False):
-        raise ValueError(f"{path}: not an audit table; expected columns {AUDIT_SCHEMA.names}")
-    df = table.to_pandas()
+    df = read_arrow(
+        path,
+        AUDIT_SCHEMA,
+        what="an audit table",
+        missing_hint="no scored audit split (give the image corpus an `audit` entry and rerun)",
+    )
     concept_ids = np.unique(df["concept_id"].to_numpy())
     m = int(df["audit_index"].max()) + 1 if len(df) else 0
     if len(df) != m * len(concept_ids):

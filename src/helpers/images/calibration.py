@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from helpers.images.taggers import Tagger
 from helpers.naming import concept_key
+from helpers.schemas import read_arrow
 
 CalibrationMode = Literal["precision", "f1"]
 MODES: tuple[CalibrationMode, ...] = ("precision", "f1")
@@ -172,13 +173,12 @@ def read_thresholds(path: str | os.PathLike) -> pd.DataFrame:
         ValueError: its columns or types differ from THRESHOLDS_SCHEMA, thresholds are outside [0, 1], or a
             concept id repeats.
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: per-concept threshold table not found (fit it on an audit split first)")
-    table = pq.read_table(path)
-    if not table.schema.equals(THRESHOLDS_SCHEMA, check_metadata=False):
-        raise ValueError(f"{path}: not a threshold table; expected columns {THRESHOLDS_SCHEMA.names}")
-    df = table.to_pandas()
+    df = read_arrow(
+        path,
+        THRESHOLDS_SCHEMA,
+        what="a threshold table",
+        missing_hint="per-concept threshold table not found (fit it on an audit split first)",
+    )
     if ((df["threshold"] < 0) | (df["threshold"] > 1)).any():
         raise ValueError(f"{path}: thresholds must lie in [0, 1]")
     if df["concept_id"].duplicated().any():
