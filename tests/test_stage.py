@@ -402,14 +402,26 @@ def test_main_rejects_a_malformed_matrix_argument():
     assert err.value.code == 2  # argparse's usage error, before any stage runs
 
 
-def test_the_kernel_filter_drops_only_the_tcp_warning():
-    keep = logging.LogRecord("IPKernelApp", logging.WARNING, "", 0, "Kernel died %s", ("now",), None)
-    drop = logging.LogRecord("IPKernelApp", logging.WARNING, "", 0, stage.KERNEL_TCP_WARNING + ". All ...", (), None)
-    assert stage.KernelTcpWarningFilter().filter(keep) and not stage.KernelTcpWarningFilter().filter(drop)
+def test_the_kernel_filter_drops_only_the_tcp_warning_and_the_shutdown_interrupt():
+    def record(level: int, message: str) -> logging.LogRecord:
+        return logging.LogRecord("IPKernelApp", level, "", 0, message, (), None)
+
+    keep = [
+        logging.LogRecord("IPKernelApp", logging.WARNING, "", 0, "Kernel died %s", ("now",), None),
+        record(logging.ERROR, "Exception in message handler:"),
+        record(logging.ERROR, "KeyboardInterrupt"),  # not the shutdown line: kept
+    ]
+    drop = [
+        record(logging.WARNING, stage.KERNEL_TCP_WARNING + ". All ..."),
+        record(logging.ERROR, "KeyboardInterrupt caught in kernel."),  # ipykernel's two spellings
+        record(logging.ERROR, "KeyboardInterrupt caught in kernel"),
+    ]
+    assert all(stage.KernelNoiseFilter().filter(r) for r in keep)
+    assert not any(stage.KernelNoiseFilter().filter(r) for r in drop)
 
 
-def test_a_stage_runs_its_notebook_without_the_kernels_tcp_warning(tmp_path, monkeypatch, capfd):
-    """A one-stage project run by helpers.stage: the parameter arrives, and the kernel's stderr has no TCP line."""
+def test_a_stage_runs_its_notebook_without_the_kernels_noise(tmp_path, monkeypatch, capfd):
+    """A one-stage project run by helpers.stage: the parameter arrives; the kernel's stderr has neither noise line."""
     nb = nbformat.v4.new_notebook(
         metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
     )
@@ -430,7 +442,8 @@ def test_a_stage_runs_its_notebook_without_the_kernels_tcp_warning(tmp_path, mon
     out = stage.run("tiny")
     executed = nbformat.read(out, as_version=4)
     assert "value 7" in "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
-    assert stage.KERNEL_TCP_WARNING not in capfd.readouterr().err
+    err = capfd.readouterr().err
+    assert stage.KERNEL_TCP_WARNING not in err and stage.KERNEL_SHUTDOWN_INTERRUPT not in err
 
 
 def test_the_kernel_filter_is_importable_by_the_kernel_process():
@@ -438,9 +451,9 @@ def test_the_kernel_filter_is_importable_by_the_kernel_process():
     module is ``__main__``, so the name must be the package path, not ``__module__``."""
     import importlib
 
-    dotted = stage.kernel_config()["IPKernelApp"]["logging_config"]["filters"]["no_tcp_warning"]["()"]
+    dotted = stage.kernel_config()["IPKernelApp"]["logging_config"]["filters"]["no_kernel_noise"]["()"]
     module, _, name = dotted.rpartition(".")
-    assert module == "helpers.stage" and getattr(importlib.import_module(module), name) is stage.KernelTcpWarningFilter
+    assert module == "helpers.stage" and getattr(importlib.import_module(module), name) is stage.KernelNoiseFilter
 
 
 def test_the_stage_command_runs_a_notebook_as_dvc_calls_it(tmp_path):
@@ -461,3 +474,4 @@ def test_the_stage_command_runs_a_notebook_as_dvc_calls_it(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "reports" / "notebooks" / "12_sample_corpora.ipynb").exists()
     assert stage.KERNEL_TCP_WARNING not in done.stderr
+    assert stage.KERNEL_SHUTDOWN_INTERRUPT not in done.stderr

@@ -200,27 +200,34 @@ def notebook_for(stage: str) -> Path:
     return matches[0]
 
 
-#: The one kernel log line silenced: ipykernel (``IPKernelApp.init_sockets``) warns on every start that the
-#: kernel talks to papermill over TCP without CurveZMQ encryption. Papermill's kernel is local and short-lived;
-#: every other kernel message is kept.
+#: The kernel log lines silenced, both emitted by every successful stage and neither a fault:
+#: - ipykernel (``IPKernelApp.init_sockets``) warns on every start that the kernel talks to papermill over TCP
+#:   without CurveZMQ encryption; papermill's kernel is local and short-lived;
+#: - jupyter_client's ``KernelManager.shutdown_kernel`` interrupts (SIGINT) the kernel before asking it to shut
+#:   down, and ipykernel logs that interrupt as an error. A real interrupt of a stage stops papermill itself,
+#:   which reports it.
+#: Every other kernel message is kept.
 KERNEL_TCP_WARNING = "Kernel is running over TCP without encryption"
+KERNEL_SHUTDOWN_INTERRUPT = "KeyboardInterrupt caught in kernel"
+KERNEL_SILENCED = (KERNEL_TCP_WARNING, KERNEL_SHUTDOWN_INTERRUPT)
 
 
-class KernelTcpWarningFilter(logging.Filter):
-    """Logging filter, installed in the stage's kernel, that drops only ``KERNEL_TCP_WARNING``."""
+class KernelNoiseFilter(logging.Filter):
+    """Logging filter, installed in the stage's kernel, that drops only the lines of ``KERNEL_SILENCED``."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return KERNEL_TCP_WARNING not in record.getMessage()
+        message = record.getMessage()
+        return not any(line in message for line in KERNEL_SILENCED)
 
 
 def kernel_config() -> dict:
-    """Traitlets config for the kernel: ``KernelTcpWarningFilter`` on the kernel app's console log handler."""
+    """Traitlets config for the kernel: ``KernelNoiseFilter`` on the kernel app's console log handler."""
     # by its importable name: under ``python -m helpers.stage`` this module is ``__main__``, which the kernel
     # process cannot import
-    dotted = f"helpers.stage.{KernelTcpWarningFilter.__qualname__}"
+    dotted = f"helpers.stage.{KernelNoiseFilter.__qualname__}"
     logging_config = {
-        "filters": {"no_tcp_warning": {"()": dotted}},
-        "handlers": {"console": {"filters": ["no_tcp_warning"]}},
+        "filters": {"no_kernel_noise": {"()": dotted}},
+        "handlers": {"console": {"filters": ["no_kernel_noise"]}},
     }
     return {"IPKernelApp": {"logging_config": logging_config}}
 
