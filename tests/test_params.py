@@ -449,6 +449,10 @@ def test_a_study_is_checked_with_the_whole_file(params):
     ]
     errors = errors_of(with_change(params, f"studies.{study}.modles", ["x"]))
     assert errors[0].startswith(f"studies.{study}.modles: unknown key; did you mean 'models'")
+    # a retrieval k the models are not evaluated with fails here, not after every evaluation has run
+    ks = params["evaluation"]["settings"]["ks"]
+    errors = errors_of(with_change(params, f"studies.{study}.metrics", ["i2t_k=3"]))
+    assert errors == [f"studies.{study}.metrics[0]: 'i2t_k=3': k=3 is not evaluated (evaluation.settings.ks: {ks})"]
 
 
 def test_a_corpus_reads_only_inside_its_tracked_data(params):

@@ -134,6 +134,52 @@ def test_a_wrong_study_entry_fails_before_any_work_naming_the_key(entry, message
         studies.check_study("mine", entry, **KNOWN, base=tmp_path)
 
 
+SETTINGS = {"prompts": ["class", "simple"], "ks": [1, 5]}
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"counts": SYN, "models": ["tiny"], "datasets": ["syn-ret"], "metrics": ["i2t_k=3"]}, r"studies.mine.metrics\[0\]: 'i2t_k=3': k=3 is not evaluated \(evaluation.settings.ks: \[1, 5\]\)"),
+        ({"counts": SYN, "models": ["tiny"], "datasets": ["syn-ret"], "metrics": ["t2i_k=1", "t2i_k=10"]}, r"studies.mine.metrics\[1\]: 't2i_k=10'"),
+        ({"counts": SYN, "models": ["tiny"], "datasets": ["syn-cls"], "prompts": ["ensemble"]}, r"studies.mine.prompts\[0\]: 'ensemble' is not evaluated"),
+        ({"counts": {"release": "cc3m"}, "models": ["backboneRN50_pretrainedcc3m"], "datasets": ["coco"], "metrics": ["i2t_k=3"]}, r"k=3 is not evaluated \(the release's ks: \[1, 5, 10\]\)"),
+        ({"counts": {"release": "cc3m", "count_types": ["lematized"]}, "models": ["tiny"], "datasets": ["syn-cls"]}, r"studies.mine.counts.count_types\[0\]: string should match pattern"),
+        ({"counts": {"release": "cc3m", "count_types": ["rampp"]}, "models": ["tiny"], "datasets": ["syn-cls"]}, r"counts.count_types\[0\]"),
+    ],
+)  # fmt: skip
+def test_prompts_metrics_and_release_count_types_that_cannot_exist_fail_before_any_work(entry, message, tmp_path):
+    with pytest.raises(ConfigError, match=message):
+        studies.check_study("mine", entry, **KNOWN, evaluation_settings=SETTINGS, base=tmp_path)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"counts": SYN, "models": ["tiny"], "datasets": ["syn-ret"], "metrics": ["i2t_k=5", "t2i_k=1"]},
+        {"counts": SYN, "models": ["tiny"], "datasets": ["syn-cls"], "prompts": ["simple"]},
+        # with a release model too, k=10 is evaluated (by the release)
+        {"counts": {"release": "cc3m", "count_types": ["rampp0.55", "integrated_tlemmatized_i0.6", "lowercased"]},
+         "models": ["backboneRN50_pretrainedcc3m"], "datasets": ["coco"], "metrics": ["i2t_k=10"]},
+    ],
+)  # fmt: skip
+def test_evaluated_prompts_metrics_and_release_methods_pass(entry, tmp_path):
+    studies.check_study("mine", entry, **KNOWN, evaluation_settings=SETTINGS, base=tmp_path)
+
+
+def test_the_release_count_type_pattern_names_every_method_of_the_release(release_copy):
+    import re
+
+    from helpers.params.studies import RELEASE_COUNT_TYPE
+    from helpers.release.tidy import COUNTS_SUFFIX, parse_counts_filename
+
+    release = release_copy / "search_counts"
+    methods = {parse_counts_filename(p.name)[2] for p in release.rglob(f"*{COUNTS_SUFFIX}")}
+    assert len(methods) >= 10
+    assert all(re.match(RELEASE_COUNT_TYPE, m) for m in methods), methods
+    assert not re.match(RELEASE_COUNT_TYPE, "lemmatised") and not re.match(RELEASE_COUNT_TYPE, "rampp0.7x")
+
+
 def test_a_study_named_like_a_release_pretraining_set_is_refused():
     with pytest.raises(ConfigError, match="studies.cc3m: a study is named like a release pretraining set"):
         check({"counts": SYN, "models": ["tiny"], "datasets": ["syn-cls"]}, name="cc3m")

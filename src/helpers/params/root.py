@@ -294,6 +294,7 @@ def _reference_errors(data: Mapping[str, Any]) -> list[str]:
             errors += study_reference_errors(
                 name, entry, corpora=corpora, image_corpora=image_corpora, thresholds=thresholds,
                 models=models, datasets=datasets, analysis=analysis,
+                evaluation_settings=_get(data, "evaluation", "settings"),
             )  # fmt: skip
     similarity = _get(data, "controls", "similarity")
     if isinstance(similarity, Mapping):

@@ -7,6 +7,7 @@ the whole-file check and the study stage (``helpers.analysis.studies.spec.check_
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
@@ -16,6 +17,13 @@ from pydantic import Field, model_validator
 from helpers.params.base import NonEmptyStr, NonNegativeInt, Probability, Section
 
 Names = Annotated[list[NonEmptyStr], Field(min_length=1)]
+
+#: The release's count methods, as its ``{downstream}_{pretrain}_{method}_search_counts.json`` files name them
+#: (parsed by :func:`helpers.release.tidy.parse_counts_filename`; a test checks both agree on the release).
+RELEASE_COUNT_TYPE = r"^(lowercased|lemmatized|rampp\d\.\d+|integrated_tlemmatized_i\d\.\d+)$"
+#: The retrieval ks the release evaluated (``{dataset}_{i2t|t2i}_k={k}_results.json``).
+RELEASE_KS = (1, 5, 10)
+_METRIC = re.compile(r"^(i2t|t2i)_k=(\d+)$")
 
 
 class StudyCounts(Section):
@@ -32,7 +40,11 @@ class StudyCounts(Section):
     release: NonEmptyStr | None = Field(
         None, description="the release's counts of one analysis.zero_shot.pretrains key"
     )
-    count_types: Names | None = Field(None, description="with release: release method names")
+    count_types: Annotated[list[Annotated[str, Field(pattern=RELEASE_COUNT_TYPE)]], Field(min_length=1)] | None = Field(
+        None,
+        description="with release: release method names (lowercased, lemmatized, rampp<t>, "
+        "integrated_tlemmatized_i<t>)",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> StudyCounts:
@@ -97,10 +109,14 @@ def study_reference_errors(
     models: Mapping[str, Any],
     datasets: Mapping[str, Any],
     analysis: Mapping[str, Any],
+    evaluation_settings: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """What ``studies.<name>`` names that the other sections do not hold, one ``key: message`` line each.
 
     ``entry`` is the raw mapping (its shape is :class:`StudyEntry`'s concern; malformed parts are skipped here).
+    ``evaluation_settings`` (params ``evaluation.settings``) gives the prompts and retrieval ks the local models
+    are evaluated with: a study's ``prompts`` / ``metrics`` must be among them (the release's models: ks 1, 5,
+    10), or the study would fail only after every evaluation has run.
     """
     prefix = f"studies.{name}"
     errors: list[str] = []
@@ -146,4 +162,21 @@ def study_reference_errors(
             errors.append(f"{prefix}.datasets[{i}]: unknown dataset {dataset!r} (known: {', '.join(sorted(known))})")
         elif local and dataset not in datasets:
             errors.append(f"{prefix}.datasets[{i}]: {dataset!r} is no evaluation.datasets entry, which {local} need")
+    settings = evaluation_settings if isinstance(evaluation_settings, Mapping) else {}
+    local_ks = settings.get("ks") if isinstance(settings.get("ks"), list) else [1, 5, 10]
+    ks = {*(local_ks if local else []), *(RELEASE_KS if len(local) < len(names) else [])}
+    metrics = entry.get("metrics") if isinstance(entry.get("metrics"), list) else []
+    for i, metric in enumerate(metrics):
+        match = _METRIC.match(metric) if isinstance(metric, str) else None
+        if match and ks and int(match[2]) not in ks:
+            where = "evaluation.settings.ks" if local else "the release's ks"
+            errors.append(f"{prefix}.metrics[{i}]: {metric!r}: k={match[2]} is not evaluated ({where}: {sorted(ks)})")
+    local_prompts = settings.get("prompts") if isinstance(settings.get("prompts"), list) else None
+    prompts = entry.get("prompts") if isinstance(entry.get("prompts"), list) else []
+    if local and local_prompts is not None:
+        for i, prompt in enumerate(prompts):
+            if isinstance(prompt, str) and prompt not in local_prompts:
+                errors.append(
+                    f"{prefix}.prompts[{i}]: {prompt!r} is not evaluated (evaluation.settings.prompts: {local_prompts})"
+                )
     return errors

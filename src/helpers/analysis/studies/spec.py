@@ -123,23 +123,25 @@ def check_study(
     models: Mapping[str, Any],
     datasets: Mapping[str, Any],
     analysis: Mapping[str, Any],
+    evaluation_settings: Mapping[str, Any] | None = None,
     base: str | Path = ".",
 ) -> Study:
     """Check ``studies.<name>`` against params (the sections passed) and return it as a ``Study``.
 
-    The shape is :class:`helpers.params.studies.StudyEntry`'s, the references
-    :func:`helpers.params.studies.study_reference_errors` -- the same checks ``python -m helpers.params check``
-    and the stage runner make before any work. Here ``truth`` must also hold a world (it is a stage output, so
-    the whole-file check cannot require it). ``base``: the folder a relative ``truth`` is read from.
+        The shape is :class:`helpers.params.studies.StudyEntry`'s, the references
+        :func:`helpers.params.studies.study_reference_errors` -- the same checks ``python -m helpers.params check``
+        and the stage runner make before any work. Here ``truth`` must also hold a world (it is a stage output, so
+        the whole-file check cannot require it). ``evaluation_settings``: the prompts and ks the local models are
+    evaluated with (params ``evaluation.settings``). ``base``: the folder a relative ``truth`` is read from.
 
-    Raises:
-        ConfigError: one line per problem, each naming its key (``studies.<name>.counts.corpus: ...``).
+        Raises:
+            ConfigError: one line per problem, each naming its key (``studies.<name>.counts.corpus: ...``).
     """
     prefix = f"studies.{name}"
     checked = validate(StudyEntry, entry, prefix)
     errors = study_reference_errors(
         name, entry, corpora=corpora, image_corpora=image_corpora, thresholds=thresholds, models=models,
-        datasets=datasets, analysis=analysis,
+        datasets=datasets, analysis=analysis, evaluation_settings=evaluation_settings,
     )  # fmt: skip
     counts = checked.counts
     truth = Path(base) / counts.truth if counts.truth is not None else None
