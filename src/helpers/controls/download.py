@@ -38,7 +38,6 @@ KEY = "let_it_wag.images.urls"
 ENV_VAR = "FDP_IMG2DATASET_PYTHON"
 DEFAULT_PYTHON = ".venv-img2dataset/bin/python"
 MAKE_ENV = "./run.sh img2dataset-env"
-STATUSES = ("success", "failed_to_download", "failed_to_resize")
 _URL, _CLASS, _INDEX = "url", "wag_class", "wag_index"  # the columns of the list handed to img2dataset
 
 # Run in the download environment: read the JSON keyword arguments, call img2dataset's API.
