@@ -5,6 +5,9 @@
 #                                        the synthetic world included, is still built)
 #   ./run.sh test  [pytest args...]      set up the environment if needed, then ruff (lint + format check), then
 #                                        every test; pytest's exit code 5 (no tests collected) fails the run
+#   ./run.sh img2dataset-env             create the separate download environment .venv-img2dataset (img2dataset
+#                                        1.47.0 with its own pins, requirements-img2dataset.txt) for Let It Wag!
+#                                        candidates from URL lists; FDP_IMG2DATASET_VENV names another folder
 # Both create the virtual environment .venv (Python 3.11 + pip; no conda needed) when it is missing and
 # install the pinned requirements whenever requirements.txt or pyproject.toml changed.
 set -euo pipefail
@@ -33,6 +36,23 @@ setup() {
   export PATH="$PWD/$VENV/bin:$PATH"
 }
 
+img2dataset_env() {
+  # img2dataset pins pandas<3 and webdataset<0.3 (this project: pandas 3, webdataset 1), so it gets its own
+  # environment, used only through a subprocess (helpers/controls/download.py); remade when its pins change.
+  local venv="${FDP_IMG2DATASET_VENV:-.venv-img2dataset}"
+  local stamp="$venv/.installed-$(sha256sum requirements-img2dataset.txt | cut -c1-16)"
+  if [ -f "$stamp" ]; then
+    echo "$venv is up to date"
+    return
+  fi
+  [ -x "$venv/bin/python" ] || "$PYTHON" -m venv "$venv"
+  echo "Installing img2dataset into $venv (about 780 MB)"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements-img2dataset.txt
+  NO_ALBUMENTATIONS_UPDATE=1 "$venv/bin/python" -c "import img2dataset"
+  rm -f "$venv"/.installed-*
+  touch "$stamp"
+}
+
 case "${1:-}" in
   repro)
     shift
@@ -53,8 +73,11 @@ case "${1:-}" in
     pytest "$@"
     FDP_WORKDIR="$scratch" pytest --nbval-lax -p no:cacheprovider notebooks/ "$@"
     ;;
+  img2dataset-env)
+    img2dataset_env
+    ;;
   *)
-    echo "usage: $0 {repro|test} [args...]" >&2
+    echo "usage: $0 {repro|test|img2dataset-env} [args...]" >&2
     exit 2
     ;;
 esac

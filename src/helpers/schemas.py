@@ -108,6 +108,22 @@ LET_IT_WAG = pa.DataFrameSchema(
     name="let_it_wag",
 )
 
+#: Let It Wag! candidates downloaded from URL lists (helpers.controls.download): per class the URLs listed, the
+#: images downloaded, and the counted skips by img2dataset's status, with the first error message seen
+LET_IT_WAG_DOWNLOAD = pa.DataFrameSchema(
+    {
+        "class": _str,
+        "urls": _nonneg_int,
+        "downloaded": _nonneg_int,
+        "failed_download": _nonneg_int,
+        "failed_decode": _nonneg_int,
+        "first_error": pa.Column(str, nullable=True),
+    },
+    unique=["class"],
+    strict=True,
+    name="let_it_wag_download",
+)
+
 IMAGENET_ACCURACY = pa.DataFrameSchema(
     {
         "model": _str,

@@ -3,7 +3,8 @@
 Udandarao et al. 2024, Sec. 6: a test set of the concepts the counts say are rarest. ``build_from_params``
 reads any counts table (a corpus's ``frequencies.parquet``, ``text_counts.parquet`` or the release's tidy
 counts), selects the ``n_concepts`` least frequent of one count type (``where``) that have at least
-``min_images`` candidates, gathers the candidates -- a folder per concept (``images.root``) or, for a
+``min_images`` candidates, gathers the candidates -- a folder per concept (``images.root``), URL lists
+downloaded with img2dataset in its own environment (``images.urls``, ``helpers.controls.download``) or, for a
 synthetic world, freshly rendered single-concept scenes from the world's own renderer (``images.world``;
 seeded, never the world's test images) -- and filters and writes them with ``wag.build_let_it_wag``.
 """
@@ -19,9 +20,16 @@ from typing import Any
 
 import pandas as pd
 
-from helpers import paths
+from helpers import paths, schemas
+from helpers.controls import download
 from helpers.controls.embed import make_embedder
-from helpers.controls.wag import build_let_it_wag, folder_candidates, release_overlap, select_concepts
+from helpers.controls.wag import (
+    build_let_it_wag,
+    folder_candidates,
+    normalise_concept,
+    release_overlap,
+    select_concepts,
+)
 from helpers.evaluation.models import load_model
 from helpers.evaluation.pair import resolve_spec_paths
 from helpers.params import ConfigError, validate
@@ -86,6 +94,33 @@ def _check_selection(selection: pd.DataFrame, spec: LetItWag) -> None:
         )
 
 
+def url_candidates(
+    spec: LetItWag, counts: pd.DataFrame, out_dir: Path, base: Path
+) -> tuple[pd.DataFrame, dict[str, list[Path]], pd.DataFrame]:
+    """Select concepts by their number of listed URLs, then download only theirs with img2dataset.
+
+    The download environment is checked (``download.find_python``) before anything is read or fetched.
+    Class names are normalised (``wag.normalise_concept``), as for a folder per concept. Images go to
+    ``<out_dir>_candidates`` (replaced). Returns (selection, class -> image paths, the
+    ``schemas.LET_IT_WAG_DOWNLOAD`` table of downloads and counted skips per class).
+    """
+    urls_spec = spec.images.urls
+    python = download.find_python(urls_spec.python)
+    lists = paths.resolve(urls_spec.lists, base)
+    urls = download.read_url_lists(lists, urls_spec.url_column, urls_spec.class_column)
+    listed = urls["class"].map(normalise_concept).value_counts().to_dict()
+    selection = select_concepts(counts, spec.n_concepts, min_images=spec.min_images, candidates=listed,
+                                where=spec.where)  # fmt: skip
+    _check_selection(selection, spec)
+    chosen = selection["concept"].tolist()
+    urls = urls.assign(**{"class": urls["class"].map(normalise_concept)})
+    settings = urls_spec.model_dump(include={"output_format", "encode_format", "image_size", "threads", "processes",
+                                             "timeout", "retries"})  # fmt: skip
+    found, skips = download.download_candidates(urls, chosen, out_dir.parent / f"{out_dir.name}_candidates", python,
+                                                settings)  # fmt: skip
+    return selection, {c: found[c] for c in chosen}, skips
+
+
 def build_from_params(
     section: Mapping[str, Any] | LetItWag,
     models: Mapping[str, Mapping[str, Any]] | None = None,
@@ -97,7 +132,9 @@ def build_from_params(
     """Select, gather, filter and write the test set of params ``let_it_wag`` (``models``: evaluation.models).
 
     Returns ``wag.build_let_it_wag``'s result plus ``selection`` (rank, concept, count, candidates) and, with
-    ``published`` (the release's class list), ``overlap`` (``wag.release_overlap``). The embedder of
+    ``published`` (the release's class list), ``overlap`` (``wag.release_overlap``); from URL lists also
+    ``downloads`` (per class: URLs, downloaded, failed downloads and undecodable images -- counted skips, also
+    in ``out_dir/downloads.parquet`` and the datasheet). The download environment, the embedder of
     ``corpus_dedup`` and the ``outliers`` model are loaded before any image is read.
     """
     spec = validate(LetItWag, section, PREFIX)
@@ -105,7 +142,7 @@ def build_from_params(
     models = {k: resolve_spec_paths(v, "model", base) for k, v in (models or {}).items()}
     counts = read_counts(paths.resolve(spec.counts, base))
     out_dir = Path(paths.resolve(spec.out_dir, base))
-    embedder = outlier_model = None
+    embedder = outlier_model = downloads = None
     if spec.corpus_dedup is not None:
         embedder = make_embedder(spec.corpus_dedup.embedder, models, device, key=f"{PREFIX}.corpus_dedup.embedder")
     if spec.outliers is not None:
@@ -122,6 +159,8 @@ def build_from_params(
         chosen = [world_names.get(c, c) for c in selection["concept"]]
         candidates = render_world_candidates(world, chosen, spec.images.per_concept, spec.images.seed,
                                              out_dir.parent / f"{out_dir.name}_candidates")  # fmt: skip
+    elif spec.images.urls is not None:
+        selection, candidates, downloads = url_candidates(spec, counts, out_dir, base)
     else:
         root = paths.resolve(spec.images.root, base)
         names = counts["concept" if "concept" in counts.columns else "name"].astype(str).unique().tolist()
@@ -139,9 +178,16 @@ def build_from_params(
         outlier_model=outlier_model, outlier_threshold=spec.outliers.threshold if spec.outliers else None,
     )  # fmt: skip
     result["selection"] = selection
+    if downloads is not None:
+        result["downloads"] = downloads
+        schemas.write_table(downloads, schemas.LET_IT_WAG_DOWNLOAD, out_dir / "downloads.parquet")
+        sheet = json.loads(Path(result["datasheet"]).read_text(encoding="utf-8"))
+        sheet["downloads"] = {r["class"]: {k: r[k] for k in ("urls", "downloaded", "failed_download", "failed_decode")}
+                              for r in downloads.to_dict("records")}  # fmt: skip
+        Path(result["datasheet"]).write_text(json.dumps(sheet, indent=1) + "\n", encoding="utf-8")
     if published is not None:
         result["overlap"] = release_overlap(selection["concept"].tolist(), published)
     return result
 
 
-__all__ = ["build_from_params", "read_counts", "render_world_candidates", "world_spec"]
+__all__ = ["build_from_params", "read_counts", "render_world_candidates", "url_candidates", "world_spec"]

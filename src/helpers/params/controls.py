@@ -80,18 +80,44 @@ class Controls(Section):
     similarity: SimilarityControl | None = None
 
 
+class WagUrls(Section):
+    """``let_it_wag.images.urls``: URL lists downloaded with img2dataset in its own environment
+    (``helpers.controls.download``; ``./run.sh img2dataset-env`` makes it)."""
+
+    lists: NonEmptyStr | Annotated[list[NonEmptyStr], Field(min_length=1)] = Field(
+        description="URL list file(s): .csv, .tsv or .parquet; a path, a glob, or a list of them"
+    )
+    url_column: NonEmptyStr = "url"
+    class_column: NonEmptyStr = Field("concept", description="the concept (class) each URL shows")
+    python: NonEmptyStr | None = Field(
+        None, description="the download environment's python; null = $FDP_IMG2DATASET_PYTHON, else "
+        ".venv-img2dataset/bin/python (relative paths: to the project root)",
+    )  # fmt: skip
+    output_format: Literal["files", "webdataset"] = "files"
+    encode_format: Literal["jpg", "png", "webp"] = "jpg"
+    image_size: PositiveInt | None = Field(None, description="cut the longer side to this; null = keep the size")
+    threads: PositiveInt = 16
+    processes: PositiveInt = 1
+    timeout: PositiveInt = Field(10, description="seconds per URL")
+    retries: NonNegativeInt = 0
+
+
 class WagImages(Section):
-    """``let_it_wag.images``: candidate images, a folder per concept (``root``) or rendered by a synthetic world."""
+    """``let_it_wag.images``: candidate images, from exactly one source: a folder per concept (``root``), URL
+    lists downloaded with img2dataset (``urls``), or rendered by a synthetic world (``world``)."""
 
     root: NonEmptyStr | None = Field(None, description="a folder with one sub-folder per concept")
+    urls: WagUrls | None = Field(None, description="URL lists (url and class columns) downloaded with img2dataset")
     world: NonEmptyStr | None = Field(None, description="a synthetic world folder whose renderer draws candidates")
     per_concept: PositiveInt = Field(40, description="candidates rendered per concept (world only)")
     seed: NonNegativeInt = 0
 
     @model_validator(mode="after")
     def _one_source(self) -> WagImages:
-        if (self.root is None) == (self.world is None):
-            raise ValueError("give exactly one of root (a folder per concept) or world (a synthetic world)")
+        if sum(v is not None for v in (self.root, self.urls, self.world)) != 1:
+            raise ValueError(
+                "give exactly one of root (a folder per concept), urls (URL lists) or world (a synthetic world)"
+            )
         return self
 
 
@@ -131,5 +157,5 @@ class LetItWag(Section):
 
 __all__ = [
     "Controls", "CorpusDedup", "Embedder", "LetItWag", "OpenClipEmbedder", "Outliers", "PixelEmbedder", "Search",
-    "SimilarityControl", "Threshold", "WagImages",
+    "SimilarityControl", "Threshold", "WagImages", "WagUrls",
 ]  # fmt: skip
