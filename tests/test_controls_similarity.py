@@ -195,6 +195,19 @@ def test_leak_option_off_by_default_and_checked():
         WorldSpec(leak_rate=0.1)
 
 
+def test_leaked_classes_are_drawn_from_the_rarest_quarter(leaky_world, tmp_path):
+    # the same world without leaks (same seed: identical before planting) gives the counts the draw saw
+    spec = {**json.loads((Path(leaky_world["out_dir"]) / "world.json").read_text())["spec"], "leak_rate": 0.0}
+    clean = generate_world({k: v for k, v in spec.items() if k in WorldSpec.__dataclass_fields__}, tmp_path,
+                           progress=False)  # fmt: skip
+    before = pq.read_table(clean["truth"]["concepts"]).to_pandas()
+    names = before.set_index("name")["shown_count"]
+    rarest = set(names.sort_values(kind="stable").index[:3])  # max(3 leaked, ceil(10 / 4)) = 3
+    assert set(leaky_world["leak"]["leaked_classes"]) == rarest
+    assert leak.rare_pool(np.array([5, 1, 9, 1, 7, 3, 8, 2]), 1).tolist() == [1, 3]  # ceil(8/4) = 2; ties by id
+    assert leak.rare_pool(np.array([5, 1, 9]), 2).tolist() == [1, 0]
+
+
 def test_leak_truth_is_consistent(leaky_world):
     leaks = pq.read_table(leaky_world["leak"]["leaks"]).to_pandas()
     assert len(leaks) == leaky_world["leak"]["n_leaked"] == 120

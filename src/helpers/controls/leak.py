@@ -3,7 +3,8 @@
 Why: the similarity control must be shown to find test-set leakage where it is known. With the world spec's
 ``leak_rate > 0`` (``helpers.synthetic.world.WorldSpec``), ``generate_world`` calls ``plant_near_duplicates``
 after writing the test sets: a seeded ``leak_rate`` fraction of pretraining samples is replaced by a
-*near-duplicate* of a classification test image of one of ``leaked_classes`` seeded-chosen classes -- a
+*near-duplicate* of a classification test image of one of ``leaked_classes`` classes, seeded-chosen among the
+rarest quarter of concepts (:func:`rare_pool`) -- a
 small crop (``LEAK_CROP``), a colour jitter of brightness, contrast and saturation (``LEAK_JITTER``) and a
 JPEG re-encoding (quality ``LEAK_QUALITY``) -- with a caption mentioning that class. Image and caption truth
 are rewritten for those samples (they show and mention exactly the leaked class), the concept table's
@@ -70,6 +71,21 @@ def _replace_pairs(path: Path, leaked: dict[int, int]) -> pa.Table:
     return pa.table({"sample_id": pa.array(sid[order], pa.int64()), "concept_id": pa.array(cid[order], pa.int32())})
 
 
+def rare_pool(shown_count: np.ndarray, leaked_classes: int) -> np.ndarray:
+    """Concept ids the leaked classes are drawn from: the ``max(leaked_classes, ceil(k / 4))`` rarest by true
+    image count (ties by id), shape ``(n,)``, ascending count.
+
+    Why the rare ones: the study's worry is a test set leaking into pretraining data for concepts that are
+    otherwise rare, so that their zero-shot score looks higher than their frequency predicts (Sec. 3 and the
+    sample-similarity control of Udandarao et al. 2024). A few hundred near-duplicates move a rare concept's
+    count by a decade or more, but a frequent one's by a few percent, where pruning and retraining could show
+    nothing.
+    """
+    counts = np.asarray(shown_count)
+    n = min(len(counts), max(int(leaked_classes), -(-len(counts) // 4)))
+    return np.lexsort((np.arange(len(counts)), counts))[:n]
+
+
 def plant_near_duplicates(
     world_dir: str | os.PathLike,
     *,
@@ -93,7 +109,9 @@ def plant_near_duplicates(
     world, root = Path(world_dir), Path(classification_root)
     rng = rng_stream(seed, "leak")
     k = len(concept_names)
-    classes = sorted(int(c) for c in rng.choice(k, size=min(leaked_classes, k), replace=False))
+    shown_before = pq.read_table(world / "truth" / "concepts.parquet")["shown_count"].to_numpy()
+    pool = rare_pool(shown_before, leaked_classes)
+    classes = sorted(int(c) for c in rng.choice(pool, size=min(leaked_classes, len(pool)), replace=False))
     tests = {c: sorted((root / folder_name(concept_names[c])).glob("*.png")) for c in classes}
     empty = [concept_names[c] for c, files in tests.items() if not files]
     if empty:

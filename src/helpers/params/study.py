@@ -114,7 +114,9 @@ class World(Section):
         None,
         description="share of pretraining samples that are near-duplicates of test images (the similarity control)",
     )
-    leaked_classes: NonNegativeInt | None = Field(None, description="how many test classes the leaks come from")
+    leaked_classes: NonNegativeInt | None = Field(
+        None, description="how many test classes the leaks come from (drawn among the rarest quarter of concepts)"
+    )
 
     def given(self) -> dict:
         """The fields the params set (the rest take WorldSpec's defaults)."""
