@@ -84,7 +84,7 @@ from helpers.text.normalise import (
     inverse_table,
     lemmatise,
     normalise_caption,
-    normalise_codes,
+    normalise_utf8,
 )
 from helpers.text.wordscan import PhraseIndex
 
@@ -361,15 +361,8 @@ class TextMatcher:
         and distinct (or, with ``distinct=False``, every occurrence, unsorted)."""
         if self._index is None or not texts:
             return _EMPTY_I64, _EMPTY_I64
-        parts, order = normalise_codes(texts, collapse=False)
-        rows, values, offset = [], [], 0
-        for codes, n in parts:
-            r, v = self._index.scan(codes)
-            rows.append(r + offset)
-            values.append(v)
-            offset += n
-        captions = rows[0] if len(rows) == 1 else np.concatenate(rows)
-        found = values[0] if len(values) == 1 else np.concatenate(values)
+        data, order = normalise_utf8(texts)
+        captions, found = self._index.scan(data)
         if order is not None:
             captions = order[captions]
         if len(captions) == 0:

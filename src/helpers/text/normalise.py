@@ -281,6 +281,19 @@ def normalise_codes(texts: list, collapse: bool = True) -> tuple[list[tuple[np.n
     return parts, order
 
 
+def normalise_utf8(texts: list) -> tuple[np.ndarray, np.ndarray | None]:
+    """``normalise_codes(texts, collapse=False)`` as one array of UTF-8 bytes (uint8), parts joined by
+    the separator: the input of ``wordscan.PhraseIndex.scan``. ``order`` as in ``normalise_codes``."""
+    parts, order = normalise_codes(texts, collapse=False)
+    arrays = [
+        codes if codes.itemsize == 1 else np.frombuffer(_decode(codes).encode("utf-8", "surrogatepass"), np.uint8)
+        for codes, _ in parts
+    ]
+    if len(arrays) == 1:
+        return arrays[0], order
+    return np.concatenate([arrays[0], np.zeros(1, dtype=np.uint8), arrays[1]]), order  # " ... \0 ... "
+
+
 def normalise_batch(texts: list) -> tuple[str, np.ndarray | None]:
     """Normalise many captions at once: ``" w w \\0 w w \\0 ... w "`` (separator between captions).
 

@@ -5,12 +5,12 @@ already normalised (``helpers.text.normalise``): words of letters and digits sep
 captions separated by the separator ``SEP`` (``" w w \\0 w w "``). ``PhraseIndex`` finds every occurrence
 of every pattern as a contiguous run of whole words, exactly, in a few numpy passes over the batch:
 
-1. **Words.** On the array of code points (one byte per character when the text is ASCII, four
-   otherwise) every space is a boundary; each maximal run of other code points is a word, and the
-   separator is a word of its own (in no pattern, so no phrase runs from one caption into the next). A
-   word's caption is the number of separators before it.
-2. **Word ids.** A word is looked up by its exact bytes, read as 8-byte chunks through a strided view of
-   the (zero-padded) buffer and masked to the word's length. A word of one chunk *is* its key (exact); a
+1. **Words.** On the batch's UTF-8 bytes (``normalise.normalise_utf8``) every space is a boundary; each
+   maximal run of other bytes is a word (a multi-byte character never holds a space or NUL byte), and
+   the separator is a word of its own (in no pattern, so no phrase runs from one caption into the next).
+   A word's caption is the number of separators before it.
+2. **Word ids.** A word is looked up by its exact UTF-8 bytes, read as 8-byte chunks through a strided
+   view of the (zero-padded) buffer and masked to the word's length. A word of one chunk *is* its key (exact); a
    longer one is looked up by a mix of its chunks, then all its chunks and its length are compared with
    those of the vocabulary word found, so a collision of mixes can never make a false match.
 3. **Phrases.** A trie over word ids is walked from every word position at once: one step per phrase
@@ -35,32 +35,29 @@ _MIXES = tuple(
 )  # odd: bijections modulo 2**64
 # _MASKS[k]: the low k bytes of a little-endian uint64 (k = 0..8)
 _MASKS = np.array([(1 << (8 * k)) - 1 for k in range(8)] + [(1 << 64) - 1], dtype=np.uint64)
+_FIRST_MASKS = np.append(_MASKS, np.uint64(0))  # by length clipped to 9: a word of more than 8 bytes -> 0
 PAD_BYTES = 8  # zero bytes a buffer needs past its last character (``padded``)
 
 
-def padded(codes: np.ndarray) -> np.ndarray:
-    """``codes`` (uint8 or uint32 code points) followed by ``PAD_BYTES`` zero bytes, for ``_chunk``."""
-    return np.concatenate([codes, np.zeros(PAD_BYTES // codes.itemsize, dtype=codes.dtype)])
+def padded(data: np.ndarray) -> np.ndarray:
+    """``data`` (uint8) followed by ``PAD_BYTES`` zero bytes, for ``_windows``."""
+    return np.concatenate([data, np.zeros(PAD_BYTES, dtype=np.uint8)])
 
 
 def _windows(buffer: np.ndarray) -> np.ndarray:
-    """Every 8-byte window of ``buffer``'s bytes as a little-endian uint64 (a view: window i = bytes i..i+7)."""
-    raw = buffer.view(np.uint8)
-    return np.ndarray(shape=(len(raw) - 7,), dtype="<u8", buffer=raw, strides=(1,))
+    """Every 8-byte window of ``buffer`` as a little-endian uint64 (a view: window i = bytes i..i+7)."""
+    return np.ndarray(shape=(len(buffer) - 7,), dtype="<u8", buffer=buffer, strides=(1,))
 
 
-def _chunk(windows: np.ndarray, itemsize: int, starts: np.ndarray, lengths: np.ndarray, k: int) -> np.ndarray:
-    """Chunk ``k`` of each word (its bytes ``8k`` to ``8k+8``) as a uint64, zero past the word's end.
+def _chunk(windows: np.ndarray, starts: np.ndarray, lengths: np.ndarray, k: int) -> np.ndarray:
+    """Bytes ``8k`` to ``8k+8`` of each word as a uint64, zero past the word's end.
 
-    ``windows``: ``_windows`` of a ``padded`` code-point array of ``itemsize`` bytes per character;
-    ``starts``/``lengths`` in characters (int64 arrays).
+    ``windows``: ``_windows`` of a ``padded`` byte array; ``starts``/``lengths`` in bytes (int64 arrays).
     """
-    per = 8 // itemsize
-    at = (starts + k * per) * itemsize
+    at = starts + 8 * k
     if k:  # a chunk past a word's end is masked to zero: read it anywhere in the buffer
         np.minimum(at, len(windows) - 1, out=at)
-    left = np.clip(lengths - k * per, 0, per) * itemsize
-    return windows[at].astype(np.uint64, copy=False) & _MASKS[left]
+    return windows[at] & _MASKS[np.clip(lengths - 8 * k, 0, 8)]
 
 
 class _HashMap:
@@ -100,7 +97,8 @@ class _HashMap:
         at = self._keys[slots]
         found = at == keys
         out = np.where(found, self._values[slots], -1)
-        todo = np.flatnonzero((at != 0) & ~found)  # still probing: slot taken by another key
+        todo = np.flatnonzero(~found)
+        todo = todo[at[todo] != 0]  # still probing: the slot holds another key
         for _ in range(self._probes - 1):
             if not len(todo):
                 break
@@ -122,21 +120,19 @@ def _mix(chunks: np.ndarray, lengths: np.ndarray, multiplier: np.uint64) -> np.n
 
 
 class _Table:
-    """Vocabulary words of one code-point width (``itemsize`` 1: ASCII words only; 4: all words)."""
+    """The vocabulary words (UTF-8 bytes): one-chunk words by their chunk, longer ones by a verified mix."""
 
-    def __init__(self, words: Sequence[str], ids: Sequence[int], itemsize: int) -> None:
-        dtype = np.uint8 if itemsize == 1 else np.uint32
-        self.itemsize, self.per = itemsize, 8 // itemsize
-        encoded = [np.frombuffer(w.encode("utf-32-le"), dtype=np.uint32).astype(dtype) for w in words]
+    def __init__(self, words: Sequence[str]) -> None:
+        encoded = [np.frombuffer(w.encode("utf-8", "surrogatepass"), dtype=np.uint8) for w in words]
         lengths = np.array([len(e) for e in encoded], dtype=np.int64)
         self.max_len = int(lengths.max()) if len(words) else 0
-        self.n_chunks = max(-(-self.max_len // self.per), 1)
-        windows = _windows(padded(np.concatenate(encoded) if encoded else np.zeros(0, dtype=dtype)))
+        self.n_chunks = max(-(-self.max_len // 8), 1)
+        windows = _windows(padded(np.concatenate(encoded) if encoded else np.zeros(0, dtype=np.uint8)))
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if len(words) else _EMPTY
-        chunks = np.stack([_chunk(windows, itemsize, starts, lengths, k) for k in range(self.n_chunks)], axis=1)
-        ids = np.asarray(ids, dtype=np.int64)
-        short = lengths <= self.per
-        # one-chunk words: the chunk is the key (distinct words, distinct keys)
+        chunks = np.stack([_chunk(windows, starts, lengths, k) for k in range(self.n_chunks)], axis=1)
+        ids = np.arange(len(words), dtype=np.int64)
+        short = lengths <= 8
+        # one-chunk words: the chunk is the key (distinct words, distinct keys; never 0: no word is empty)
         self.short = _HashMap(chunks[short, 0], ids[short])
         # longer words: a mix of chunks and length, verified against the word's chunks on a hit
         self.long_chunks, self.long_lengths, self.long_ids = chunks[~short], lengths[~short], ids[~short]
@@ -153,14 +149,19 @@ class _Table:
 
     def lookup(self, windows: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """Vocabulary id of each word (int64; ``-1``: not in the vocabulary)."""
-        short = lengths <= self.per
-        out = self.short.get(_chunk(windows, self.itemsize, starts, lengths, 0))
-        out[~short] = -1
-        long = np.flatnonzero(~short & (lengths <= self.max_len))
-        if not len(long) or not len(self.long_ids):
+        # a one-chunk word's key is its chunk; a longer word's is 0 here (the mask for 9 bytes)
+        clipped = np.minimum(lengths, 9)
+        key = windows[starts]
+        key &= _FIRST_MASKS[clipped]
+        out = self.short.get(key)
+        if not len(self.long_ids):
+            return out
+        long = np.flatnonzero(clipped > 8)
+        long = long[lengths[long] <= self.max_len]
+        if not len(long):
             return out
         s, n = starts[long], lengths[long]
-        chunks = np.stack([_chunk(windows, self.itemsize, s, n, k) for k in range(self.n_chunks)], axis=1)
+        chunks = np.stack([_chunk(windows, s, n, k) for k in range(self.n_chunks)], axis=1)
         rows = self.long.get(_mix(chunks, n, self.multiplier))
         hit = np.flatnonzero(rows >= 0)
         rows = rows[hit]
@@ -172,8 +173,8 @@ class _Table:
 class PhraseIndex:
     """Patterns (tuples of normalised words) -> int values, found as whole-word runs in normalised text.
 
-    ``scan(codes)`` takes the code points of ``" w w \\0 w w "`` text (uint8 or uint32, as
-    ``normalise.normalise_codes`` gives them) and returns every (caption, value) occurrence.
+    ``scan(data)`` takes the UTF-8 bytes of ``" w w \\0 w w "`` text (uint8, as ``normalise.normalise_utf8``
+    gives them) and returns every (caption, value) occurrence.
     Raises ValueError for an empty pattern or a word that is not a normalised word (empty, or with a
     space or the separator in it).
     """
@@ -186,9 +187,7 @@ class PhraseIndex:
         index = {w: i for i, w in enumerate(words)}
         self.n_words = len(words)
         self.n_patterns = len(patterns)
-        ascii_words = [w for w in words if w.isascii()]
-        self._narrow = _Table(ascii_words, [index[w] for w in ascii_words], 1)
-        self._wide = _Table(words, range(len(words)), 4)
+        self._table = _Table(words)
         # trie over word ids: state 0 is the root; state s + word w -> child, keyed s * (n_words + 1) + w + 1
         # (never 0; a word outside the vocabulary, id -1, gives a key no child has)
         self._stride = self.n_words + 1
@@ -218,9 +217,9 @@ class PhraseIndex:
         self._root[keys[first] - 1] = states[first]
 
     def words(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(vocabulary id of each word, -1 if none; its caption) in normalised ``codes``.
+        """(vocabulary id of each word, -1 if none; its caption) in normalised UTF-8 bytes ``codes``.
 
-        Words are maximal runs of code points other than the space; a separator is a word (id -1) that
+        Words are maximal runs of bytes other than the space; a separator is a word (id -1) that
         starts the next caption.
         """
         windows = _windows(padded(codes))
@@ -232,13 +231,12 @@ class PhraseIndex:
             edges = np.concatenate([edges, [len(codes)]])
         starts = edges[0::2]
         lengths = edges[1::2] - starts
-        table = self._narrow if codes.itemsize == 1 else self._wide
-        ids = table.lookup(windows, starts, lengths)
+        ids = self._table.lookup(windows, starts, lengths)
         return ids, np.cumsum(codes[starts] == 0)
 
     def scan(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(caption index, value) of every pattern occurrence in normalised ``codes`` (uint8/uint32
-        code points, words separated by spaces, captions by `` \\0 ``), grouped by pattern length.
+        """(caption index, value) of every pattern occurrence in normalised ``codes`` (UTF-8 bytes, words
+        separated by spaces, captions by `` \\0 ``), grouped by pattern length.
         Caption index = number of separators before the match."""
         if not len(codes) or not self.n_patterns:
             return _EMPTY, _EMPTY
