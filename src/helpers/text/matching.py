@@ -190,7 +190,7 @@ def _csr_expand(rows: np.ndarray, keys: np.ndarray, indptr: np.ndarray, *values:
 def _sorted_distinct(rows: np.ndarray, values: np.ndarray, n_values: int) -> tuple[np.ndarray, np.ndarray]:
     """The distinct (row, value) pairs sorted by row then value (0 <= value < n_values)."""
     # matches arrive in text order, so the packed keys are nearly sorted already: cheap for a stable sort
-    keys = np.sort(rows * np.int64(n_values) + values, kind="stable")
+    keys = np.sort(rows * np.int64(n_values) + values)
     if len(keys) > 1:
         keys = keys[np.concatenate(([True], keys[1:] != keys[:-1]))]
     return keys // n_values, keys % n_values

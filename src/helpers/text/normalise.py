@@ -83,9 +83,8 @@ def _format_action(ch: str) -> str:
 
 
 _NON_ASCII = re.compile("[^\x00-\x7f]")
-# what can follow "&" in an entity html.unescape decodes, and "<" in a tag _TAG removes
-_ENTITY_STARTS = frozenset("#0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
-_TAG_STARTS = frozenset("/!abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+# an "&" that can start an entity html.unescape decodes, or a "<" that can start a tag _TAG removes
+_MARKUP_START = re.compile("&[#0-9A-Za-z]|<[/!A-Za-z]")
 _FOLD_ACTIONS: dict[str, str] = {}
 _FORMAT_ACTIONS: dict[str, str] = {}
 
@@ -258,14 +257,8 @@ def normalise_codes(texts: list, collapse: bool = True) -> tuple[list[tuple[np.n
     joined = "".join(ascii_texts)
     if "&" in joined or "<" in joined:  # the few ASCII captions with an entity or a tag: fold them too
         ends = np.cumsum(np.fromiter(map(len, ascii_texts), dtype=np.int64, count=len(ascii_texts)))
-        found = []
-        for ch, starts in (("&", _ENTITY_STARTS), ("<", _TAG_STARTS)):  # str.find: a memchr scan
-            at = joined.find(ch)
-            while at != -1:
-                if joined[at + 1 : at + 2] in starts:  # "& more" or "3 < 4" need no folding
-                    found.append(at)
-                at = joined.find(ch, at + 1)
-        positions = np.array(found, dtype=np.int64)
+        # "& more" or "3 < 4" need no folding: only an "&" or "<" that can start an entity or a tag
+        positions = np.fromiter((m.start() for m in _MARKUP_START.finditer(joined)), dtype=np.int64)
         special = np.unique(np.searchsorted(ends, positions, side="right"))
         is_plain[special if all_ascii else np.flatnonzero(is_plain)[special]] = False
     elif all_ascii:
