@@ -16,10 +16,11 @@ Three matching semantics, selected by ``mode`` and versioned together by ``MATCH
     matches.
 
     For speed the lemmatisation is inverted rather than applied: every surface form whose lemma is a
-    concept word is expanded into the concept's phrases, and all phrases are found in one Aho-Corasick
-    pass over a whole batch of normalised captions joined by a separator (whole words are enforced by
-    padding every word with single spaces). The result is exactly that of lemmatising every caption
-    word, which ``tests/test_textsearch.py`` checks against a direct implementation.
+    concept word is expanded into the concept's phrases, and all phrases are found at once in a whole
+    batch of normalised captions joined by a separator, as runs of whole words (``helpers.text.wordscan``:
+    numpy passes over the batch's UTF-8 bytes, exact word look-ups and a trie over word ids). The result
+    is exactly that of lemmatising every caption word, which ``tests/test_textsearch.py`` checks against
+    a direct implementation.
 
 ``bag``
     The same words and lemmas; a concept matches when every distinct word of it occurs anywhere in the
