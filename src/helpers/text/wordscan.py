@@ -64,13 +64,13 @@ def _chunk(windows: np.ndarray, starts: np.ndarray, lengths: np.ndarray, k: int)
 class _HashMap:
     """Non-zero uint64 keys -> int64 values, an open-addressing table looked up for many keys at once.
 
-    Multiplicative hashing into a power-of-two table at most a quarter full, linear probing, 0 marking an
+    Multiplicative hashing into a power-of-two table at most ``1/spread`` full, linear probing, 0 marking an
     empty slot (so a key must never be 0); a look-up probes all keys in step and stops for each at its
     key or at an empty slot. Raises ValueError for a zero or duplicate key.
     """
 
-    def __init__(self, keys: np.ndarray, values: np.ndarray) -> None:
-        size = 1 << max(int(4 * len(keys)).bit_length(), 4)
+    def __init__(self, keys: np.ndarray, values: np.ndarray, spread: int = 4) -> None:
+        size = 1 << max(int(spread * len(keys)).bit_length(), 4)
         self._shift = np.uint64(64 - (size.bit_length() - 1))
         self._mask = size - 1
         # slot -> (key, value as uint64), side by side: one gather reads both; an empty slot is (0, -1)
@@ -138,7 +138,7 @@ class _Table:
         ids = np.arange(len(words), dtype=np.int64)
         short = lengths <= 8
         # one-chunk words: the chunk is the key (distinct words, distinct keys; never 0: no word is empty)
-        self.short = _HashMap(chunks[short, 0], ids[short])
+        self.short = _HashMap(chunks[short, 0], ids[short], spread=8)  # looked up for every word: sparser
         # longer words: a mix of chunks and length, verified against the word's chunks on a hit
         self.long_chunks, self.long_lengths, self.long_ids = chunks[~short], lengths[~short], ids[~short]
         rows = np.arange(len(self.long_ids), dtype=np.int64)
