@@ -258,7 +258,7 @@ def normalise_codes(texts: list, collapse: bool = True) -> tuple[list[tuple[np.n
     if "&" in joined or "<" in joined:  # the few ASCII captions with an entity or a tag: fold them too
         ends = np.cumsum(np.fromiter(map(len, ascii_texts), dtype=np.int64, count=len(ascii_texts)))
         # "& more" or "3 < 4" need no folding: only an "&" or "<" that can start an entity or a tag
-        positions = np.fromiter((m.start() for m in _MARKUP_START.finditer(joined)), dtype=np.int64)
+        positions = np.array([m.start() for m in _MARKUP_START.finditer(joined)], dtype=np.int64)
         special = np.unique(np.searchsorted(ends, positions, side="right"))
         is_plain[special if all_ascii else np.flatnonzero(is_plain)[special]] = False
     elif all_ascii:
