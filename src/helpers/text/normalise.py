@@ -83,8 +83,10 @@ def _format_action(ch: str) -> str:
 
 
 _NON_ASCII = re.compile("[^\x00-\x7f]")
-# an "&" that can start an entity html.unescape decodes, or a "<" that can start a tag _TAG removes
-_MARKUP_START = re.compile("&[#0-9A-Za-z]|<[/!A-Za-z]")
+# an "&" that can start an entity html.unescape decodes, and a "<" that can start a tag _TAG removes (two
+# patterns, each with a literal first character the regex engine finds by a fast scan: an alternation of
+# the two is several times slower on a batch)
+_MARKUP_STARTS = (re.compile("&[#0-9A-Za-z]"), re.compile("<[/!A-Za-z]"))
 _FOLD_ACTIONS: dict[str, str] = {}
 _FORMAT_ACTIONS: dict[str, str] = {}
 
@@ -258,7 +260,7 @@ def normalise_codes(texts: list, collapse: bool = True) -> tuple[list[tuple[np.n
     if "&" in joined or "<" in joined:  # the few ASCII captions with an entity or a tag: fold them too
         ends = np.cumsum(np.fromiter(map(len, ascii_texts), dtype=np.int64, count=len(ascii_texts)))
         # "& more" or "3 < 4" need no folding: only an "&" or "<" that can start an entity or a tag
-        positions = np.array([m.start() for m in _MARKUP_START.finditer(joined)], dtype=np.int64)
+        positions = np.array([m.start() for p in _MARKUP_STARTS for m in p.finditer(joined)], dtype=np.int64)
         special = np.unique(np.searchsorted(ends, positions, side="right"))
         is_plain[special if all_ascii else np.flatnonzero(is_plain)[special]] = False
     elif all_ascii:
