@@ -222,6 +222,10 @@ class PhraseIndex:
         self._root = np.full(self.n_words + 1, -1, dtype=np.int64)
         first = keys < self._stride
         self._root[keys[first] - 1] = states[first]
+        # word id -> whether it comes second or later in some pattern (the last entry, id -1: no)
+        self._follows = np.zeros(self.n_words + 1, dtype=bool)
+        for pattern in patterns:
+            self._follows[[index[w] for w in pattern[1:]]] = True
 
     def words(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(vocabulary id of each word, -1 if none; its caption) in normalised UTF-8 bytes ``codes``.
@@ -263,8 +267,13 @@ class PhraseIndex:
             more = np.flatnonzero(self._has_child[state])
             if not len(more):
                 break
-            pos = pos[more]
-            state = self._children.get(state[more] * self._stride + ids[pos + depth] + 1)
+            pos, state = pos[more], state[more]
+            word = ids[pos + depth]
+            # only a word that follows some pattern word can continue a path: a look-up in a small array
+            # drops most positions before the (cache-missing) look-up in the trie's large table
+            follows = np.flatnonzero(self._follows[word])
+            pos, state, word = pos[follows], state[follows], word[follows]
+            state = self._children.get(state * self._stride + word + 1)
             found = np.flatnonzero(state >= 0)
             pos, state = pos[found], state[found]
             depth += 1
