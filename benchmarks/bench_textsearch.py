@@ -4,7 +4,7 @@ Generates N realistic captions (seeded, templated English mentioning the study's
 and irregular plurals, hyphenated and underscored multi-word names, mixed case and punctuation) and
 matches them against the concept names, on one core:
 
-* ``phrase`` mode: the library's compiled matcher (Aho-Corasick over batches of normalised captions);
+* ``phrase`` mode: the library's compiled matcher (a whole-word scan over batches of normalised captions);
 * baseline: spaCy ``blank("en")`` + the lookup lemmatiser (``spacy-lookups-data``) via ``nlp.pipe``, then a
   per-concept set intersection (a concept is a candidate when all its lemmas are in the caption's lemma
   set; multi-word concepts must then occur as a contiguous lemma run). The baseline is fed the normalised

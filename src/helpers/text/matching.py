@@ -16,10 +16,11 @@ Three matching semantics, selected by ``mode`` and versioned together by ``MATCH
     matches.
 
     For speed the lemmatisation is inverted rather than applied: every surface form whose lemma is a
-    concept word is expanded into the concept's phrases, and all phrases are found in one Aho-Corasick
-    pass over a whole batch of normalised captions joined by a separator (whole words are enforced by
-    padding every word with single spaces). The result is exactly that of lemmatising every caption
-    word, which ``tests/test_textsearch.py`` checks against a direct implementation.
+    concept word is expanded into the concept's phrases, and all phrases are found at once in a whole
+    batch of normalised captions joined by a separator, as runs of whole words (``helpers.text.wordscan``:
+    numpy passes over the batch's UTF-8 bytes, exact word look-ups and a trie over word ids). The result
+    is exactly that of lemmatising every caption word, which ``tests/test_textsearch.py`` checks against
+    a direct implementation.
 
 ``bag``
     The same words and lemmas; a concept matches when every distinct word of it occurs anywhere in the
@@ -70,7 +71,6 @@ import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
 from typing import Any, NamedTuple
 
-import ahocorasick
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -79,15 +79,15 @@ from helpers.shards import ConfigError
 from helpers.text import normalise
 from helpers.text.normalise import (
     LITERAL,
-    SEP,
     concept_terms,
     decode_markup,
     default_lemma_table,
     inverse_table,
     lemmatise,
-    normalise_batch,
     normalise_caption,
+    normalise_utf8,
 )
+from helpers.text.wordscan import PhraseIndex
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here needs a hub; never let a dependency try one
 
@@ -191,7 +191,7 @@ def _csr_expand(rows: np.ndarray, keys: np.ndarray, indptr: np.ndarray, *values:
 def _sorted_distinct(rows: np.ndarray, values: np.ndarray, n_values: int) -> tuple[np.ndarray, np.ndarray]:
     """The distinct (row, value) pairs sorted by row then value (0 <= value < n_values)."""
     # matches arrive in text order, so the packed keys are nearly sorted already: cheap for a stable sort
-    keys = np.sort(rows * np.int64(n_values) + values, kind="stable")
+    keys = np.sort(rows * np.int64(n_values) + values)
     if len(keys) > 1:
         keys = keys[np.concatenate(([True], keys[1:] != keys[:-1]))]
     return keys // n_values, keys % n_values
@@ -290,25 +290,11 @@ class TextMatcher:
         values = np.array([v for g in groups for v in g], dtype=np.int64)
         return out, indptr, values
 
-    def _build_automaton(self, patterns: dict[str, int], n_values: int) -> None:
-        """One automaton over ``" word word "`` patterns, plus the caption separator (value ``n_values``)."""
+    def _build_index(self, patterns: dict[str, int], n_values: int) -> None:
+        """One word-sequence index over the ``" word word "`` patterns (``wordscan.PhraseIndex``)."""
         self.n_patterns = len(patterns)
         self._n_values = max(n_values, 1)
-        self._automaton = None
-        if not patterns:
-            return
-        automaton = ahocorasick.Automaton(ahocorasick.STORE_INTS)
-        for pattern, value in patterns.items():
-            automaton.add_word(pattern, value)
-        automaton.add_word(SEP, self._n_values)
-        automaton.make_automaton()
-        self._automaton = automaton
-        # The most patterns that can end at one position: a pattern and those of its word suffixes that are
-        # patterns too ("dog" inside "hot dog"). Bounds the matches of a batch (see ``_scan``).
-        self._depth = max(
-            sum(f" {' '.join(words[k:])} " in patterns for k in range(len(words)))
-            for words in (p.split() for p in patterns)
-        )
+        self._index = PhraseIndex({tuple(p.split()): v for p, v in patterns.items()}) if patterns else None
 
     def _compile_phrases(self) -> None:
         forms = self._surface_forms()
@@ -330,7 +316,7 @@ class TextMatcher:
         first = np.zeros(len(self._key_concepts), dtype=bool)
         first[self._key_indptr[:-1][counts > 0]] = True
         self._key_rest = self._key_concepts[~first]
-        self._build_automaton(keys, len(counts))
+        self._build_index(keys, len(counts))
 
     def _compile_words(self) -> None:
         """Bag and paper modes: a vocabulary of concept words, and word -> (concept, bit) incidence."""
@@ -358,7 +344,7 @@ class TextMatcher:
                 for surface in surfaces:
                     patterns.setdefault(f" {surface} ", []).append(vocab[term])
         keys, self._group_indptr, self._group_words = self._group(patterns)
-        self._build_automaton(keys, len(self._group_indptr) - 1)
+        self._build_index(keys, len(self._group_indptr) - 1)
 
     def _paper_concept_words(self) -> list[tuple[str, ...]]:
         split = [paper_concept_words(name) for name in self.concepts]
@@ -372,29 +358,19 @@ class TextMatcher:
     # ---- scanning
 
     def _scan(self, texts: list, distinct: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """Aho-Corasick over one batch: (caption position in batch, automaton value), sorted and distinct
-        (or, with ``distinct=False``, every match in text order)."""
-        if self._automaton is None or not texts:
+        """Whole-word pattern search over one batch: (caption position in batch, pattern value), sorted
+        and distinct (or, with ``distinct=False``, every occurrence, unsorted)."""
+        if self._index is None or not texts:
             return _EMPTY_I64, _EMPTY_I64
-        text, order = normalise_batch(texts)
-        # find_all with a C-level callback is several times faster per match than iterating ``iter()``.
-        # ``values.insert(end, value)`` appends while ``end >= len(values)``: scanning starts after a pad
-        # longer than the most matches the batch can have (each ends at a space or a separator, at most
-        # ``_depth`` per position), so every reported end offset is past the list's end. The separator's
-        # own matches then delimit the captions in the value stream.
-        pad = self._depth * text.count(" ") + len(texts) + 1
-        values: list[int] = []
-        self._automaton.find_all(" " * pad + text, values.insert, pad)
-        found = np.array(values, dtype=np.int64)
-        separator = found == self._n_values
-        captions = np.cumsum(separator)[~separator]
+        data, order = normalise_utf8(texts)
+        captions, found = self._index.scan(data)
         if order is not None:
             captions = order[captions]
         if len(captions) == 0:
             return _EMPTY_I64, _EMPTY_I64
         if not distinct:
-            return captions, found[~separator]
-        return _sorted_distinct(captions, found[~separator], self._n_values)
+            return captions, found
+        return _sorted_distinct(captions, found, self._n_values)
 
     def _paper_words(self, texts: list) -> tuple[np.ndarray, np.ndarray]:
         """Paper mode: (caption position, word index) of concept words among the caption's noun lemmas."""

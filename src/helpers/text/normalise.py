@@ -62,6 +62,7 @@ _ASCII_LUT = np.array(
     [0 if c == 0 else ord(chr(c).lower()) if chr(c).isalnum() else 32 for c in range(128)] + [32] * 128,
     dtype=np.uint8,
 )
+_ASCII_BYTES = _ASCII_LUT.tobytes()  # the same table for bytes.translate
 _TAG = re.compile(r"<[A-Za-z/!][^<>]*>")
 DASHES = "\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe63\uff0d"
 APOSTROPHES = "\u2019\u02bc\uff07\u0060\u00b4"
@@ -82,9 +83,10 @@ def _format_action(ch: str) -> str:
 
 
 _NON_ASCII = re.compile("[^\x00-\x7f]")
-# what can follow "&" in an entity html.unescape decodes, and "<" in a tag _TAG removes
-_ENTITY_STARTS = frozenset("#0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
-_TAG_STARTS = frozenset("/!abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+# an "&" that can start an entity html.unescape decodes, and a "<" that can start a tag _TAG removes (two
+# patterns, each with a literal first character the regex engine finds by a fast scan: an alternation of
+# the two is several times slower on a batch)
+_MARKUP_STARTS = (re.compile("&[#0-9A-Za-z]"), re.compile("<[/!A-Za-z]"))
 _FOLD_ACTIONS: dict[str, str] = {}
 _FORMAT_ACTIONS: dict[str, str] = {}
 
@@ -148,6 +150,45 @@ def fold_text(text: str) -> str:
     return text if text.isascii() else unicodedata.normalize("NFC", text)
 
 
+# A tag that does not run across the separator: within one caption (which never holds SEP) it is _TAG.
+_TAG_IN_BATCH = re.compile(r"<[A-Za-z/!][^<>\x00]*>")
+
+
+def fold_many(texts: list[str]) -> list[str]:
+    """``[fold_text(t) for t in texts]``, computed on one joined string (a few passes, not one per text).
+
+    The texts are joined by ``SEP`` (NUL), which every step keeps in place and never produces: an
+    entity is a prefix of what follows ``&`` and no entity name holds a NUL (``html.unescape`` leaves
+    ``&`` + text it cannot decode as it was); a tag may not run across it (``_TAG_IN_BATCH``); case folding
+    and compatibility decomposition map NUL to itself; and NUL, a starter (combining class 0), blocks
+    the reordering and composition of combining marks across it. So the joined result, split at ``SEP``,
+    is each text's own ``fold_text``. Texts holding ``SEP`` themselves are folded one by one.
+    """
+    if len(texts) < 2:
+        return [fold_text(t) for t in texts]
+    joined = SEP.join(texts)
+    if joined.count(SEP) != len(texts) - 1:  # some text holds the separator: the per-text path
+        return [fold_text(t) for t in texts]
+    if "&" in joined:
+        while True:
+            decoded = html.unescape(joined)
+            if decoded == joined:
+                break
+            joined = decoded
+    if "<" in joined:
+        joined = _TAG_IN_BATCH.sub(" ", joined)
+    if joined.isascii():
+        return joined.lower().split(SEP)
+    # format characters go with the marks after NFKD; fold_text drops them before NFKD for a text with
+    # markup, which gives the same: NFC reorders the marks again once nothing blocks them
+    joined = unicodedata.normalize("NFKD", joined.casefold())
+    if not joined.isascii():
+        joined = _apply(joined, _FOLD_ACTIONS, _fold_action)
+        if not joined.isascii():
+            joined = unicodedata.normalize("NFC", joined)
+    return joined.split(SEP)
+
+
 def normalise_caption(text: str | None) -> str:
     """The normalised form the ``phrase`` and ``bag`` modes match on: words joined by single spaces.
 
@@ -163,43 +204,50 @@ def normalise_caption(text: str | None) -> str:
     return " ".join("".join(ch if ch.isalnum() else " " for ch in text).split())
 
 
-def _normalise_joined(joined: str) -> str:
-    """Normalise ``" " + folded captions joined by " \\0 " + " "`` to words separated by single spaces."""
-    if joined.isascii():
-        codes = _ASCII_LUT[np.frombuffer(joined.encode("ascii"), dtype=np.uint8)]
-        encoding = "ascii"
+def _normalise_codes(joined: str, collapse: bool = True) -> np.ndarray:
+    """Code points (uint8 when all ASCII, else uint32) of ``" " + folded captions joined by " \\0 " + " "``
+    normalised to words separated by single spaces (``collapse=False``: by runs of spaces)."""
+    if joined.isascii():  # bytes.translate: the lookup table at C speed
+        codes = np.frombuffer(joined.encode("ascii").translate(_ASCII_BYTES), dtype=np.uint8)
     else:
-        encoding = "utf-32-le"
-        codes = np.frombuffer(joined.encode(encoding, "surrogatepass"), dtype=np.uint32).copy()
+        codes = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype=np.uint32).copy()
         high = codes >= 128
         codes[~high] = _ASCII_LUT[codes[~high]]
         distinct, inverse = np.unique(codes[high], return_inverse=True)
         is_word = np.array([chr(c).isalnum() for c in distinct.tolist()], dtype=bool)
         codes[high] = np.where(is_word[inverse], distinct[inverse], 32)
         if not is_word.any():  # only punctuation, symbols or emoji outside ASCII: one byte per character
-            codes, encoding = codes.astype(np.uint8), "ascii"
+            codes = codes.astype(np.uint8)
+    if not collapse:
+        return codes
     space = codes == 32
     keep = np.ones(len(codes), dtype=bool)
     np.logical_not(space[1:] & space[:-1], out=keep[1:])  # collapse runs of boundaries to one space
-    return codes[keep].tobytes().decode(encoding, "surrogatepass")
+    return codes[keep]
 
 
-def _normalise_part(texts: list[str]) -> str:
+def _decode(codes: np.ndarray) -> str:
+    return codes.tobytes().decode("ascii" if codes.itemsize == 1 else "utf-32-le", "surrogatepass")
+
+
+def _normalise_part(texts: list[str], collapse: bool) -> np.ndarray:
     joined = _JOIN.join(texts)
     if joined.count(SEP) != len(texts) - 1:  # a caption contains the separator itself: blank it out
         joined = _JOIN.join(t.replace(SEP, " ") for t in texts)
-    return _normalise_joined(f" {joined} ")
+    return _normalise_codes(f" {joined} ", collapse)
 
 
-def normalise_batch(texts: list) -> tuple[str, np.ndarray | None]:
-    """Normalise many captions at once: ``" w w \\0 w w \\0 ... w "`` (separator between captions).
+def normalise_codes(texts: list, collapse: bool = True) -> tuple[list[tuple[np.ndarray, int]], np.ndarray | None]:
+    """Normalise many captions at once, as code-point arrays: ``" w w \\0 w w \\0 ... w "``.
 
+    Returns the parts (code points, uint8 for an ASCII part else uint32; number of captions in it) and the
+    order: one part when ``order`` is None (captions in input order), else the ASCII captions (plain, then
+    folded) in a first part and the others in a second, ``order`` giving each one's original position.
     Works on the joined batch as one numpy array of code points (a lookup table maps ASCII; the few
     distinct non-ASCII characters of a batch are classified once), so the cost per caption is a few
     vectorised passes over its characters; only captions with ``&``, ``<`` or non-ASCII characters are
-    folded one by one first. The per-caption result equals ``normalise_caption``. When some captions were
-    folded, the ASCII ones (plain, then folded) come first and the others last; the second value is then
-    the original position of each caption in the text (None: input order).
+    folded first (``fold_many``). The per-caption result equals ``normalise_caption``; with
+    ``collapse=False`` words may be separated by several spaces (enough for a word scan, one pass less).
     """
     try:
         is_plain = np.fromiter(map(str.isascii, texts), dtype=bool, count=len(texts))
@@ -211,30 +259,45 @@ def normalise_batch(texts: list) -> tuple[str, np.ndarray | None]:
     joined = "".join(ascii_texts)
     if "&" in joined or "<" in joined:  # the few ASCII captions with an entity or a tag: fold them too
         ends = np.cumsum(np.fromiter(map(len, ascii_texts), dtype=np.int64, count=len(ascii_texts)))
-        found = []
-        for ch, starts in (("&", _ENTITY_STARTS), ("<", _TAG_STARTS)):  # str.find: a memchr scan
-            at = joined.find(ch)
-            while at != -1:
-                if joined[at + 1 : at + 2] in starts:  # "& more" or "3 < 4" need no folding
-                    found.append(at)
-                at = joined.find(ch, at + 1)
-        positions = np.array(found, dtype=np.int64)
+        # "& more" or "3 < 4" need no folding: only an "&" or "<" that can start an entity or a tag
+        positions = np.array([m.start() for p in _MARKUP_STARTS for m in p.finditer(joined)], dtype=np.int64)
         special = np.unique(np.searchsorted(ends, positions, side="right"))
         is_plain[special if all_ascii else np.flatnonzero(is_plain)[special]] = False
     elif all_ascii:
-        return _normalise_part(texts), None
+        return [(_normalise_part(texts, collapse), len(texts))], None
     folded_at = np.flatnonzero(~is_plain)
-    folded = [fold_text(texts[i]) for i in folded_at.tolist()]
+    folded = fold_many([texts[i] for i in folded_at.tolist()])
     # folding makes most of them ASCII (accents, dashes, entities): those join the one-byte pass
     now_ascii = np.fromiter(map(str.isascii, folded), dtype=bool, count=len(folded))
     narrow = list(itertools.compress(texts, is_plain)) + list(itertools.compress(folded, now_ascii))
     wide = list(itertools.compress(folded, ~now_ascii))
     order = np.concatenate([np.flatnonzero(is_plain), folded_at[now_ascii], folded_at[~now_ascii]])
-    if not wide:
-        return _normalise_part(narrow), order
-    if not narrow:
-        return _normalise_part(wide), order
-    return _normalise_part(narrow) + SEP + _normalise_part(wide), order
+    parts = [(_normalise_part(part, collapse), len(part)) for part in (narrow, wide) if part]
+    return parts, order
+
+
+def normalise_utf8(texts: list) -> tuple[np.ndarray, np.ndarray | None]:
+    """``normalise_codes(texts, collapse=False)`` as one array of UTF-8 bytes (uint8), parts joined by
+    the separator: the input of ``wordscan.PhraseIndex.scan``. ``order`` as in ``normalise_codes``."""
+    parts, order = normalise_codes(texts, collapse=False)
+    arrays = [
+        codes if codes.itemsize == 1 else np.frombuffer(_decode(codes).encode("utf-8", "surrogatepass"), np.uint8)
+        for codes, _ in parts
+    ]
+    if len(arrays) == 1:
+        return arrays[0], order
+    return np.concatenate([arrays[0], np.zeros(1, dtype=np.uint8), arrays[1]]), order  # " ... \0 ... "
+
+
+def normalise_batch(texts: list) -> tuple[str, np.ndarray | None]:
+    """Normalise many captions at once: ``" w w \\0 w w \\0 ... w "`` (separator between captions).
+
+    ``normalise_codes`` decoded to one string: when some captions were folded, the ASCII ones (plain, then
+    folded) come first and the others last; the second value is then the original position of each
+    caption in the text (None: input order).
+    """
+    parts, order = normalise_codes(texts)
+    return SEP.join(_decode(codes) for codes, _ in parts), order
 
 
 # -------------------------------------------------------------------------------------------- lemmas
