@@ -92,7 +92,8 @@ from helpers.text.wordscan import PhraseIndex
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here needs a hub; never let a dependency try one
 
 
-MATCH_SEMANTICS_VERSION = 2  # 2: HTML entities, accent/format folding, noun lemmas first, literal plurals
+MATCH_SEMANTICS_VERSION = 3  # 2: HTML entities, accent/format folding, noun lemmas first, literal plurals;
+# 3: format characters removed before entities and tags are read, compatibility letters case-folded
 MODES = ("phrase", "bag", "paper")
 UNKNOWN_WORDS = ("drop", "zero")
 DEFAULT_UNKNOWN_WORDS = {"phrase": "zero", "bag": "zero", "paper": "drop"}

@@ -1,18 +1,21 @@
 """Caption and concept-name normalisation, and the lemma rules of the ``phrase``/``bag`` text search.
 
 Both sides of a match (captions and concept names) go through the same steps, in this order
-(``MATCH_SEMANTICS_VERSION`` 2 in ``helpers.text.matching``):
+(``MATCH_SEMANTICS_VERSION`` 3 in ``helpers.text.matching``):
 
-1. **HTML entities** are decoded (``html.unescape``), repeatedly until nothing changes, so a
-   double-escaped ``&amp;amp;`` is one ``&``; then **markup tags** (``<b>``, ``</a>``, ``<br/>``,
-   ``<!-- -->``: a ``<`` followed by a letter, ``/`` or ``!``, up to the next ``>``) become a word boundary,
-   so no tag name becomes a word.
-2. **Unicode forms**: full case folding (``str.casefold``), compatibility decomposition (NFKD), then every
-   combining mark (category Mn: accents, whether precomposed or combining in the input) and every
-   invisible format character (category Cf: soft hyphen, zero-width space/joiner/non-joiner, word joiner,
-   BOM, ...) is removed, so ``crème brûlée`` = ``creme brulee`` and ``ele\\u00adphant`` = ``elephant``;
-   the rest is recomposed (NFC). Dash look-alikes (U+2010-U+2015, U+2212, U+FE63, U+FF0D) are hyphens and
-   apostrophe look-alikes (U+2019, U+02BC, U+FF07, U+0060, U+00B4) apostrophes -- both word boundaries.
+1. **Format characters and HTML entities**: every invisible format character (category Cf: soft hyphen,
+   zero-width space/joiner/non-joiner, word joiner, BOM, ...) is removed, then entities are decoded
+   (``html.unescape``) and format characters removed again, repeatedly until nothing changes, so a
+   double-escaped ``&amp;amp;`` is one ``&`` and a format character inside an entity or a tag hides neither;
+   then **markup tags** (``<b>``, ``</a>``, ``<br/>``, ``<!-- -->``: a ``<`` followed by a letter, ``/`` or
+   ``!``, up to the next ``>``) become a word boundary, so no tag name becomes a word.
+2. **Unicode forms**: compatibility decomposition (NFKD), full case folding (``str.casefold``), NFKD again
+   (case folding can produce decomposable characters), then every combining mark (category Mn: accents,
+   whether precomposed or combining in the input) is removed, so ``crème brûlée`` = ``creme brulee`` and
+   ``ele\\u00adphant`` = ``elephant``; the rest is recomposed (NFC). Decomposing first makes compatibility
+   letters fold too (mathematical ``𝙰`` and ``№`` are ``a`` and ``no``). Dash look-alikes (U+2010-U+2015,
+   U+2212, U+FE63, U+FF0D) are hyphens and apostrophe look-alikes (U+2019, U+02BC, U+FF07, U+0060, U+00B4)
+   apostrophes -- both word boundaries.
 3. **Words**: every character that is not a letter or digit (``str.isalnum``) is a word boundary.
 
 For speed, steps 1-2 run only on captions with a non-ASCII character, or an ``&`` or ``<`` that can start
@@ -120,17 +123,24 @@ def decode_markup(text: str) -> str:
     >>> decode_markup("Caf&eacute; &lt;b&gt;ele\u00adphant&lt;/b&gt;")
     'Café  elephant '
     """
-    if "&" in text:
-        while True:
-            decoded = html.unescape(text)
-            if decoded == text:
-                break
-            text = decoded
-    if "<" in text:
-        text = _TAG.sub(" ", text)
     if not text.isascii():
         text = _apply(text, _FORMAT_ACTIONS, _format_action)
+    if "&" in text:
+        text = _unescape(text)
+    if "<" in text:
+        text = _TAG.sub(" ", text)
     return text
+
+
+def _unescape(text: str) -> str:
+    """Entities decoded and format characters removed, repeatedly until neither changes ``text``."""
+    while True:
+        decoded = html.unescape(text)
+        if not decoded.isascii():
+            decoded = _apply(decoded, _FORMAT_ACTIONS, _format_action)
+        if decoded == text:
+            return text
+        text = decoded
 
 
 def fold_text(text: str) -> str:
@@ -143,11 +153,16 @@ def fold_text(text: str) -> str:
         text = decode_markup(text)
     if text.isascii():
         return text.lower()
-    text = unicodedata.normalize("NFKD", text.casefold())
+    text = _fold_case(text)
     if text.isascii():  # marks and format characters are never ASCII
         return text
     text = _apply(text, _FOLD_ACTIONS, _fold_action)
     return text if text.isascii() else unicodedata.normalize("NFC", text)
+
+
+def _fold_case(text: str) -> str:
+    """NFKD, full case folding, NFKD (step 2 before the marks go): ``𝙰`` -> ``a``, ``Ǆ`` -> ``dz\u030c``."""
+    return unicodedata.normalize("NFKD", unicodedata.normalize("NFKD", text).casefold())
 
 
 # A tag that does not run across the separator: within one caption (which never holds SEP) it is _TAG.
@@ -169,19 +184,15 @@ def fold_many(texts: list[str]) -> list[str]:
     joined = SEP.join(texts)
     if joined.count(SEP) != len(texts) - 1:  # some text holds the separator: the per-text path
         return [fold_text(t) for t in texts]
+    if not joined.isascii():
+        joined = _apply(joined, _FORMAT_ACTIONS, _format_action)
     if "&" in joined:
-        while True:
-            decoded = html.unescape(joined)
-            if decoded == joined:
-                break
-            joined = decoded
+        joined = _unescape(joined)
     if "<" in joined:
         joined = _TAG_IN_BATCH.sub(" ", joined)
     if joined.isascii():
         return joined.lower().split(SEP)
-    # format characters go with the marks after NFKD; fold_text drops them before NFKD for a text with
-    # markup, which gives the same: NFC reorders the marks again once nothing blocks them
-    joined = unicodedata.normalize("NFKD", joined.casefold())
+    joined = _fold_case(joined)
     if not joined.isascii():
         joined = _apply(joined, _FOLD_ACTIONS, _fold_action)
         if not joined.isascii():
