@@ -84,6 +84,12 @@ def test_corpus_audit_of_the_oracle_is_the_truth(world, runs, table):  # noqa: F
     everything = corpus_audit(world["out_dir"], runs["text"], runs["oracle"], table, 10_000)
     shown = pd.read_parquet(world["truth"]["image_concepts"])
     assert everything.labels.shape[0] == SPEC["n_samples"] and everything.labels.sum() == len(shown)
+    said = pd.read_parquet(world["truth"]["caption_concepts"])
+    assert everything.mentioned.sum() == len(said) and (everything.text == everything.mentioned).all()
+    predicted, truth = everything.decisions(THRESHOLD, matched=True)  # tagged AND in the caption
+    assert (predicted == (everything.labels & everything.mentioned)).all() and (truth == predicted).all()
+    image_only = everything.decisions(THRESHOLD, matched=False)
+    assert (image_only[0] == everything.labels).all() and image_only[0].sum() > predicted.sum()
     blind = corpus_audit(world["out_dir"], runs["text"], runs["blind"], table, 10_000)
     goose = world["concepts"].index("goose")
     assert blind.labels[:, goose].any() and not (blind.probs[:, goose] > 0).any()  # misses are visible

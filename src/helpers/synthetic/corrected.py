@@ -6,8 +6,10 @@ precision and recall an audit split measured (count x P / R, Rogan & Gladen 1978
 The world knows the true counts, so it can say whether the corrected slope is nearer the true-count slope
 than the raw one. This module lines the three fits up, one row per (tagger, count type, score).
 
-The audit measures the *tagger* (image side): for matched counts the same per-concept rates are used, which is
-exact in the world (its caption search has precision and recall 1.0) and an approximation elsewhere.
+The rates must be those of the estimator whose counts are corrected: for matched counts, the decisions
+"tagged AND found in the caption" against "shown AND mentioned" (``helpers.synthetic.corrected_report`` does so
+where its audit has captions). The tagger's image rates alone are no substitute: the caption side filters out
+most of a tagger's false positives, so image precision understates matched precision.
 """
 
 from __future__ import annotations

@@ -18,9 +18,12 @@ Two audits, both with labels from the world's truth:
     world's tagger split, PNG images the CLIP never saw, i.e. an audit drawn outside the corpus.
 
 Count types: ``image`` and ``matched`` at the operating threshold, and ``image_calibrated`` /
-``matched_calibrated`` (per-concept thresholds) where the frequency table has them. A matched count is
-corrected by the tagger's image rates (exact in the world, whose caption search has precision and recall 1).
-True counts: ``shown_count`` for image, the shown-and-mentioned count for matched.
+``matched_calibrated`` (per-concept thresholds) where the frequency table has them. True counts:
+``shown_count`` for image, the shown-and-mentioned count for matched. A matched count is corrected by the
+matched estimator's own rates where the audit has captions (``corpus_sample``: decision = tagged AND the
+caption search found the concept, truth = shown AND mentioned); the labelled split has no captions, so there
+it is corrected by the tagger's image rates -- an approximation that over-corrects a tagger whose false
+positives the caption side filters out (its image precision is far below its matched precision).
 """
 
 from __future__ import annotations
@@ -66,6 +69,16 @@ class WorldAudit:
     source: str  # one of AUDIT_SOURCES
     probs: np.ndarray  # (N, K) float32; 0 where no score was stored
     labels: np.ndarray  # (N, K) bool: the sample shows the concept
+    text: np.ndarray | None = None  # (N, K) bool: the caption search found the concept (None: no captions)
+    mentioned: np.ndarray | None = None  # (N, K) bool: the caption mentions it (truth)
+
+    def decisions(self, cut: float | np.ndarray, matched: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(predicted, truth), (N, K) bool, of the image (``matched`` False) or matched estimator at ``cut``
+        (one threshold, or (K,) per concept); matched without captions falls back to the image rates."""
+        tagged = self.probs >= cut
+        if matched and self.text is not None and self.mentioned is not None:
+            return tagged & self.text, self.labels & self.mentioned
+        return tagged, self.labels
 
 
 def _to_world_columns(values: np.ndarray, world: np.ndarray, k: int, reduce: str) -> np.ndarray:
@@ -86,7 +99,8 @@ def corpus_audit(
     seed: int = 0,
 ) -> WorldAudit:
     """``n_samples`` pretraining samples (all, if the world has fewer) drawn without replacement with ``seed``:
-    their stored tagger probabilities (N, K) and their shown concepts (N, K) from ``truth/``.
+    their stored tagger probabilities (N, K), caption-search hits (N, K), and their shown and mentioned
+    concepts (N, K) from ``truth/``.
 
     Raises ValueError when ``n_samples`` < 1, or a world concept is missing from the searched table.
     """
@@ -103,6 +117,11 @@ def corpus_audit(
     shown = pd.read_parquet(truth / "image_concepts.parquet", columns=["sample_id", "concept_id"])
     shown = shown[shown["sample_id"].isin(drawn)]
     labels[row_of[shown["sample_id"]].to_numpy(), shown["concept_id"].to_numpy()] = True
+    mentioned = np.zeros_like(labels)
+    said = pd.read_parquet(truth / "caption_concepts.parquet", columns=["sample_id", "concept_id"])
+    said = said[said["sample_id"].isin(drawn)]
+    mentioned[row_of[said["sample_id"]].to_numpy(), said["concept_id"].to_numpy()] = True
+    text = np.zeros_like(labels)
     probs = np.zeros((len(drawn), k), dtype=np.float32)
     n_concepts, shards = paired_shards(text_dir, image_dir)
     world = _world_ids(concepts, world_names, n_concepts)
@@ -110,7 +129,9 @@ def corpus_audit(
         keep = np.isin(pair.image_sample, drawn) & (world[pair.image_concept] >= 0)
         rows = row_of[pair.image_sample[keep]].to_numpy()
         np.maximum.at(probs, (rows, world[pair.image_concept[keep]]), pair.image_prob[keep].astype(np.float32))
-    return WorldAudit("corpus_sample", probs, labels)
+        hit = np.isin(pair.text_sample, drawn) & (world[pair.text_concept] >= 0)
+        text[row_of[pair.text_sample[hit]].to_numpy(), world[pair.text_concept[hit]]] = True
+    return WorldAudit("corpus_sample", probs, labels, text, mentioned)
 
 
 def labelled_split_audit(image_corpus: str, concepts: pd.DataFrame, world_names: list[str]) -> WorldAudit | None:
@@ -221,7 +242,7 @@ def corrected_fits_report(
                 scores = zero_shot_scores(evaluations_dir, spec.model, dataset, spec.prompt, world_names)
                 keep = np.isfinite(scores)
                 for audit in audits:
-                    predicted = audit.probs >= cut
+                    predicted, labels = audit.decisions(cut, matched=kind == "matched")
                     rows.append(
                         corrected_fit_row(
                             name,
@@ -231,7 +252,7 @@ def corrected_fits_report(
                             true[keep],
                             scores[keep],
                             predicted[:, keep],
-                            audit.labels[:, keep],
+                            labels[:, keep],
                             audit=audit.source,
                             zero_rule=spec.zero_rule,
                             resamples=spec.resamples,
