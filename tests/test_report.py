@@ -171,3 +171,14 @@ def test_the_controls_on_your_corpus_follow_your_studies_with_their_tables(tmp_p
     section = text[positions[1] : positions[2]]
     assert "<h3>Sample-similarity control</h3>" in section and "<h3>Let It Wag!-style test set</h3>" in section
     assert "<td>0.975</td>" in section  # the leak recall, inlined beside the figures
+
+
+def test_the_corrected_fits_are_shown_with_the_synthetic_worlds_figures(tmp_path):
+    _png(tmp_path / "figures" / "synthetic" / "corrected_fits.png")
+    (tmp_path / "tables").mkdir()
+    fits = pd.DataFrame({"image_corpus": ["synthetic_clip"], "raw_slope": [3.125], "corrected_slope": [4.875]})
+    fits.to_csv(tmp_path / "tables" / "synthetic_corrected_fits.csv", index=False)
+    text = report.build_index(tmp_path, title="t").read_text()
+    world = text[text.index("<h2 id='synthetic_world'") : text.index("<h2 id='tables'")]
+    assert "figures/synthetic/corrected_fits.png" in world
+    assert "synthetic_corrected_fits.csv" in world and "<td>4.875</td>" in world  # inlined beside the figure

@@ -12,6 +12,9 @@ import pandas as pd
 import pandera.pandas as pa
 
 COUNT_KINDS = ["text", "image", "matched"]
+#: a corpus's count types: COUNT_KINDS at global thresholds, and image / matched at per-concept thresholds
+#: fitted on an audit split (``helpers.images.frequencies.CALIBRATED_METHODS``)
+CORPUS_COUNT_METHODS = [*COUNT_KINDS, "image_calibrated", "matched_calibrated"]
 
 _str = pa.Column(str)
 _nonneg_int = pa.Column("int64", pa.Check.ge(0))
@@ -245,7 +248,7 @@ CORPUS_FREQUENCIES = pa.DataFrameSchema(
         "corpus": _str,
         "concept_id": pa.Column("int32", pa.Check.ge(0)),
         "concept": _str,
-        "method": pa.Column(str, pa.Check.isin(COUNT_KINDS)),
+        "method": pa.Column(str, pa.Check.isin(CORPUS_COUNT_METHODS)),
         "threshold": pa.Column(float, pa.Check.in_range(0.0, 1.0), nullable=True),
         "count": _nonneg_int,
     },

@@ -37,6 +37,8 @@ PAPER_SECTIONS: tuple[tuple[str, str], ...] = (
 CORPUS_FOLDERS = ("text_search", "image_search")  # figures/<folder>/<corpus>: one page per corpus
 TAGGER_FOLDERS = ("tagger", "train_clip")  # figures/tagger/<name>, figures/train_clip
 SYNTHETIC_FOLDERS = ("synthetic_world", "synthetic")
+#: tables inlined beside a synthetic-world folder's figures (the corrected fits: raw vs corrected vs true slope)
+SYNTHETIC_NOTES = {"synthetic": ("synthetic_corrected_fits.csv",)}
 STUDIES = "studies"
 #: the study's controls run on the user's corpus (figures/<folder>), with the tables summarised in their notes
 CONTROL_SECTIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
@@ -223,7 +225,7 @@ def build_index(reports: Path, title: str, intro: str = "") -> Path:
     taggers = sorted({f.split("/")[1] for f in by_folder if f.startswith("tagger/")})
     groups = [(f"Tagger {t}", take(f"tagger/{t}"), "") for t in taggers] + [("CLIP training", take("train_clip"), "")]
     block("taggers", "Taggers and trained models", groups)
-    groups = [(_title(d), take(d), "") for d in SYNTHETIC_FOLDERS]
+    groups = [(_title(d), take(d), _control_note(tables, SYNTHETIC_NOTES.get(d, ()))) for d in SYNTHETIC_FOLDERS]
     groups += [(f"Study {s}", take(f"{STUDIES}/{s}"), _coverage_note(tables, s)) for s in sorted(truth)]
     block("synthetic_world", "The synthetic world", groups)
     for folder in sorted(by_folder):

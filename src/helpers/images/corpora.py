@@ -24,19 +24,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from PIL import Image
 
 from helpers import paths, schemas
 from helpers.images.audit import CalibrationResult, calibrate_corpus
 from helpers.images.backends import build_tagger
+from helpers.images.calibration import thresholds_for
 from helpers.images.frequencies import frequency_table, misalignment
 from helpers.images.search import image_search_dir, run_image_search
 from helpers.images.sources import image_source, list_image_shards
 from helpers.images.tagger_trained import read_labels, train_tagger
 from helpers.params import ConfigError, validate
 from helpers.params.images import ImageCorpus, ImageSearch, TaggerTraining
-from helpers.shards import run_report
+from helpers.shards import read_run, run_report
 from helpers.text import corpora
 from helpers.text.captions import iter_tar_samples
 
@@ -168,7 +170,9 @@ def tag_corpus(
     """Tag the images of corpus ``name``, then count image, matched and misalignment frequencies.
 
     With an ``audit`` entry it then fits per-concept thresholds on that labelled split
-    (:func:`helpers.images.audit.calibrate_corpus`, written under the run folder's ``calibration/``).
+    (:func:`helpers.images.audit.calibrate_corpus`, written under the run folder's ``calibration/``) and counts
+    image and matched frequencies at them too (methods ``image_calibrated`` / ``matched_calibrated``, each row's
+    ``threshold`` the concept's own; concepts the table lacks keep the highest global threshold).
 
     The caption side (``image_corpora.<name>.corpus``, default ``name``) must have been searched first with
     the same ``concepts``. The tagger is ``image_corpora.<name>.tagger``; ``settings`` is the ``image_search``
@@ -206,8 +210,16 @@ def tag_corpus(
     image_failed = sorted(shards.loc[shards["status"] != "ok", "shard"].astype(int))
     # each side's failures were accepted by its own setting: the joins use what the failed shards kept
     allow_failed = bool(caption_failed or image_failed)
+    # per-concept thresholds first (entries with an audit split), so their counts sit beside the global ones
+    calibration = calibrate_corpus(
+        name, entry, concepts, search, tagger_config=tagger_config, descriptions=descriptions, progress=progress
+    )
+    cuts = None
+    if calibration is not None:
+        n_run = int(read_run(image_dir).get("n_concepts") or 0)
+        cuts = thresholds_for(calibration.thresholds, np.arange(n_run), float(max(thresholds)))
     names = concepts[["concept_id", "name"]]
-    table = frequency_table(name, text_dir, image_dir, thresholds, names, allow_failed=allow_failed)
+    table = frequency_table(name, text_dir, image_dir, thresholds, names, calibrated=cuts, allow_failed=allow_failed)
     mis = misalignment(text_dir, image_dir, thresholds, allow_failed=allow_failed)
     report = {
         **run_report(image_dir),
@@ -219,9 +231,6 @@ def tag_corpus(
     table = table.assign(concept_id=table["concept_id"].astype("int32"), count=table["count"].astype("int64"))
     frequencies_path(name).parent.mkdir(parents=True, exist_ok=True)
     schemas.write_table(table, schemas.CORPUS_FREQUENCIES, frequencies_path(name))
-    calibration = calibrate_corpus(
-        name, entry, concepts, search, tagger_config=tagger_config, descriptions=descriptions, progress=progress
-    )
     return ImageSearchResult(
         frequencies=table, misalignment=mis, shards=shards, image_dir=image_dir, report=report, calibration=calibration
     )

@@ -41,6 +41,9 @@ from helpers.shards import (
 from helpers.text.search import TextRunPairs, text_counts
 
 METHODS = ("text", "image", "matched")
+#: count types at per-concept thresholds fitted on an audit split (``helpers.images.audit``); their rows hold
+#: each concept's own threshold in ``threshold``
+CALIBRATED_METHODS = ("image_calibrated", "matched_calibrated")
 
 
 # ------------------------------------------------------------------------------------- text pairs
@@ -185,6 +188,72 @@ def matched_counts(
     )
 
 
+def per_concept_cuts(
+    thresholds: Sequence[float] | np.ndarray, n_concepts: int, floor: float, image_dir: Any = "the image run"
+) -> np.ndarray:
+    """float32 per-concept thresholds, checked: one per run concept (ids 0..n-1), probabilities, none below the
+    run's stored ``floor``.
+
+    Raises:
+        ValueError: wrong length, a value outside [0, 1] or NaN, or thresholds below ``floor`` (naming the
+            concept ids and ``image_dir``: lower scores were not stored, so those counts would be wrong).
+    """
+    cuts = np.asarray(thresholds, dtype=np.float64)
+    if cuts.shape != (n_concepts,):
+        raise ValueError(
+            f"per-concept thresholds: expected {n_concepts} (one per concept of the runs), got {cuts.shape}"
+        )
+    if not np.isfinite(cuts).all() or (cuts < 0).any() or (cuts > 1).any():
+        raise ValueError("per-concept thresholds: expected probabilities in [0, 1]")
+    below = np.flatnonzero(cuts.astype(np.float32) < np.float32(floor))
+    if len(below):
+        raise ValueError(
+            f"per-concept thresholds of concept ids {below[:10].tolist()} are below the prob_floor {floor} the image "
+            f"search in {image_dir} stored (fit them with floor={floor}, or rerun the search with a lower floor)"
+        )
+    return cuts.astype(np.float32)
+
+
+def calibrated_counts(
+    text_dir: str | os.PathLike,
+    image_dir: str | os.PathLike,
+    thresholds: Sequence[float] | np.ndarray,
+    *,
+    allow_failed: bool = False,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Image and matched counts at one threshold per concept (fitted on an audit split).
+
+    ``thresholds``: (n_concepts,) probabilities, one per concept id of the runs (0..n-1), each >= the image
+    run's ``prob_floor`` (``per_concept_cuts``). A sample counts for concept c when its tagger prob >=
+    thresholds[c] (compared in float32, as ``image_counts``), and for ``matched_calibrated`` when its caption
+    also contains c.
+
+    Returns DataFrame(concept_id int32, method in CALIBRATED_METHODS, threshold float64 = the concept's own
+    threshold, count int64): one row per concept and method.
+    """
+    floor = stored_floor(image_dir)
+    n, shards = _paired_shards(text_dir, image_dir, allow_failed, progress)
+    cuts = per_concept_cuts(thresholds, n, floor, image_dir)
+    image = np.zeros(n, dtype=np.int64)
+    matched = np.zeros(n, dtype=np.int64)
+    for pair in shards:
+        keep = pair.image_prob >= cuts[pair.image_concept]
+        image += np.bincount(pair.image_concept[keep], minlength=n)[:n]
+        both = keep & _in_text(pair, n)
+        matched += np.bincount(pair.image_concept[both], minlength=n)[:n]
+    ids = np.arange(n, dtype=np.int32)
+    values = np.asarray(thresholds, dtype=np.float64)
+    return pd.DataFrame(
+        {
+            "concept_id": np.tile(ids, 2),
+            "method": np.repeat(list(CALIBRATED_METHODS), n),
+            "threshold": np.tile(values, 2),
+            "count": np.concatenate([image, matched]),
+        }
+    )
+
+
 def misalignment(
     text_dir: str | os.PathLike,
     image_dir: str | os.PathLike,
@@ -269,6 +338,7 @@ def frequency_table(
     thresholds: float | Sequence[float],
     concepts: Sequence[str] | pd.DataFrame,
     *,
+    calibrated: Sequence[float] | np.ndarray | None = None,
     allow_failed: bool = False,
     progress: bool = False,
 ) -> pd.DataFrame:
@@ -277,6 +347,10 @@ def frequency_table(
     ``method`` is ``text`` (caption hits; threshold NaN), ``image`` (tagger prob >= threshold) or ``matched``
     (both); one row per concept, method and threshold. ``concepts``: the names in concept-id order, or a
     table with ``concept_id`` and ``name``/``concept``.
+
+    With ``calibrated`` (one threshold per concept id, fitted on an audit split) also ``image_calibrated`` and
+    ``matched_calibrated`` rows (``calibrated_counts``), whose ``threshold`` is the concept's own. Readers that
+    select ``image`` / ``matched`` at a global threshold see the same rows as without them.
     """
     n = int(read_run(image_dir).get("n_concepts") or 0)
     names = _concept_names(concepts, n)
@@ -285,10 +359,13 @@ def frequency_table(
     image = image_counts(image_dir, thresholds, allow_failed=allow_failed).assign(method="image")
     matched = matched_counts(text_dir, image_dir, thresholds, allow_failed=allow_failed, progress=progress)
     matched = matched.assign(method="matched")
-    table = pd.concat([text, image, matched], ignore_index=True)
+    parts = [text, image, matched]
+    if calibrated is not None:
+        parts.append(calibrated_counts(text_dir, image_dir, calibrated, allow_failed=allow_failed, progress=progress))
+    table = pd.concat(parts, ignore_index=True)
     table = table.merge(names, on="concept_id", how="left", validate="many_to_one")
     table.insert(0, "corpus", corpus)
-    table["method"] = pd.Categorical(table["method"], categories=list(METHODS))
+    table["method"] = pd.Categorical(table["method"], categories=[*METHODS, *CALIBRATED_METHODS])
     table = table.sort_values(["method", "threshold", "concept_id"], na_position="first", kind="stable")
     table["method"] = table["method"].astype(str)
     return table.astype({"concept_id": "int32", "count": "int64", "threshold": "float64"})[
@@ -296,4 +373,13 @@ def frequency_table(
     ].reset_index(drop=True)
 
 
-__all__ = ["METHODS", "frequency_table", "matched_counts", "misalignment", "paired_shards"]
+__all__ = [
+    "CALIBRATED_METHODS",
+    "METHODS",
+    "calibrated_counts",
+    "frequency_table",
+    "matched_counts",
+    "misalignment",
+    "paired_shards",
+    "per_concept_cuts",
+]

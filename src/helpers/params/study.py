@@ -184,6 +184,26 @@ class ClipTraining(Section):
     augment: bool = True
 
 
+class CorrectedFits(Section):
+    """``synthetic_validation.corrected_fits``: concept-level fits on raw, audit-corrected and true counts
+    (:mod:`helpers.synthetic.corrected`)."""
+
+    model: NonEmptyStr = Field(description="an evaluation.models key: whose per-concept zero-shot scores are fitted")
+    datasets: Annotated[list[NonEmptyStr], Field(min_length=1)] = Field(
+        description="evaluation.datasets entries (zero-shot classification) evaluated with that model"
+    )
+    prompt: Literal["class", "simple", "ensemble"] = "ensemble"
+    audit_samples: PositiveInt = Field(
+        500,
+        description="pretraining samples drawn (seeded) as an audit of every tagger: their truth from the world, "
+        "their tagger scores from the image search",
+    )
+    audit_seed: NonNegativeInt = 0
+    resamples: NonNegativeInt = Field(1000, description="bootstrap resamples over audit samples (0: no interval)")
+    seed: NonNegativeInt = 0
+    zero_rule: Literal["to_one", "dropped"] = Field("to_one", description="zero counts: log10(1) = 0, or left out")
+
+
 class SyntheticValidation(Section):
     """``synthetic_validation``: the world's estimates against its truth (:mod:`helpers.synthetic.validation`)."""
 
@@ -200,4 +220,7 @@ class SyntheticValidation(Section):
         {},
         description="image corpus -> its per-concept threshold table (helpers.images.calibration), scored as "
         "threshold_label 'calibrated'",
+    )
+    corrected_fits: CorrectedFits | None = Field(
+        None, description="fits on audit-corrected counts beside raw and true ones (null: none)"
     )

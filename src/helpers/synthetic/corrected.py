@@ -6,8 +6,10 @@ precision and recall an audit split measured (count x P / R, Rogan & Gladen 1978
 The world knows the true counts, so it can say whether the corrected slope is nearer the true-count slope
 than the raw one. This module lines the three fits up, one row per (tagger, count type, score).
 
-The audit measures the *tagger* (image side): for matched counts the same per-concept rates are used, which is
-exact in the world (its caption search has precision and recall 1.0) and an approximation elsewhere.
+The rates must be those of the estimator whose counts are corrected: for matched counts, the decisions
+"tagged AND found in the caption" against "shown AND mentioned" (``helpers.synthetic.corrected_report`` does so
+where its audit has captions). The tagger's image rates alone are no substitute: the caption side filters out
+most of a tagger's false positives, so image precision understates matched precision.
 """
 
 from __future__ import annotations
@@ -19,10 +21,14 @@ import pandera.pandas as pa
 from helpers.analysis.correction import corrected_fit
 from helpers.analysis.loglinear import ZeroRule, concept_statistics
 
+#: image / matched counts at the global threshold, and at per-concept (audit-fitted) thresholds
+COUNT_TYPES = ["image", "matched", "image_calibrated", "matched_calibrated"]
+
 CORRECTED_FITS = pa.DataFrameSchema(
     {
         "image_corpus": pa.Column(str),
-        "count_type": pa.Column(str, pa.Check.isin(["image", "matched"])),
+        "audit": pa.Column(str),
+        "count_type": pa.Column(str, pa.Check.isin(COUNT_TYPES)),
         "score": pa.Column(str),
         "n_concepts": pa.Column("int64", pa.Check.ge(2)),
         "raw_slope": pa.Column(float, nullable=True),
@@ -34,8 +40,9 @@ CORRECTED_FITS = pa.DataFrameSchema(
         "corrected_pearson_r": pa.Column(float, nullable=True),
         "true_pearson_r": pa.Column(float, nullable=True),
         "audit_samples": pa.Column("int64", pa.Check.ge(1)),
+        "corrected_closer": pa.Column(bool),
     },
-    unique=["image_corpus", "count_type", "score"],
+    unique=["image_corpus", "audit", "count_type", "score"],
     strict=True,
     ordered=True,
     name="synthetic_corrected_fits",
@@ -52,6 +59,7 @@ def corrected_fit_row(
     predicted: np.ndarray,
     truth: np.ndarray,
     *,
+    audit: str = "audit",
     zero_rule: ZeroRule = "to_one",
     resamples: int = 1000,
     seed: int = 0,
@@ -60,11 +68,15 @@ def corrected_fit_row(
     audit-corrected and true counts.
 
     Args:
-        image_corpus, count_type, score: labels of the row (count_type ``image`` or ``matched``).
+        image_corpus, count_type, score: labels of the row (count_type one of ``COUNT_TYPES``).
         raw_counts, true_counts, scores: (C,) per concept, one concept order.
         predicted, truth: (N, C) bool: the tagger's decisions (at the counts' threshold) and the labels on the
             audit split, columns in the same concept order.
+        audit: the row's label of the audit split (where the audit samples come from).
         zero_rule, resamples, seed: as ``analysis.correction.corrected_fit``.
+
+    ``corrected_closer`` is True when the corrected slope is strictly nearer the true-count slope than the raw
+    one (False when any of the three is NaN).
 
     Raises:
         ValueError: shapes disagree, or fewer than 2 concepts.
@@ -77,8 +89,10 @@ def corrected_fit_row(
         )
     fit = corrected_fit(raw_counts, scores, predicted, truth, zero_rule=zero_rule, resamples=resamples, seed=seed)
     true = concept_statistics(true_counts, scores, zero_rule=zero_rule, resamples=0)
+    closer = bool(abs(fit.corrected_slope - true.slope_per_decade) < abs(fit.raw_slope - true.slope_per_decade))
     return {
         "image_corpus": image_corpus,
+        "audit": audit,
         "count_type": count_type,
         "score": score,
         "n_concepts": int(fit.n_concepts),
@@ -91,15 +105,21 @@ def corrected_fit_row(
         "corrected_pearson_r": fit.corrected_pearson_r,
         "true_pearson_r": float(true.pearson_r),
         "audit_samples": int(fit.audit_samples),
+        "corrected_closer": closer,
     }
 
 
 def corrected_fits_table(rows: list[dict]) -> pd.DataFrame:
-    """Rows of ``corrected_fit_row`` as a schema-checked table (CORRECTED_FITS)."""
+    """Rows of ``corrected_fit_row`` as a schema-checked table (CORRECTED_FITS); no rows: an empty table with
+    its columns."""
+    if not rows:
+        return pd.DataFrame(columns=list(CORRECTED_FITS.columns))
     table = pd.DataFrame(rows, columns=list(CORRECTED_FITS.columns)).astype(
-        {"n_concepts": "int64", "audit_samples": "int64"}
+        {"n_concepts": "int64", "audit_samples": "int64", "corrected_closer": bool}
     )
+    floats = [c for c in CORRECTED_FITS.columns if "slope" in c or "pearson" in c]
+    table[floats] = table[floats].astype("float64")
     return CORRECTED_FITS.validate(table, lazy=True)
 
 
-__all__ = ["CORRECTED_FITS", "corrected_fit_row", "corrected_fits_table"]
+__all__ = ["COUNT_TYPES", "CORRECTED_FITS", "corrected_fit_row", "corrected_fits_table"]

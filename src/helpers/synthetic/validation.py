@@ -35,7 +35,7 @@ from scipy import stats
 from helpers import schemas
 from helpers.images.calibration import read_thresholds, thresholds_for
 from helpers.images.corpora import frequencies_path
-from helpers.images.frequencies import METHODS, _concept_names, paired_shards
+from helpers.images.frequencies import METHODS, _concept_names, paired_shards, per_concept_cuts
 from helpers.images.search import check_thresholds, image_search_dir, stored_floor
 from helpers.naming import concept_key
 from helpers.params import ConfigError, validate
@@ -122,24 +122,6 @@ def _to_world(sample: np.ndarray, concept: np.ndarray, world: np.ndarray) -> tup
     return distinct_pairs(sample[keep], mapped[keep])  # two table concepts may share a world concept
 
 
-def _per_concept_cuts(thresholds: np.ndarray, n_concepts: int, floor: float, image_dir: Any) -> np.ndarray:
-    """float32 per-concept thresholds, checked: one per run concept, probabilities, none below the floor."""
-    cuts = np.asarray(thresholds, dtype=np.float64)
-    if cuts.shape != (n_concepts,):
-        raise ValueError(
-            f"per-concept thresholds: expected {n_concepts} (one per concept of the runs), got {cuts.shape}"
-        )
-    if not np.isfinite(cuts).all() or (cuts < 0).any() or (cuts > 1).any():
-        raise ValueError("per-concept thresholds: expected probabilities in [0, 1]")
-    below = np.flatnonzero(cuts.astype(np.float32) < np.float32(floor))
-    if len(below):
-        raise ValueError(
-            f"per-concept thresholds of concept ids {below[:10].tolist()} are below the prob_floor {floor} the image "
-            f"search in {image_dir} stored (fit them with floor={floor}, or rerun the search with a lower floor)"
-        )
-    return cuts.astype(np.float32)
-
-
 def estimated_pairs(
     text_dir: str | os.PathLike,
     image_dir: str | os.PathLike,
@@ -167,7 +149,7 @@ def estimated_pairs(
         cut = np.float32(check_thresholds(threshold, floor, image_dir)[0])
     n_concepts, shards = paired_shards(text_dir, image_dir, allow_failed=allow_failed)
     if per_concept:
-        cuts = _per_concept_cuts(threshold, n_concepts, floor, image_dir)
+        cuts = per_concept_cuts(threshold, n_concepts, floor, image_dir)
     world = _world_ids(concepts, world_names, n_concepts)
     frames, records = [], 0
     for pair in shards:
