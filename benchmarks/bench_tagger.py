@@ -12,7 +12,7 @@ plus the training seconds and the last epoch's training loss. Needs a generated 
 ``synthetic_world``, or ``helpers.synthetic.world.generate_world``)::
 
     python benchmarks/bench_tagger.py --world data/raw/synthetic [--variants base pools3_max ...]
-        [--holdout 800] [--corpus-images 4000] [--out results.json]
+        [--holdout 800] [--corpus-images 4000] [--train-images N --epochs E] [--out results.json]
 
 ``--variants`` names entries of ``VARIANTS`` (each a set of ``train_tagger`` keyword arguments over
 ``BASE``). Timings depend on the machine's load: the script prints ``os.getloadavg()`` before and after.
@@ -56,6 +56,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "pools3": {"pools": 3},
     "pools3_max": {"pools": 3, "global_pool": "max"},
     "pools2_max": {"pools": 2, "global_pool": "max"},
+    # the first block at full resolution, half the channels: about the base's multiply-adds
+    "narrow_pools3_max": {"widths": (16, 32, 64, 128), "pools": 3, "global_pool": "max"},
+    "narrow_pools3": {"widths": (16, 32, 64, 128), "pools": 3},
     "asl": {"loss": "asl"},
     "max_asl": {"global_pool": "max", "loss": "asl"},
     "lr1e-3": {"lr": 0.001},
@@ -111,6 +114,8 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["base"], choices=sorted(VARIANTS))
     parser.add_argument("--holdout", type=int, default=800)
     parser.add_argument("--corpus-images", type=int, default=4000)
+    parser.add_argument("--train-images", type=int, default=None, help="train on this many (screening runs)")
+    parser.add_argument("--epochs", type=int, default=None, help="override every variant's epochs (screening)")
     parser.add_argument("--out", type=Path, default=None, help="append one JSON line per variant")
     args = parser.parse_args()
 
@@ -118,6 +123,7 @@ def main() -> None:
     names = pd.read_parquet(args.world / "truth" / "concepts.parquet")["name"].tolist()
     index = {c: j for j, c in enumerate(names)}
     train_idx, held_idx = split(len(paths), args.holdout)
+    train_idx = train_idx[: args.train_images]
     with_images = [Image.open(p).convert("RGB") for p in paths]
     held_truth = np.zeros((len(held_idx), len(names)), bool)
     for row, i in enumerate(held_idx):
@@ -132,6 +138,8 @@ def main() -> None:
 
     for name in args.variants:
         settings = {**BASE, **VARIANTS[name]}
+        if args.epochs is not None:
+            settings["epochs"] = args.epochs
         start = time.perf_counter()
         tagger = train_tagger(
             [with_images[i] for i in train_idx], [labels[i] for i in train_idx], names, progress=False, **settings
@@ -139,6 +147,8 @@ def main() -> None:
         seconds = time.perf_counter() - start
         row: dict[str, Any] = {
             "variant": name,
+            "n_train": len(train_idx),
+            "epochs": settings["epochs"],
             "train_s": round(seconds, 1),
             "final_loss": round(tagger.loss_history[-1], 4),
             "load": [round(x, 2) for x in os.getloadavg()],

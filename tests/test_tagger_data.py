@@ -110,6 +110,9 @@ def test_tagger_cnn_pools_and_global_pool(pools, global_pool, side):
     model = TaggerCNN(5, (4, 4, 4), pools=pools, global_pool=global_pool).eval()
     images = torch.randn(2, 3, 8, 8)
     assert model.features(images).shape == (2, 4, side, side)  # 8 px halved by each pooled block
+    pooled = [i for i, layer in enumerate(model.features) if isinstance(layer, torch.nn.MaxPool2d)]
+    assert len(pooled) == (3 if pools is None else pools)
+    assert all(i > len(model.features) - 1 - 4 * len(pooled) for i in pooled)  # the last blocks pool
     assert model(images).shape == (2, 5)
     assert model.head.in_features == (8 if global_pool == "avgmax" else 4)
     features = model.features(images)
@@ -157,6 +160,8 @@ def test_pools_and_global_pool_are_saved_loaded_and_checked(tmp_path):
     base = {"labels": str(tmp_path / "labels.csv"), "checkpoint": str(tmp_path / "s.pt"), "image_size": 16, "epochs": 1}
     with pytest.raises(ConfigError, match=r"taggers\.x.*pools must be <= 4"):
         train_sample_tagger({**base, "pools": 5}, name="x", progress=False)
+    with pytest.raises(ConfigError, match=r"taggers\.x.*pools must be <= 2"):
+        train_sample_tagger({**base, "widths": [4, 4], "pools": 3}, name="x", progress=False)
     with pytest.raises(ConfigError, match=r"taggers\.x\.global_pool"):
         train_sample_tagger({**base, "global_pool": "sum"}, name="x", progress=False)
     trained = train_sample_tagger({**base, "pools": 3, "global_pool": "avgmax"}, name="x", progress=False)

@@ -101,8 +101,10 @@ ImageLike = Image.Image | str | os.PathLike
 class TaggerCNN(nn.Module):
     """Conv blocks (one per entry of ``widths``), a global pool, dropout, linear: one logit per concept.
 
-    Each block is 3x3 conv, batch norm, ReLU; the first ``pools`` blocks end in a 2x2 max-pool (default:
-    every block), so the last feature map is ``image_size / 2**pools`` px a side. ``global_pool`` reduces it
+    Each block is 3x3 conv, batch norm, ReLU; the last ``pools`` blocks end in a 2x2 max-pool (default:
+    every block), so the last feature map is ``image_size / 2**pools`` px a side, and the first
+    ``len(widths) - pools`` blocks see the image at full resolution (fine stripes and edges of small
+    objects survive into the features instead of being pooled away after one convolution). ``global_pool`` reduces it
     to one vector: ``avg`` (the mean over positions), ``max`` (the strongest position: an object present
     anywhere, however small, is not diluted by the background) or ``avgmax`` (both, concatenated: the
     head sees 2 x the last width).
@@ -133,7 +135,7 @@ class TaggerCNN(nn.Module):
                 nn.BatchNorm2d(width),
                 nn.ReLU(inplace=True),
             ]
-            if index < pools:
+            if index >= len(widths) - pools:
                 layers.append(nn.MaxPool2d(2))
             channels = width
         self.features = nn.Sequential(*layers)

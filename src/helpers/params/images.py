@@ -66,8 +66,9 @@ class TaggerTraining(Section):
         Field([60, 95], description="[low, high] JPEG re-encoding quality in training (the corpus is JPEG); null: off")
     )
     jpeg_p: Probability = Field(0.5, description="share of training images re-encoded as JPEG")
+    widths: list[PositiveInt] = Field(list(DEFAULT_WIDTHS), min_length=1, description="channels per conv block")
     pools: NonNegativeInt | None = Field(
-        None, description="conv blocks (of 4) followed by a 2x2 max-pool; null: every block"
+        None, description="the last this many conv blocks end in a 2x2 max-pool; null: every block"
     )
     global_pool: Literal["avg", "max", "avgmax"] = Field(
         "avg", description="how the last feature map becomes one vector: mean, max or both concatenated"
@@ -82,9 +83,9 @@ class TaggerTraining(Section):
 
     @model_validator(mode="after")
     def _pools_fit(self) -> TaggerTraining:
-        pools = len(DEFAULT_WIDTHS) if self.pools is None else self.pools
-        if pools > len(DEFAULT_WIDTHS):
-            raise ValueError(f"pools must be <= {len(DEFAULT_WIDTHS)} (the number of conv blocks), got {pools}")
+        pools = len(self.widths) if self.pools is None else self.pools
+        if pools > len(self.widths):
+            raise ValueError(f"pools must be <= {len(self.widths)} (the number of conv blocks), got {pools}")
         if self.image_size < 2**pools:
             raise ValueError(f"image_size must be >= {2**pools} for {pools} pooling blocks")
         return self
