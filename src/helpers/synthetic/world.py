@@ -39,7 +39,7 @@ Sample ids follow ``helpers.text.captions``: ``(shard_index << 32) | position`` 
 ``f"{shard:05d}{position:04d}"``. Everything depends only on the spec (numpy PCG64 streams derived from
 ``seed`` with ``SeedSequence``; tar members carry no time stamps), so a seed reproduces the world byte
 for byte under the same Pillow. The downstream sets and the tagger split use their own streams, so they
-are independent draws from the same visual world.
+are independent draws from the same visual world (their writers: :mod:`helpers.synthetic.downstream`).
 """
 
 from __future__ import annotations
