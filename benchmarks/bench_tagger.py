@@ -59,6 +59,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # the first block at full resolution, half the channels: about the base's multiply-adds
     "narrow_pools3_max": {"widths": (16, 32, 64, 128), "pools": 3, "global_pool": "max"},
     "narrow_pools3": {"widths": (16, 32, 64, 128), "pools": 3},
+    "narrow_pools3_max_asl": {"widths": (16, 32, 64, 128), "pools": 3, "global_pool": "max", "loss": "asl"},
+    "narrow_pools3_max_epochs40": {"widths": (16, 32, 64, 128), "pools": 3, "global_pool": "max", "epochs": 40},
     "asl": {"loss": "asl"},
     "max_asl": {"global_pool": "max", "loss": "asl"},
     "lr1e-3": {"lr": 0.001},
