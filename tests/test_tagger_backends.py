@@ -491,7 +491,10 @@ def test_trained_save_load_round_trip(trained, sample_images):
     assert loaded.loss_history == tagger.loss_history
     meta = json.loads(sidecar_path(checkpoint).read_text())
     assert meta["concepts"] == CONCEPTS and meta["image_size"] == 32
-    assert meta["arch"] == {"name": "TaggerCNN", "widths": [16, 32, 32, 64], "dropout": 0.1, "in_channels": 3}
+    assert meta["arch"] == {
+        "name": "TaggerCNN", "widths": [16, 32, 32, 64], "dropout": 0.1, "in_channels": 3, "pools": 4,
+        "global_pool": "avg",
+    }  # fmt: skip
     state = torch.load(checkpoint, weights_only=True)  # tensors only, no pickled objects
     assert all(isinstance(v, torch.Tensor) for v in state.values())
 

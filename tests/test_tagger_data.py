@@ -101,3 +101,68 @@ def test_training_options_are_checked(tmp_path):
         train_sample_tagger({**base, "jpeg_quality": [0, 50]}, name="x", progress=False)
     tagger = train_sample_tagger({**base, "augment": False, "jpeg_quality": None}, name="x", progress=False)
     assert tagger.training["augment"] is False and (tmp_path / "t.pt").is_file()
+
+
+@pytest.mark.parametrize(("pools", "global_pool", "side"), [(None, "avg", 1), (1, "max", 4), (0, "avgmax", 8)])
+def test_tagger_cnn_pools_and_global_pool(pools, global_pool, side):
+    from helpers.images.tagger_trained import TaggerCNN
+
+    model = TaggerCNN(5, (4, 4, 4), pools=pools, global_pool=global_pool).eval()
+    images = torch.randn(2, 3, 8, 8)
+    assert model.features(images).shape == (2, 4, side, side)  # 8 px halved by each pooled block
+    pooled = [i for i, layer in enumerate(model.features) if isinstance(layer, torch.nn.MaxPool2d)]
+    assert len(pooled) == (3 if pools is None else pools)
+    assert all(i > len(model.features) - 1 - 4 * len(pooled) for i in pooled)  # the last blocks pool
+    assert model(images).shape == (2, 5)
+    assert model.head.in_features == (8 if global_pool == "avgmax" else 4)
+    features = model.features(images)
+    expected = {"avg": features.mean(dim=(2, 3)), "max": features.amax(dim=(2, 3))}
+    expected["avgmax"] = torch.cat([expected["avg"], expected["max"]], dim=1)
+    assert torch.allclose(model(images), model.head(expected[global_pool]))
+    with pytest.raises(ValueError, match="pools must be between 0 and 3"):
+        TaggerCNN(5, (4, 4, 4), pools=4)
+    with pytest.raises(ValueError, match="global_pool must be one of"):
+        TaggerCNN(5, (4, 4, 4), global_pool="sum")
+
+
+def test_pools_and_global_pool_are_saved_loaded_and_checked(tmp_path):
+    import json
+
+    from helpers.images.tagger_trained import load_trained_tagger, sidecar_path
+
+    images = [Image.new("RGB", (16, 16), (i * 20, 0, 0)) for i in range(4)]
+    labels = [["a"], ["b"], ["a", "b"], []]
+    tagger = train_tagger(
+        images, labels, ["a", "b"], image_size=16, epochs=1, widths=(4, 4), pools=1, global_pool="max", progress=False
+    )
+    tagger.save(tmp_path / "t.pt")
+    loaded = load_trained_tagger(tmp_path / "t.pt")
+    assert (loaded.model.pools, loaded.model.global_pool) == (1, "max")
+    assert loaded.arch()["pools"] == 1 and loaded.fingerprint() == tagger.fingerprint()
+    batch = torch.stack([tagger.transform()(im) for im in images])
+    assert torch.equal(loaded.scores(batch), tagger.scores(batch))
+    # a sidecar written before the two keys existed: every block pooled, mean pooled
+    old = train_tagger(images, labels, ["a", "b"], image_size=16, epochs=1, widths=(4, 4), progress=False)
+    old.save(tmp_path / "old.pt")
+    meta = json.loads(sidecar_path(tmp_path / "old.pt").read_text())
+    for key in ("pools", "global_pool"):
+        del meta["arch"][key]
+    sidecar_path(tmp_path / "old.pt").write_text(json.dumps(meta))
+    legacy = load_trained_tagger(tmp_path / "old.pt").model
+    assert (legacy.pools, legacy.global_pool) == (2, "avg")
+    with pytest.raises(ValueError, match=r"image_size >= 2\*\*pools"):
+        train_tagger(images, labels, ["a", "b"], image_size=2, epochs=1, widths=(4, 4), pools=2, progress=False)
+    (tmp_path / "images").mkdir()
+    for i, im in enumerate(images):
+        im.save(tmp_path / "images" / f"{i}.png")
+    rows = ["image,concepts", *(f"images/{i}.png,{'|'.join(lab)}" for i, lab in enumerate(labels))]
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    base = {"labels": str(tmp_path / "labels.csv"), "checkpoint": str(tmp_path / "s.pt"), "image_size": 16, "epochs": 1}
+    with pytest.raises(ConfigError, match=r"taggers\.x.*pools must be <= 4"):
+        train_sample_tagger({**base, "pools": 5}, name="x", progress=False)
+    with pytest.raises(ConfigError, match=r"taggers\.x.*pools must be <= 2"):
+        train_sample_tagger({**base, "widths": [4, 4], "pools": 3}, name="x", progress=False)
+    with pytest.raises(ConfigError, match=r"taggers\.x\.global_pool"):
+        train_sample_tagger({**base, "global_pool": "sum"}, name="x", progress=False)
+    trained = train_sample_tagger({**base, "pools": 3, "global_pool": "avgmax"}, name="x", progress=False)
+    assert (trained.model.pools, trained.model.global_pool) == (3, "avgmax")

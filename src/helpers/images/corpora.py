@@ -88,6 +88,9 @@ def train_sample_tagger(training: Mapping[str, Any], *, name: str = "sample", pr
         augment=spec.augment,
         jpeg_quality=None if spec.jpeg_quality is None else (spec.jpeg_quality[0], spec.jpeg_quality[1]),
         jpeg_p=spec.jpeg_p,
+        widths=spec.widths,
+        pools=spec.pools,
+        global_pool=spec.global_pool,
         progress=progress,
     )
     checkpoint = Path(paths.resolve(spec.checkpoint))

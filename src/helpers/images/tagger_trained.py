@@ -90,6 +90,7 @@ DEFAULT_DROPOUT = 0.1
 NORM_MEAN = (0.5, 0.5, 0.5)
 NORM_STD = (0.5, 0.5, 0.5)
 UNKNOWN_POLICIES = ("error", "zero")
+GLOBAL_POOLS = ("avg", "max", "avgmax")
 
 ImageLike = Image.Image | str | os.PathLike
 
@@ -98,26 +99,57 @@ ImageLike = Image.Image | str | os.PathLike
 
 
 class TaggerCNN(nn.Module):
-    """Conv blocks (one per entry of ``widths``), global average pool, dropout, linear: one logit per concept."""
+    """Conv blocks (one per entry of ``widths``), a global pool, dropout, linear: one logit per concept.
 
-    def __init__(self, n_outputs: int, widths: Sequence[int] = DEFAULT_WIDTHS, dropout: float = DEFAULT_DROPOUT):
+    Each block is 3x3 conv, batch norm, ReLU; the last ``pools`` blocks end in a 2x2 max-pool (default:
+    every block), so the last feature map is ``image_size / 2**pools`` px a side, and the first
+    ``len(widths) - pools`` blocks see the image at full resolution (fine stripes and edges of small
+    objects survive into the features instead of being pooled away after one convolution). ``global_pool`` reduces it
+    to one vector: ``avg`` (the mean over positions), ``max`` (the strongest position: an object present
+    anywhere, however small, is not diluted by the background) or ``avgmax`` (both, concatenated: the
+    head sees 2 x the last width).
+    """
+
+    def __init__(
+        self,
+        n_outputs: int,
+        widths: Sequence[int] = DEFAULT_WIDTHS,
+        dropout: float = DEFAULT_DROPOUT,
+        *,
+        pools: int | None = None,
+        global_pool: str = "avg",
+    ):
         super().__init__()
+        pools = len(widths) if pools is None else int(pools)
+        if not 0 <= pools <= len(widths):
+            raise ValueError(f"pools must be between 0 and {len(widths)} (the number of blocks), got {pools}")
+        if global_pool not in GLOBAL_POOLS:
+            raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
+        self.pools = pools
+        self.global_pool = global_pool
         layers: list[nn.Module] = []
         channels = 3
-        for width in widths:
+        for index, width in enumerate(widths):
             layers += [
                 nn.Conv2d(channels, width, kernel_size=3, padding=1, bias=False),
                 nn.BatchNorm2d(width),
                 nn.ReLU(inplace=True),
-                nn.MaxPool2d(2),
             ]
+            if index >= len(widths) - pools:
+                layers.append(nn.MaxPool2d(2))
             channels = width
         self.features = nn.Sequential(*layers)
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(channels, n_outputs)
+        self.head = nn.Linear(channels * (2 if global_pool == "avgmax" else 1), n_outputs)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        pooled = self.features(images).mean(dim=(2, 3))
+        features = self.features(images)
+        if self.global_pool == "avg":
+            pooled = features.mean(dim=(2, 3))
+        elif self.global_pool == "max":
+            pooled = features.amax(dim=(2, 3))
+        else:
+            pooled = torch.cat([features.mean(dim=(2, 3)), features.amax(dim=(2, 3))], dim=1)
         return self.head(self.dropout(pooled))
 
 
@@ -217,7 +249,14 @@ class TrainedTagger:
     # ----------------------------------------------------------------------------- the rest
 
     def arch(self) -> dict[str, Any]:
-        return {"name": "TaggerCNN", "widths": self.widths, "dropout": self.dropout, "in_channels": 3}
+        return {
+            "name": "TaggerCNN",
+            "widths": self.widths,
+            "dropout": self.dropout,
+            "in_channels": 3,
+            "pools": self.model.pools,
+            "global_pool": self.model.global_pool,
+        }
 
     def with_concepts(self, concepts: Sequence[str], unknown_concepts: str = "error") -> TrainedTagger:
         """A tagger (sharing this one's network) whose score columns are ``concepts``.
@@ -309,7 +348,13 @@ def load_trained_tagger(path: str | os.PathLike, *, device: str | torch.device =
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path} is not a state dict of tensors")
-    model = TaggerCNN(len(meta["concepts"]), arch["widths"], arch["dropout"])
+    model = TaggerCNN(  # sidecars written before `pools` / `global_pool` existed: every block pooled, mean
+        len(meta["concepts"]),
+        arch["widths"],
+        arch["dropout"],
+        pools=arch.get("pools"),
+        global_pool=arch.get("global_pool", "avg"),
+    )
     model.load_state_dict(state, strict=True)
     tagger = TrainedTagger(
         model,
@@ -338,6 +383,8 @@ def train_tagger(
     weight_decay: float = 1e-4,
     widths: Sequence[int] = DEFAULT_WIDTHS,
     dropout: float = DEFAULT_DROPOUT,
+    pools: int | None = None,
+    global_pool: str = "avg",
     augment: bool = True,
     loss: str = "bce",
     jpeg_quality: tuple[int, int] | None = DEFAULT_JPEG_QUALITY,
@@ -352,7 +399,8 @@ def train_tagger(
 
     ``labels[i]`` lists the concepts image ``i`` shows (any order, may be empty). AdamW with a cosine
     learning-rate decay and a per-concept multi-label ``loss`` (:func:`multilabel_loss`: ``bce``, ``asl``,
-    ``focal``). With ``augment``: a random flip / 90-degree rotation per image (:func:`dihedral`) and, with
+    ``focal``). ``widths``, ``dropout``, ``pools`` (None: every block) and ``global_pool`` shape the
+    :class:`TaggerCNN`. With ``augment``: a random flip / 90-degree rotation per image (:func:`dihedral`) and, with
     probability ``jpeg_p``, a JPEG round trip at a quality drawn from ``jpeg_quality`` (``None``: never).
     Images are decoded once into memory. Seeded: the same inputs and seed give the same weights on the same
     device and library versions. The returned tagger's ``loss_history`` holds the mean training loss of
@@ -363,8 +411,9 @@ def train_tagger(
         raise ValueError(f"{len(images)} images but {len(labels)} label lists")
     if not images:
         raise ValueError("no training images")
-    if epochs < 1 or batch_size < 1 or image_size < 2 ** len(widths):
-        raise ValueError("epochs and batch_size must be >= 1 and image_size >= 2**len(widths)")
+    n_pools = len(widths) if pools is None else int(pools)
+    if epochs < 1 or batch_size < 1 or image_size < 2**n_pools:
+        raise ValueError("epochs and batch_size must be >= 1 and image_size >= 2**pools (pools: len(widths))")
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     if jpeg_quality is not None and not 1 <= jpeg_quality[0] <= jpeg_quality[1] <= 100:
@@ -372,7 +421,7 @@ def train_tagger(
     targets = multi_hot(labels, concepts)
     device = resolve_device(device)
     torch.manual_seed(seed)
-    model = TaggerCNN(len(concepts), widths, dropout)
+    model = TaggerCNN(len(concepts), widths, dropout, pools=n_pools, global_pool=global_pool)
     with torch.no_grad():  # start at the training prevalence of each concept
         prevalence = targets.mean(dim=0).clamp(1e-3, 1 - 1e-3)
         model.head.bias.copy_(torch.log(prevalence / (1 - prevalence)))

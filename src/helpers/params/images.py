@@ -66,6 +66,13 @@ class TaggerTraining(Section):
         Field([60, 95], description="[low, high] JPEG re-encoding quality in training (the corpus is JPEG); null: off")
     )
     jpeg_p: Probability = Field(0.5, description="share of training images re-encoded as JPEG")
+    widths: list[PositiveInt] = Field(list(DEFAULT_WIDTHS), min_length=1, description="channels per conv block")
+    pools: NonNegativeInt | None = Field(
+        None, description="the last this many conv blocks end in a 2x2 max-pool; null: every block"
+    )
+    global_pool: Literal["avg", "max", "avgmax"] = Field(
+        "avg", description="how the last feature map becomes one vector: mean, max or both concatenated"
+    )
 
     @field_validator("jpeg_quality")
     @classmethod
@@ -73,6 +80,15 @@ class TaggerTraining(Section):
         if value is not None and value[0] > value[1]:
             raise ValueError(f"expected [low, high] with low <= high, got {value}")
         return value
+
+    @model_validator(mode="after")
+    def _pools_fit(self) -> TaggerTraining:
+        pools = len(self.widths) if self.pools is None else self.pools
+        if pools > len(self.widths):
+            raise ValueError(f"pools must be <= {len(self.widths)} (the number of conv blocks), got {pools}")
+        if self.image_size < 2**pools:
+            raise ValueError(f"image_size must be >= {2**pools} for {pools} pooling blocks")
+        return self
 
 
 class InlineTraining(Section):

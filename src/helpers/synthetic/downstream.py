@@ -1,0 +1,130 @@
+"""The synthetic world's test sets and labelled tagger split (written by ``world.generate_world``).
+
+Each set is an independent draw from the same visual world (its own ``rng_stream`` of the seed), so the
+layout and bytes are those :mod:`helpers.synthetic.world` documents:
+
+    downstream/classification/         classes.txt (names in id order) + <name_with_underscores>/*.png
+    downstream/retrieval/{i:05d}.tar   KEY.jpg, KEY.txt (5 captions, one per line), KEY.json
+    downstream/retrieval/truth.parquet sample_id, concept_id (concepts shown)
+    tagger/images/*.png + labels.csv   columns image, concepts (names joined by '|')
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from helpers.synthetic.render import Renderer, rng_stream
+from helpers.synthetic.samples import tar_member
+from helpers.synthetic.world import (
+    CaptionWriter,
+    WorldSpec,
+    _clear,
+    _draw_concepts,
+    _encode,
+    _instances,
+    _pairs_table,
+    folder_name,
+)
+
+
+def write_classification(spec: WorldSpec, renderer: Renderer, folder: Path, progress: bool) -> dict:
+    """Balanced single-concept test set: ``downstream_per_class`` PNGs per concept, one folder per class."""
+    rng = rng_stream(spec.seed, "classification")
+    names = spec.concept_names
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "classes.txt").write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
+    total = spec.downstream_per_class * len(names)
+    bar = tqdm(total=total, desc="synthetic classification", unit="img", disable=not progress)
+    for c, name in enumerate(names):
+        sub = folder / folder_name(name)
+        _clear(sub, "*.png")
+        for j in range(spec.downstream_per_class):
+            image = renderer.draw([c], _instances(rng, 1), rng)
+            (sub / f"{j:05d}.png").write_bytes(_encode(image, "PNG"))
+            bar.update()
+    bar.close()
+    return {
+        "root": str(folder),
+        "classes_file": str(folder / "classes.txt"),
+        "n_classes": len(names),
+        "per_class": spec.downstream_per_class,
+        "n_images": total,
+    }
+
+
+def write_retrieval(spec: WorldSpec, renderer: Renderer, folder: Path, progress: bool) -> dict:
+    """Retrieval set: wds shards with ``captions_per_image`` faithful captions per image (one per line).
+
+    Concepts are drawn uniformly (not with the pretraining law), so rare concepts are represented too.
+    """
+    rng = rng_stream(spec.seed, "retrieval")
+    writer = CaptionWriter(spec.concept_names, rng_stream(spec.seed, "retrieval-captions"))
+    k = spec.n_concepts
+    uniform = np.full(k, 1.0 / k)
+    shown, _ = _draw_concepts(rng, uniform, spec.retrieval_images, spec.max_concepts_per_image)
+    _clear(folder, "*.tar")
+    n_shards = max(1, math.ceil(spec.retrieval_images / spec.shard_size))
+    pairs: tuple[list[int], list[int]] = ([], [])
+    index = 0
+    bar = tqdm(total=spec.retrieval_images, desc="synthetic retrieval", unit="img", disable=not progress)
+    for shard in range(n_shards):
+        size = min(spec.shard_size, spec.retrieval_images - index)
+        with tarfile.open(folder / f"{shard:05d}.tar", "w", format=tarfile.PAX_FORMAT) as tar:
+            for pos in range(size):
+                concepts = [int(c) for c in shown[index]]
+                counts = _instances(rng, len(concepts))
+                image = renderer.draw(concepts, counts, rng)
+                captions = []
+                for _ in range(spec.captions_per_image):
+                    order = rng.permutation(len(concepts))
+                    captions.append(writer.caption([concepts[i] for i in order], [counts[i] for i in order]))
+                key = f"{shard:05d}{pos:04d}"
+                tar_member(tar, f"{key}.jpg", _encode(image, "JPEG", spec.jpeg_quality))
+                tar_member(tar, f"{key}.txt", "\n".join(captions).encode("utf-8"))
+                meta = {"captions": captions, "key": key, "concepts": [spec.concept_names[c] for c in concepts]}
+                tar_member(tar, f"{key}.json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))
+                for c in concepts:
+                    pairs[0].append((shard << 32) | pos), pairs[1].append(c)
+                index += 1
+                bar.update()
+    bar.close()
+    pq.write_table(_pairs_table(*pairs), folder / "truth.parquet")
+    last = f"{n_shards - 1:05d}"
+    return {
+        "source": {"format": "wds", "paths": (folder / f"{{00000..{last}}}.tar").as_posix(), "text_ext": "txt"},
+        "n_shards": n_shards,
+        "truth": str(folder / "truth.parquet"),
+        "n_images": spec.retrieval_images,
+        "captions_per_image": spec.captions_per_image,
+    }
+
+
+def write_tagger(spec: WorldSpec, renderer: Renderer, folder: Path, progress: bool) -> dict:
+    """Labelled split for an image tagger: PNGs with their shown concepts (uniform concept draw)."""
+    rng = rng_stream(spec.seed, "tagger")
+    names = spec.concept_names
+    k = spec.n_concepts
+    shown, _ = _draw_concepts(rng, np.full(k, 1.0 / k), spec.tagger_images, spec.max_concepts_per_image)
+    images = folder / "images"
+    _clear(images, "*.png")
+    rows = []
+    for i in tqdm(range(spec.tagger_images), desc="synthetic tagger", unit="img", disable=not progress):
+        concepts = [int(c) for c in shown[i]]
+        image = renderer.draw(concepts, _instances(rng, len(concepts)), rng)
+        name = f"{i:06d}.png"
+        (images / name).write_bytes(_encode(image, "PNG"))
+        rows.append((f"images/{name}", "|".join(names[c] for c in sorted(concepts))))
+    labels = folder / "labels.csv"
+    with labels.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["image", "concepts"])
+        w.writerows(rows)
+    return {"root": str(folder), "labels": str(labels), "n_images": spec.tagger_images}
