@@ -34,7 +34,8 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from helpers.images.tagger_trained import TrainedTagger, read_labels, train_tagger
+from helpers.images.tagger_data import read_labels
+from helpers.images.tagger_trained import TrainedTagger, train_tagger
 
 THRESHOLDS = (0.5, 0.7)
 # The settings of params.yaml taggers.synthetic before this benchmark (bce, 4 pools, mean pool, 20 epochs).

@@ -36,7 +36,7 @@ from helpers.devices import resolve_device
 from helpers.images.backends import build_tagger
 from helpers.images.calibration import audit_scores, fit_thresholds, read_thresholds, write_thresholds
 from helpers.images.search import image_search_dir
-from helpers.images.tagger_trained import read_labels
+from helpers.images.tagger_data import read_labels
 from helpers.params import ConfigError, validate
 from helpers.params.images import Audit, ImageCorpus, ImageSearch
 from helpers.schemas import read_arrow

@@ -35,7 +35,8 @@ from helpers.images.calibration import thresholds_for
 from helpers.images.frequencies import frequency_table, misalignment
 from helpers.images.search import image_search_dir, run_image_search
 from helpers.images.sources import image_source, list_image_shards
-from helpers.images.tagger_trained import read_labels, train_tagger
+from helpers.images.tagger_data import read_labels
+from helpers.images.tagger_trained import train_tagger
 from helpers.params import ConfigError, validate
 from helpers.params.images import ImageCorpus, ImageSearch, TaggerTraining
 from helpers.shards import read_run, run_report

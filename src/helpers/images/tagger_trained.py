@@ -54,7 +54,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import nn
@@ -80,6 +79,7 @@ from helpers.images.tagger_data import (
     dihedral,
     multi_hot,
     multilabel_loss,
+    read_labels,
 )
 from helpers.images.taggers import check_batch
 from helpers.params.images import DEFAULT_WIDTHS
@@ -484,44 +484,6 @@ def train_tagger(
 
 
 # ------------------------------------------------------------------------------------------- config
-
-
-def read_labels(
-    path: str | os.PathLike,
-    *,
-    image_column: str = "image",
-    concepts_column: str = "concepts",
-    separator: str = "|",
-    image_root: str | os.PathLike | None = None,
-) -> tuple[list[Path], list[list[str]]]:
-    """Image paths and concept lists from a Parquet or CSV/TSV labels table (one row per image)."""
-    import pandas as pd
-
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix in (".parquet", ".pq"):
-        table = pd.read_parquet(path)
-    elif suffix in (".csv", ".tsv", ".txt"):
-        table = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", keep_default_na=False, dtype=str)
-    else:
-        raise ValueError(f"{path}: expected a .parquet, .csv or .tsv labels file")
-    for column in (image_column, concepts_column):
-        if column not in table.columns:
-            raise KeyError(f"{path}: no column {column!r} (columns: {list(table.columns)})")
-    root = Path(image_root) if image_root is not None else path.parent
-    images = [p if p.is_absolute() else root / p for p in (Path(str(v)) for v in table[image_column])]
-    labels: list[list[str]] = []
-    for value in table[concepts_column]:
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            items: list[str] = []
-        elif isinstance(value, str):
-            items = value.split(separator)
-        elif isinstance(value, (list, tuple, np.ndarray)):
-            items = [str(v) for v in value]
-        else:
-            raise ValueError(f"{path}: concepts must be a list or a {separator!r}-separated string, got {value!r}")
-        labels.append([s.strip() for s in items if s and s.strip()])
-    return images, labels
 
 
 def from_config(
