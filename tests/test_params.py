@@ -471,3 +471,16 @@ def test_a_corpus_without_data_is_named_before_dvc_fails_on_it(params):
     assert errors == [
         "corpora.sample_txt.data: missing (the folder text_search@sample_txt depends on, holding its input)"
     ]
+
+
+def test_let_it_wag_candidates_lie_in_the_folder_its_stage_tracks(params):
+    assert errors_of(with_change(params, "let_it_wag.data", None, delete=True)) == [
+        "let_it_wag.data: missing (the folder let_it_wag_build depends on, holding its candidate images)"
+    ]
+    moved = with_change(params, "let_it_wag.images", {"root": "/elsewhere/wag"})
+    assert errors_of(moved) == [
+        "let_it_wag.images.root: '/elsewhere/wag' is outside let_it_wag.data ('data/raw/synthetic'); DVC would "
+        "not see the candidates change, so the built set could go stale: point data at the folder that holds them"
+    ]
+    urls = with_change(params, "let_it_wag.images", {"urls": {"lists": ["data/raw/synthetic/a.csv", "b.csv"]}})
+    assert [e.split(":")[0] for e in errors_of(urls)] == ["let_it_wag.images.urls.lists[1]"]

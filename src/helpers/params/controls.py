@@ -140,6 +140,11 @@ class LetItWag(Section):
     """``let_it_wag``: a Let It Wag!-style long-tail test set from any counts (``helpers.controls.wag``)."""
 
     counts: NonEmptyStr = Field(description="a counts table (Parquet) with concept (or name) and count columns")
+    data: NonEmptyStr | None = Field(
+        None,
+        description="the folder DVC tracks for the candidates (the stage reruns when it changes): it must hold "
+        "images.root, images.urls.lists or images.world; required in params.yaml (dvc.yaml names it)",
+    )
     where: dict[str, str | int | float | bool] = Field({}, description="column -> value: one count type")
     n_concepts: PositiveInt
     min_images: PositiveInt = 1

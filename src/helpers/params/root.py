@@ -212,6 +212,26 @@ def _inside(pattern: str, folder: str) -> bool:
     return a == b or a.startswith(b.rstrip(os.sep) + os.sep)
 
 
+def _wag_input_errors(wag: Mapping[str, Any]) -> list[str]:
+    """``let_it_wag``'s candidate source lies inside ``let_it_wag.data``, the folder its stage depends on."""
+    data = wag.get("data")
+    if not isinstance(data, str) or not data.strip():
+        return ["let_it_wag.data: missing (the folder let_it_wag_build depends on, holding its candidate images)"]
+    images = wag.get("images") if isinstance(wag.get("images"), Mapping) else {}
+    sources = [("let_it_wag.images.root", images.get("root")), ("let_it_wag.images.world", images.get("world"))]
+    lists = _get(images, "urls", "lists")
+    if isinstance(lists, list):
+        sources += [(f"let_it_wag.images.urls.lists[{i}]", v) for i, v in enumerate(lists)]
+    else:
+        sources.append(("let_it_wag.images.urls.lists", lists))
+    return [
+        f"{key}: {value!r} is outside let_it_wag.data ({data!r}); DVC would not see the candidates change, so the "
+        "built set could go stale: point data at the folder that holds them"
+        for key, value in sources
+        if isinstance(value, str) and not _inside(value, data)
+    ]
+
+
 def _tracked_input_errors(section: str, entries: Mapping[str, Any], reader: str, stage: str) -> list[str]:
     """Each entry's ``data`` (what its stage depends on) exists and holds what ``<reader>.paths`` reads.
 
@@ -314,6 +334,7 @@ def _reference_errors(data: Mapping[str, Any]) -> list[str]:
             refer(f"let_it_wag.models[{i}]", value, models, "evaluation.models")
         refer("let_it_wag.outliers.model", _get(wag, "outliers", "model"), models, "evaluation.models")
         refer("let_it_wag.reference", wag.get("reference"), datasets, "evaluation.datasets")
+        errors += _wag_input_errors(wag)
     for name, entry in corpora.items():
         concepts = _get(entry, "concepts")
         why = concept_table_error(concepts) if isinstance(concepts, str) else None
