@@ -115,7 +115,7 @@ SYN = {"corpus": "syn", "image_corpora": ["syn"], "thresholds": [0.7]}
         ({"counts": {**SYN, "image_corpora": ["other"]}, "models": ["tiny"], "datasets": ["syn-cls"]}, "tags corpus 'sample_tsv', not 'syn'"),
         ({"counts": {**SYN, "thresholds": [0.65]}, "models": ["tiny"], "datasets": ["syn-cls"]}, r"studies.mine.counts.thresholds\[0\]: 0.65 is not one of image_search.thresholds"),
         ({"counts": {"corpus": "syn", "image_corpora": ["syn"]}, "models": ["tiny"], "datasets": ["syn-cls"]}, "studies.mine.counts: image_corpora and thresholds go together"),
-        ({"counts": SYN, "models": ["huge"], "datasets": ["syn-cls"]}, r"studies.mine.models\[0\]: 'huge' is neither an evaluation.models entry nor a release model"),
+        ({"counts": SYN, "models": ["huge"], "datasets": ["syn-cls"]}, r"studies.mine.models\[0\]: 'huge' is neither an evaluation.models entry \(tiny\) nor a release model \(backboneRN50_pretrainedcc3m\)$"),
         ({"counts": SYN, "models": ["tiny"], "datasets": ["imagenet"]}, r"studies.mine.datasets\[0\]: unknown dataset 'imagenet'"),
         ({"counts": SYN, "models": ["tiny", "backboneRN50_pretrainedcc3m"], "datasets": ["cifar10"]}, "'cifar10' is no evaluation.datasets entry"),
         ({"counts": SYN, "models": ["tiny"], "datasets": ["syn-cls"], "prompts": ["fancy"]}, r"studies.mine.prompts\[0\]: 'fancy' is not one of class, simple, ensemble"),
@@ -144,8 +144,8 @@ SETTINGS = {"prompts": ["class", "simple"], "ks": [1, 5]}
         ({"counts": SYN, "models": ["tiny"], "datasets": ["syn-ret"], "metrics": ["t2i_k=1", "t2i_k=10"]}, r"studies.mine.metrics\[1\]: 't2i_k=10'"),
         ({"counts": SYN, "models": ["tiny"], "datasets": ["syn-cls"], "prompts": ["ensemble"]}, r"studies.mine.prompts\[0\]: 'ensemble' is not evaluated"),
         ({"counts": {"release": "cc3m"}, "models": ["backboneRN50_pretrainedcc3m"], "datasets": ["coco"], "metrics": ["i2t_k=3"]}, r"k=3 is not evaluated \(the release's ks: \[1, 5, 10\]\)"),
-        ({"counts": {"release": "cc3m", "count_types": ["lematized"]}, "models": ["tiny"], "datasets": ["syn-cls"]}, r"studies.mine.counts.count_types\[0\]: string should match pattern"),
-        ({"counts": {"release": "cc3m", "count_types": ["rampp"]}, "models": ["tiny"], "datasets": ["syn-cls"]}, r"counts.count_types\[0\]"),
+        ({"counts": {"release": "cc3m", "count_types": ["lematized"]}, "models": ["tiny"], "datasets": ["syn-cls"]}, r"studies.mine.counts.count_types: 'lematized' is no release count type .*; did you mean 'lemmatized'\?"),
+        ({"counts": {"release": "cc3m", "count_types": ["rampp"]}, "models": ["tiny"], "datasets": ["syn-cls"]}, r"counts.count_types: 'rampp' is no release count type \(lowercased, lemmatized, rampp<threshold>"),
     ],
 )  # fmt: skip
 def test_prompts_metrics_and_release_count_types_that_cannot_exist_fail_before_any_work(entry, message, tmp_path):
@@ -165,6 +165,24 @@ def test_prompts_metrics_and_release_count_types_that_cannot_exist_fail_before_a
 )  # fmt: skip
 def test_evaluated_prompts_metrics_and_release_methods_pass(entry, tmp_path):
     studies.check_study("mine", entry, **KNOWN, evaluation_settings=SETTINGS, base=tmp_path)
+
+
+def test_a_mistyped_model_is_the_only_error_and_suggests_the_entry(tmp_path):
+    """One typo in ``models`` must not make the study's valid datasets, metrics or prompts look wrong."""
+    entry = {"counts": SYN, "models": ["tinyy"], "datasets": ["syn-ret"], "metrics": ["i2t_k=5"], "prompts": ["class"]}
+    with pytest.raises(ConfigError) as err:
+        studies.check_study("mine", entry, **KNOWN, evaluation_settings=SETTINGS, base=tmp_path)
+    assert str(err.value).splitlines() == [
+        "studies.mine.models[0]: 'tinyy' is neither an evaluation.models entry (tiny) nor a release model "
+        "(backboneRN50_pretrainedcc3m); did you mean 'tiny'?"
+    ]
+
+
+def test_an_unknown_prompt_set_is_reported_once(tmp_path):
+    entry = {"counts": SYN, "models": ["tiny"], "datasets": ["syn-cls"], "prompts": ["class", "simpel"]}
+    with pytest.raises(ConfigError) as err:
+        studies.check_study("mine", entry, **KNOWN, evaluation_settings=SETTINGS, base=tmp_path)
+    assert [line.split(":")[0] for line in str(err.value).splitlines()] == ["studies.mine.prompts[1]"]
 
 
 def test_the_release_count_type_pattern_names_every_method_of_the_release(release_copy):

@@ -7,12 +7,13 @@ the whole-file check and the study stage (``helpers.analysis.studies.spec.check_
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from helpers.params.base import NonEmptyStr, NonNegativeInt, Probability, Section
 
@@ -23,6 +24,7 @@ Names = Annotated[list[NonEmptyStr], Field(min_length=1)]
 RELEASE_COUNT_TYPE = r"^(lowercased|lemmatized|rampp\d\.\d+|integrated_tlemmatized_i\d\.\d+)$"
 #: The retrieval ks the release evaluated (``{dataset}_{i2t|t2i}_k={k}_results.json``).
 RELEASE_KS = (1, 5, 10)
+PROMPT_SETS = ("class", "simple", "ensemble")
 _METRIC = re.compile(r"^(i2t|t2i)_k=(\d+)$")
 
 
@@ -40,11 +42,26 @@ class StudyCounts(Section):
     release: NonEmptyStr | None = Field(
         None, description="the release's counts of one analysis.zero_shot.pretrains key"
     )
-    count_types: Annotated[list[Annotated[str, Field(pattern=RELEASE_COUNT_TYPE)]], Field(min_length=1)] | None = Field(
+    count_types: Names | None = Field(
         None,
         description="with release: release method names (lowercased, lemmatized, rampp<t>, "
         "integrated_tlemmatized_i<t>)",
     )
+
+    @field_validator("count_types")
+    @classmethod
+    def _release_methods(cls, value: list[str] | None) -> list[str] | None:
+        for t in value or []:
+            if not re.match(RELEASE_COUNT_TYPE, t):
+                close = difflib.get_close_matches(
+                    t, ["lowercased", "lemmatized", "rampp0.7", "integrated_tlemmatized_i0.7"], n=1
+                )
+                raise ValueError(
+                    f"{t!r} is no release count type (lowercased, lemmatized, rampp<threshold>, "
+                    f"integrated_tlemmatized_i<threshold>, e.g. rampp0.7)"
+                    + (f"; did you mean {close[0]!r}?" if close else "")
+                )
+        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> StudyCounts:
@@ -148,12 +165,18 @@ def study_reference_errors(
     names = (
         [m for m in entry.get("models") or [] if isinstance(m, str)] if isinstance(entry.get("models"), list) else []
     )
+    unknown = [m for m in names if m not in models and m not in rel_models]
     for i, model in enumerate(names):
-        if model not in models and model not in rel_models:
+        if model in unknown:
+            close = difflib.get_close_matches(model, [*models, *rel_models], n=1)
             errors.append(
-                f"{prefix}.models[{i}]: {model!r} is neither an evaluation.models entry nor a release model "
-                f"(release models: {', '.join(sorted(rel_models)) or 'none'})"
+                f"{prefix}.models[{i}]: {model!r} is neither an evaluation.models entry "
+                f"({', '.join(models) or 'none'}) nor a release model ({', '.join(sorted(rel_models)) or 'none'})"
+                + (f"; did you mean {close[0]!r}?" if close else "")
             )
+    if unknown or not names:
+        # which datasets, ks and prompts apply depends on the models: check those once the models are right
+        return errors
     local = [m for m in names if m in models]
     known = {*(datasets if local else []), *(release_datasets(analysis) if len(local) < len(names) else [])}
     listed = entry.get("datasets") if isinstance(entry.get("datasets"), list) else []
@@ -169,13 +192,15 @@ def study_reference_errors(
     for i, metric in enumerate(metrics):
         match = _METRIC.match(metric) if isinstance(metric, str) else None
         if match and ks and int(match[2]) not in ks:
-            where = "evaluation.settings.ks" if local else "the release's ks"
+            where = "evaluation.settings.ks" if len(local) == len(names) else "evaluation.settings.ks + the release's"
+            where = where if local else "the release's ks"
             errors.append(f"{prefix}.metrics[{i}]: {metric!r}: k={match[2]} is not evaluated ({where}: {sorted(ks)})")
     local_prompts = settings.get("prompts") if isinstance(settings.get("prompts"), list) else None
     prompts = entry.get("prompts") if isinstance(entry.get("prompts"), list) else []
     if local and local_prompts is not None:
         for i, prompt in enumerate(prompts):
-            if isinstance(prompt, str) and prompt not in local_prompts:
+            # a prompt set that does not exist at all is the typed layer's error, reported once
+            if prompt in PROMPT_SETS and prompt not in local_prompts:
                 errors.append(
                     f"{prefix}.prompts[{i}]: {prompt!r} is not evaluated (evaluation.settings.prompts: {local_prompts})"
                 )
