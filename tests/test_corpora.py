@@ -168,3 +168,21 @@ def test_a_corpus_names_its_concept_table_and_the_search_keeps_a_copy(sample, wo
         corpora.load_concepts("c", {**entry, "concepts": "nope.parquet"})
     with pytest.raises(ConfigError, match="corpora.other: no caption search"):
         corpora.searched_concepts("other")
+
+
+def test_a_caption_cut_at_max_caption_chars_is_reported_where_the_user_reads(workdir):
+    """A long caption is cut (and counted); the stage says so, naming the key that raises the limit."""
+    folder = workdir / "data" / "raw" / "long"
+    folder.mkdir(parents=True)
+    long = "a dog " + "x" * 6000 + " and a mouse"
+    (folder / "part-00000.txt").write_text(f"{long}\na teddy bear\n", encoding="utf-8")
+    captions = {"format": "txt", "paths": str(folder / "*.txt"), "max_caption_chars": 4096}
+    entry = {"data": str(folder), "concepts": "concepts.parquet", "captions": captions}
+    with pytest.warns(UserWarning, match=r"corpora\.long\.captions\.max_caption_chars: 1 captions longer than 4,096"):
+        result = corpora.search_corpus("long", entry, _concepts(), SETTINGS, progress=False)
+    counts = result.counts.set_index("concept")["count"]
+    assert counts["dog"] == 1 and counts["mouse"] == 0 and counts["teddy bear"] == 1  # the mouse was cut off
+    assert len(result.notes) == 1 and int(result.shards["truncated"].sum()) == 1
+    whole = corpora.search_corpus("long", {**entry, "captions": {**captions, "max_caption_chars": 8192}},
+                                  _concepts(), SETTINGS, progress=False)  # fmt: skip
+    assert whole.notes == [] and whole.counts.set_index("concept")["count"]["mouse"] == 1

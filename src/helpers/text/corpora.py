@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,31 @@ class TextSearchResult:
     counts: pd.DataFrame  # TEXT_COUNTS
     shards: pd.DataFrame  # one row per shard: status and reader stats
     report: dict
+    notes: list[str] = field(default_factory=list)  # reading_notes: records the readers changed or skipped
+
+
+def reading_notes(name: str, shards: pd.DataFrame, max_caption_chars: int) -> list[str]:
+    """One line per kind of record the readers changed or could not use, summed over ``shards``.
+
+    Every such record is counted in the shard table; these lines say it where a user reads the stage's output
+    (the stage warns with them). Truncation comes first: it is the one kind that can hide a concept, since the
+    text beyond ``max_caption_chars`` is not searched.
+    """
+
+    def total(column: str) -> int:
+        return int(shards[column].fillna(0).sum()) if column in shards.columns else 0
+
+    notes = []
+    if n := total("truncated"):
+        notes.append(
+            f"corpora.{name}.captions.max_caption_chars: {n:,} captions longer than {max_caption_chars:,} characters "
+            "were cut to that length, so text beyond it was not searched; raise the limit to search them whole"
+        )
+    if n := total("invalid_utf8"):
+        notes.append(f"corpus {name}: {n:,} captions were not valid UTF-8 (searched with U+FFFD replacements)")
+    if n := total("malformed"):
+        notes.append(f"corpus {name}: {n:,} malformed records (wrong field count, undecodable) were skipped")
+    return notes
 
 
 def text_search_dir(name: str) -> Path:
@@ -230,6 +256,9 @@ def search_corpus(
     if allow_failed:
         accept_failures(out_dir, "text_search.allow_failed_shards")
     counts = text_counts(out_dir, allow_failed=allow_failed)
+    notes = reading_notes(name, shards, source.max_caption_chars)
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
     table = (
         concepts[["concept_id", "name"]].rename(columns={"name": "concept"}).merge(counts, on="concept_id", how="left")
     )
@@ -239,4 +268,4 @@ def search_corpus(
     schemas.write_table(table, TEXT_COUNTS, text_counts_path(name))
     searched = concepts[["concept_id", "name"]].reset_index(drop=True).astype({"concept_id": "int32"})
     schemas.write_table(searched, SEARCHED_CONCEPTS, concept_table_path(name))
-    return TextSearchResult(counts=table, shards=shards, report=report)
+    return TextSearchResult(counts=table, shards=shards, report=report, notes=notes)
