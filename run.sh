@@ -16,6 +16,11 @@ cd "$(dirname "$0")"
 VENV="${FDP_VENV:-.venv}"
 PYTHON="${PYTHON:-python3.11}"
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+# pyproject.toml requires Python >=3.11,<3.13: say so before a long install fails half-way
+if ! "$PYTHON" -c 'import sys; sys.exit(not ((3, 11) <= sys.version_info[:2] < (3, 13)))' 2>/dev/null; then
+  echo "run.sh: needs Python 3.11 or 3.12 (found: $("$PYTHON" --version 2>&1 || echo none)); set PYTHON=/path/to/python3.11" >&2
+  exit 1
+fi
 
 setup() {
   if [ ! -x "$VENV/bin/python" ]; then
