@@ -123,12 +123,17 @@ def decode_markup(text: str) -> str:
     >>> decode_markup("Caf&eacute; &lt;b&gt;ele\u00adphant&lt;/b&gt;")
     'Café  elephant '
     """
+    return _strip_markup(text, _TAG)
+
+
+def _strip_markup(text: str, tag: re.Pattern) -> str:
+    """Step 1 on ``text``: format characters removed, entities decoded (both repeatedly), ``tag`` to a space."""
     if not text.isascii():
         text = _apply(text, _FORMAT_ACTIONS, _format_action)
     if "&" in text:
         text = _unescape(text)
     if "<" in text:
-        text = _TAG.sub(" ", text)
+        text = tag.sub(" ", text)
     return text
 
 
@@ -184,12 +189,7 @@ def fold_many(texts: list[str]) -> list[str]:
     joined = SEP.join(texts)
     if joined.count(SEP) != len(texts) - 1:  # some text holds the separator: the per-text path
         return [fold_text(t) for t in texts]
-    if not joined.isascii():
-        joined = _apply(joined, _FORMAT_ACTIONS, _format_action)
-    if "&" in joined:
-        joined = _unescape(joined)
-    if "<" in joined:
-        joined = _TAG_IN_BATCH.sub(" ", joined)
+    joined = _strip_markup(joined, _TAG_IN_BATCH)
     if joined.isascii():
         return joined.lower().split(SEP)
     joined = _fold_case(joined)
