@@ -342,3 +342,32 @@ def test_full_misalignment_rate_zero_keeps_the_world_and_bad_rates_fail(tmp_path
     for bad in (-0.1, 1.5, "0.1", True):
         with pytest.raises(ConfigError, match=r"synthetic\.full_misalignment_rate"):
             WorldSpec.from_params({"full_misalignment_rate": bad})
+
+
+@pytest.mark.parametrize("n_concepts", [12, 40, 97])
+def test_signatures_tell_every_pair_of_concepts_apart(n_concepts):
+    """Up to 40 concepts, two differ in at least two of shape, hue and stripe period; same-shape hues lie far apart.
+
+    The old fully random draw gave some pairs one shape, near-identical hues and one texture (no tagger can
+    separate those at 32 px); this checks the grid layout of ``make_signatures`` rules that out.
+    """
+    import colorsys
+
+    from helpers.synthetic.render import make_signatures
+
+    signatures = make_signatures(n_concepts, seed=3)
+    hues = [colorsys.rgb_to_hsv(*(v / 255 for v in s.colour_a))[0] for s in signatures]
+    n_ranks = -(-n_concepts // 10)
+    spacing = 1 / (n_ranks * 10)
+    for i in range(n_concepts):
+        for j in range(i + 1, n_concepts):
+            a, b = signatures[i], signatures[j]
+            gap = abs(hues[i] - hues[j])
+            gap = min(gap, 1 - gap)
+            distinct_hue = gap >= 0.5 * spacing
+            differences = (a.shape != b.shape) + distinct_hue + (a.stripe_period != b.stripe_period)
+            # 10 shapes x 4 stripe periods: beyond 40 concepts a same-shape pair may share the period too
+            assert differences >= (2 if n_concepts <= 40 else 1), (i, j, a, b)
+            if a.shape == b.shape:
+                assert gap >= 0.6 / n_ranks, (i, j, gap)
+    assert make_signatures(n_concepts, seed=3) == signatures

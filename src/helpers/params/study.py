@@ -110,6 +110,9 @@ class World(Section):
     captions_per_image: PositiveInt | None = None
     tagger_images: NonNegativeInt | None = None
     jpeg_quality: Annotated[int, Field(ge=1, le=100)] | None = None
+    jpeg_subsampling: Literal["4:4:4", "4:2:2", "4:2:0"] | None = Field(
+        None, description="JPEG chroma subsampling of the corpus images (4:2:0 greys out fine stripes at 32 px)"
+    )
     leak_rate: Probability | None = Field(
         None,
         description="share of pretraining samples that are near-duplicates of test images (the similarity control)",

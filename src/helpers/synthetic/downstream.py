@@ -87,7 +87,7 @@ def write_retrieval(spec: WorldSpec, renderer: Renderer, folder: Path, progress:
                     order = rng.permutation(len(concepts))
                     captions.append(writer.caption([concepts[i] for i in order], [counts[i] for i in order]))
                 key = f"{shard:05d}{pos:04d}"
-                tar_member(tar, f"{key}.jpg", _encode(image, "JPEG", spec.jpeg_quality))
+                tar_member(tar, f"{key}.jpg", _encode(image, "JPEG", spec.jpeg_quality, spec.jpeg_subsampling))
                 tar_member(tar, f"{key}.txt", "\n".join(captions).encode("utf-8"))
                 meta = {"captions": captions, "key": key, "concepts": [spec.concept_names[c] for c in concepts]}
                 tar_member(tar, f"{key}.json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))

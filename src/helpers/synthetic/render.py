@@ -9,10 +9,6 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-SHAPES = ("circle", "square", "triangle", "star", "cross", "ring", "diamond", "hexagon", "bar", "heart")
-
-# Caption vocabulary: none of these words is (a word of) a built-in concept.
-
 
 def rng_stream(seed: int, stream: str) -> np.random.Generator:
     """An independent named stream of ``seed`` (a new stream never shifts the draws of another)."""
@@ -38,26 +34,45 @@ def _hsv(h: float, s: float, v: float) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-def make_signatures(n_concepts: int, seed: int) -> list[Signature]:
-    """One signature per concept; shapes cycle so neighbours differ, hues are spread and jittered.
+# Shapes in the order they take hue slots: neighbouring slots (the nearest hues) alternate compact and
+# spiky or elongated silhouettes, which stay apart even when a small object blurs its outline.
+HUE_ORDER = ("circle", "star", "square", "cross", "hexagon", "bar", "diamond", "triangle", "ring", "heart")
+STRIPE_PERIODS = (6.0, 9.0, 14.0, 64.0)  # px at the canonical 64 px patch; 64 is a two-colour split, nearly plain
 
-    Concepts sharing a shape differ in palette and texture, so no single cue identifies every concept:
-    a model has to combine shape, colour and texture, which keeps the task learnable but not trivial.
+
+def make_signatures(n_concepts: int, seed: int) -> list[Signature]:
+    """One signature per concept; up to 40 concepts, every pair differs in at least two of shape, hue and texture.
+
+    Concepts take the cells of a grid of ``g = ceil(n / 10)`` ranks x 10 shapes (a seeded permutation decides
+    which concept takes which cell). Cell (rank ``r``, shape slot ``s``) gets shape ``HUE_ORDER[s]``, the hue
+    ``(r + s / 10) / g`` (jittered by at most a fifth of the spacing) and the stripe period
+    ``STRIPE_PERIODS[(r + s) % 4]``. So all hues are ``1 / n`` apart (about 1 / n of the colour wheel), the
+    concepts sharing a shape are ``1 / g`` apart (a quarter turn at 40 concepts) and differ in stripe period,
+    and two concepts with neighbouring hues differ in shape and stripe period. The second colour is roughly
+    complementary and darker, so stripes stay visible. Beyond 40 concepts (10 shapes x 4 periods) two concepts
+    may share shape and period; their hues are then at least ``4 / g`` apart.
+
+    Concepts sharing a shape differ in palette and texture, so no single cue identifies every concept: a model
+    has to combine shape, colour and texture, which keeps the task learnable but not trivial. (An earlier,
+    fully random draw gave some pairs of concepts the same shape, near-identical hues and the same texture,
+    which no tagger can tell apart at 32 px.)
     """
     rng = rng_stream(seed, "signatures")
-    shape_order = rng.permutation(len(SHAPES))
-    hue_order = rng.permutation(n_concepts)
+    n_ranks = max(1, math.ceil(n_concepts / len(HUE_ORDER)))
+    cells = rng.permutation(n_concepts)
+    spacing = 1.0 / (n_ranks * len(HUE_ORDER))
     out = []
     for c in range(n_concepts):
-        hue = (hue_order[c] + rng.uniform(-0.3, 0.3)) / n_concepts
+        rank, slot = divmod(int(cells[c]), len(HUE_ORDER))
+        hue = (rank + slot / len(HUE_ORDER)) / n_ranks + rng.uniform(-0.2, 0.2) * spacing
         out.append(
             Signature(
-                shape=SHAPES[int(shape_order[c % len(SHAPES)])],
-                stripe_period=float(rng.choice([6.0, 9.0, 14.0, 64.0])),  # 64: practically plain
+                shape=HUE_ORDER[slot],
+                stripe_period=STRIPE_PERIODS[(rank + slot) % len(STRIPE_PERIODS)],
                 stripe_angle=float(rng.uniform(0, math.pi)),
-                colour_a=_hsv(hue, rng.uniform(0.6, 1.0), rng.uniform(0.7, 1.0)),
-                colour_b=_hsv(hue + rng.uniform(0.25, 0.75), rng.uniform(0.3, 1.0), rng.uniform(0.2, 0.9)),
-                aspect=float(rng.uniform(0.7, 1.4)),
+                colour_a=_hsv(hue, rng.uniform(0.7, 1.0), rng.uniform(0.8, 1.0)),
+                colour_b=_hsv(hue + 0.5 + rng.uniform(-0.1, 0.1), rng.uniform(0.4, 1.0), rng.uniform(0.2, 0.55)),
+                aspect=float(rng.uniform(0.75, 1.33)),
             )
         )
     return out

@@ -67,6 +67,10 @@ from helpers.synthetic.samples import tar_member
 
 MAX_PER_SHARD = 10_000  # keys are f"{shard:05d}{position:04d}"
 FREQUENCY_LAWS = ("zipf", "log_uniform")
+# Pillow's names for JPEG chroma subsampling. The world's default is 4:4:4: at 32 px, 4:2:0 halves the colour
+# resolution to 16 px, mixes the two colours of a striped object into grey and takes away the very cue that
+# tells concepts apart (measured: README, synthetic world). Web images are large enough for 4:2:0 to cost little.
+JPEG_SUBSAMPLINGS = ("4:4:4", "4:2:2", "4:2:0")
 
 # Built-in concept names, ordered so that every prefix mixes irregular plurals, multi-word names and
 # regular nouns. No name's words are a sub-phrase of another name ("dog" would be inside "hot dog"), and
@@ -137,6 +141,7 @@ class WorldSpec:
     captions_per_image: int = 5
     tagger_images: int = 1_000
     jpeg_quality: int = 90
+    jpeg_subsampling: str = "4:4:4"
     leak_rate: float = 0.0
     leaked_classes: int = 0
 
@@ -172,6 +177,8 @@ class WorldSpec:
         integer("captions_per_image", 1)
         integer("tagger_images", 0)
         integer("jpeg_quality", 1, 100)
+        if self.jpeg_subsampling not in JPEG_SUBSAMPLINGS:
+            fail("jpeg_subsampling", f"{self.jpeg_subsampling!r} is not one of {', '.join(JPEG_SUBSAMPLINGS)}")
         if (
             isinstance(self.leak_rate, bool)
             or not isinstance(self.leak_rate, (int, float))
@@ -271,10 +278,11 @@ class CaptionWriter:
 # --------------------------------------------------------------------------------------- writing
 
 
-def _encode(image: Image.Image, fmt: str, quality: int = 90) -> bytes:
+def _encode(image: Image.Image, fmt: str, quality: int = 90, subsampling: str = "4:4:4") -> bytes:
+    """``image`` as PNG or JPEG bytes (JPEG at ``quality`` with chroma ``subsampling``, Pillow's names)."""
     buffer = io.BytesIO()
     if fmt == "JPEG":
-        image.save(buffer, format="JPEG", quality=quality)
+        image.save(buffer, format="JPEG", quality=quality, subsampling=subsampling)
     else:
         image.save(buffer, format="PNG", optimize=False)
     return buffer.getvalue()
@@ -394,7 +402,7 @@ def generate_world(
                 caption = writer.caption(mentioned, m_counts)
                 key = f"{shard:05d}{pos:04d}"
                 sample_id = (shard << 32) | pos
-                tar_member(tar, f"{key}.jpg", _encode(image, "JPEG", spec.jpeg_quality))
+                tar_member(tar, f"{key}.jpg", _encode(image, "JPEG", spec.jpeg_quality, spec.jpeg_subsampling))
                 tar_member(tar, f"{key}.txt", caption.encode("utf-8"))
                 meta = {"caption": caption, "key": key}
                 tar_member(tar, f"{key}.json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))
