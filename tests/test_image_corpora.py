@@ -94,6 +94,30 @@ def test_tag_corpus_writes_image_matched_and_text_counts(world):
     assert (result.shards["status"] == "ok").all()
 
 
+def test_prior_shift_moves_the_tagger_onto_the_corpus_priors_and_is_recorded(world):
+    """With ``prior_shift`` the stage fits EM offsets on a corpus sample, tags with the shifted tagger, writes
+    ``prior_shift.parquet`` and reports it; the stored probabilities are the shifted ones."""
+    from helpers.images.search import image_search_dir
+
+    plain = image_corpora.tag_corpus("toy", world["entry"], world["concepts"], world["settings"], progress=False)
+    entry = {**world["entry"], "prior_shift": {"images": 100}}
+    result = image_corpora.tag_corpus("toy", entry, world["concepts"], world["settings"], progress=False)
+    table = schemas.read_table(image_search_dir("toy") / "prior_shift.parquet", schemas.PRIOR_SHIFT)
+    assert table["concept_id"].tolist() == list(range(len(CONCEPTS)))
+    assert result.report["prior_shift"]["n_images"] == 100 and result.report["prior_shift"]["converged"]
+    assert not plain.report.get("prior_shift")
+    unknown = [c not in world["tagger"].model_concepts for c in CONCEPTS]
+    assert (table.loc[unknown, "offset"] == 0).all()  # unknown concepts (scored 0) are left alone
+    # the counts move the way the offsets say: a concept shifted up is never counted less often
+    counts = {}
+    for name, res in (("plain", plain), ("shifted", result)):
+        image = res.frequencies[(res.frequencies["method"] == "image") & (res.frequencies["threshold"] == 0.5)]
+        counts[name] = image.set_index("concept_id")["count"]
+    up = table.set_index("concept_id")["offset"] > 0
+    assert (counts["shifted"][up] >= counts["plain"][up]).all()
+    assert (counts["shifted"][~up] <= counts["plain"][~up]).all()
+
+
 def test_tag_corpus_needs_the_caption_side_and_a_tagger(world):
     with pytest.raises(ConfigError, match="image_corpora.other: no caption search for 'other'"):
         image_corpora.tag_corpus("other", world["entry"], world["concepts"], world["settings"], progress=False)

@@ -371,3 +371,19 @@ def test_signatures_tell_every_pair_of_concepts_apart(n_concepts):
             if a.shape == b.shape:
                 assert gap >= 0.6 / n_ranks, (i, j, gap)
     assert make_signatures(n_concepts, seed=3) == signatures
+
+
+def test_corpus_jpegs_keep_full_chroma_unless_asked(pretrain, tmp_path):
+    """The corpus JPEGs are 4:4:4 by default (4:2:0 greys out striped objects at 32 px); the key is checked."""
+    from PIL import JpegImagePlugin
+
+    with Image.open(io.BytesIO(pretrain["jpg"].iloc[0])) as image:
+        assert JpegImagePlugin.get_sampling(image) == 0  # Pillow: 0 = 4:4:4, 2 = 4:2:0
+    small = {**ZIPF, "n_samples": 20, "jpeg_subsampling": "4:2:0"}
+    world = generate_world(small, tmp_path / "w", progress=False)
+    shard = list_shards(CaptionSource.from_config(world["pretrain"]["source"]))[0]
+    sample = next(iter_tar_samples(shard.path))
+    with Image.open(io.BytesIO(sample.files["jpg"])) as image:
+        assert JpegImagePlugin.get_sampling(image) == 2
+    with pytest.raises(ConfigError, match=r"synthetic\.jpeg_subsampling"):
+        WorldSpec.from_params({"jpeg_subsampling": "420"})

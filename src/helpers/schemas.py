@@ -243,6 +243,18 @@ CONCEPT_TABLE = pa.DataFrameSchema(
 )
 
 
+PRIOR_SHIFT = pa.DataFrameSchema(
+    {
+        "concept_id": pa.Column("int32", pa.Check.ge(0), unique=True),
+        "train_prior": pa.Column(float, pa.Check.in_range(0.0, 1.0)),
+        "corpus_prior": pa.Column(float, pa.Check.in_range(0.0, 1.0)),
+        "offset": pa.Column(float),
+    },
+    strict=True,
+    name="prior_shift",
+)
+"""``image_search/<corpus>/prior_shift.parquet``: a trained tagger's label-shift correction (helpers.images.prior_shift)."""
+
 CORPUS_FREQUENCIES = pa.DataFrameSchema(
     {
         "corpus": _str,

@@ -33,6 +33,7 @@ from helpers.images.audit import CalibrationResult, calibrate_corpus
 from helpers.images.backends import build_tagger
 from helpers.images.calibration import thresholds_for
 from helpers.images.frequencies import frequency_table, misalignment
+from helpers.images.prior_shift import fit_corpus_prior_shift, shifted_tagger
 from helpers.images.search import image_search_dir, run_image_search
 from helpers.images.sources import image_source, list_image_shards
 from helpers.images.tagger_data import read_labels
@@ -203,7 +204,17 @@ def tag_corpus(
     )
     image_dir = image_search_dir(name)
     caption_failed = check_caption_failures(name, text_dir)
+    spec = validate(ImageCorpus, entry, f"image_corpora.{name}")
+    shift = None
+    if spec.prior_shift is not None:  # label shift: move the tagger onto the corpus's concept priors first
+        shift = fit_corpus_prior_shift(
+            f"image_corpora.{name}.prior_shift", spec.prior_shift, factory, source, batch_size=search.batch_size
+        )
+        factory = functools.partial(shifted_tagger, factory, shift.estimate.offsets.tolist())
     run_image_search(source, factory, image_dir, search, overwrite=True, progress=progress)
+    if shift is not None:
+        shift_table = shift.table(concepts["concept_id"].to_numpy())
+        schemas.write_table(shift_table, schemas.PRIOR_SHIFT, image_dir / "prior_shift.parquet")
     shards = image_shard_table(image_dir, text_dir)
     corpora.require_complete(
         shards,
@@ -227,6 +238,7 @@ def tag_corpus(
     mis = misalignment(text_dir, image_dir, thresholds, allow_failed=allow_failed)
     report = {
         **run_report(image_dir),
+        **({"prior_shift": shift.summary()} if shift is not None else {}),
         "caption_failed": [
             {"shard": int(r.shard), "file": r.file, "error": r.caption_error}
             for r in shards[shards["shard"].isin(caption_failed)].itertuples()

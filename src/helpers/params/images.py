@@ -250,6 +250,19 @@ class Audit(Section):
     )
 
 
+class PriorShift(Section):
+    """``image_corpora.<name>.prior_shift``: move a trained tagger onto the corpus's concept priors (label shift).
+
+    EM (Saerens et al. 2002) estimates each concept's prevalence in the corpus from the tagger's probabilities
+    on a sample of its images, and the tagger's logits are shifted from its training prevalence to that
+    (:mod:`helpers.images.prior_shift`). Only for the ``trained`` backend, which records its training prevalence.
+    """
+
+    images: PositiveInt = Field(2000, description="corpus images scored in full for the estimate (spread over shards)")
+    max_iter: PositiveInt = 200
+    tol: Annotated[float, Field(gt=0.0)] = 1e-6
+
+
 class ImageCorpus(Section):
     """``image_corpora.<name>``: the image side of a ``corpora`` entry, tagged by one tagger."""
 
@@ -258,6 +271,18 @@ class ImageCorpus(Section):
     images: ImageSource
     tagger: Tagger
     audit: Audit | None = Field(None, description="fit per-concept thresholds on a labelled audit split")
+    prior_shift: PriorShift | None = Field(
+        None, description="trained taggers: shift the logits from the training split's priors to the corpus's (EM)"
+    )
+
+    @model_validator(mode="after")
+    def _prior_shift_needs_trained(self) -> ImageCorpus:
+        if self.prior_shift is not None and self.tagger.backend != "trained":
+            raise ValueError(
+                f"prior_shift needs a tagger of the `trained` backend (its training prevalence is recorded), "
+                f"not {self.tagger.backend!r}"
+            )
+        return self
 
 
 class ImageSearch(Section):

@@ -48,8 +48,9 @@ def make_signatures(n_concepts: int, seed: int) -> list[Signature]:
     ``(r + s / 10) / g`` (jittered by at most a fifth of the spacing) and the stripe period
     ``STRIPE_PERIODS[(r + s) % 4]``. So all hues are ``1 / n`` apart (about 1 / n of the colour wheel), the
     concepts sharing a shape are ``1 / g`` apart (a quarter turn at 40 concepts) and differ in stripe period,
-    and two concepts with neighbouring hues differ in shape and stripe period. The second colour is roughly
-    complementary and darker, so stripes stay visible. Beyond 40 concepts (10 shapes x 4 periods) two concepts
+    and two concepts with neighbouring hues differ in shape and stripe period. The second colour is a dark
+    shade of the same hue: stripes are light/dark, and an object drawn so small that its stripes blur keeps its
+    hue (two complementary stripe colours would blur to grey). Beyond 40 concepts (10 shapes x 4 periods) two concepts
     may share shape and period; their hues are then at least ``4 / g`` apart.
 
     Concepts sharing a shape differ in palette and texture, so no single cue identifies every concept: a model
@@ -71,7 +72,7 @@ def make_signatures(n_concepts: int, seed: int) -> list[Signature]:
                 stripe_period=STRIPE_PERIODS[(rank + slot) % len(STRIPE_PERIODS)],
                 stripe_angle=float(rng.uniform(0, math.pi)),
                 colour_a=_hsv(hue, rng.uniform(0.7, 1.0), rng.uniform(0.8, 1.0)),
-                colour_b=_hsv(hue + 0.5 + rng.uniform(-0.1, 0.1), rng.uniform(0.4, 1.0), rng.uniform(0.2, 0.55)),
+                colour_b=_hsv(hue + rng.uniform(-0.04, 0.04), rng.uniform(0.6, 1.0), rng.uniform(0.25, 0.45)),
                 aspect=float(rng.uniform(0.75, 1.33)),
             )
         )
