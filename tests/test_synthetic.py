@@ -387,3 +387,13 @@ def test_corpus_jpegs_keep_full_chroma_unless_asked(pretrain, tmp_path):
         assert JpegImagePlugin.get_sampling(image) == 2
     with pytest.raises(ConfigError, match=r"synthetic\.jpeg_subsampling"):
         WorldSpec.from_params({"jpeg_subsampling": "420"})
+
+
+def test_a_scene_holds_at_most_four_objects_and_every_concept_once():
+    """Extra copies are taken back so a 32 px scene never draws more than 4 objects (each concept at least once)."""
+    from helpers.synthetic.world import MAX_OBJECTS, _instances
+
+    rng = np.random.default_rng(0)
+    draws = [_instances(rng, n) for n in (1, 2, 3) for _ in range(2000)]
+    assert all(min(d) >= 1 and sum(d) <= MAX_OBJECTS for d in draws)
+    assert max(sum(d) for d in draws) == MAX_OBJECTS and max(max(d) for d in draws) == 3

@@ -146,7 +146,7 @@ class Renderer:
         canvas = self.background(rng)
         s = self.size
         n_objects = sum(instances)
-        base = 0.75 if n_objects == 1 else 0.55 if n_objects <= 3 else 0.4
+        base = 0.75 if n_objects == 1 else 0.55 if n_objects <= 3 else 0.45  # side, as a share of the image
         for concept, count in zip(concepts, instances):
             for _ in range(count):
                 side = max(4, int(round(s * base * rng.uniform(0.7, 1.15))))

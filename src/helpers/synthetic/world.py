@@ -302,9 +302,19 @@ def _draw_concepts(
     return [top[i, : n_per[i]] for i in range(n_images)], n_per
 
 
+MAX_OBJECTS = 4  # per scene: more would be drawn so small at 32 px that their stripes and outline blur away
+
+
 def _instances(rng: np.random.Generator, n: int) -> list[int]:
-    """How many copies of a concept a scene draws: mostly one, sometimes 2-3 (then the caption is plural)."""
-    return [1 if rng.random() < 0.7 else int(rng.integers(2, 4)) for _ in range(n)]
+    """How many copies of a concept a scene draws: mostly one, sometimes 2-3 (then the caption is plural).
+
+    A scene holds at most ``max(MAX_OBJECTS, n)`` objects: extra copies are taken back from the concept with the
+    most until it fits (the draws stay the same, so a scene's concepts do not depend on the cap).
+    """
+    counts = [1 if rng.random() < 0.7 else int(rng.integers(2, 4)) for _ in range(n)]
+    while sum(counts) > max(MAX_OBJECTS, n):
+        counts[int(np.argmax(counts))] -= 1
+    return counts
 
 
 def _absent_concepts(rng: np.random.Generator, weights: np.ndarray, shown: Sequence[int]) -> list[int]:
