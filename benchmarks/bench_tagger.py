@@ -64,9 +64,20 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "narrow_pools3_max_epochs40": {"widths": (16, 32, 64, 128), "pools": 3, "global_pool": "max", "epochs": 40},
     # the defaults of params.yaml taggers.synthetic since the world's corpus is 4:4:4 JPEG, and variants of them
     "default": {"widths": (16, 32, 64, 128), "pools": 3, "global_pool": "max", "epochs": 40},
-    "default_no_jpeg": {"widths": (16, 32, 64, 128), "pools": 3, "global_pool": "max", "epochs": 40, "jpeg_quality": None},
+    "default_no_jpeg": {
+        "widths": (16, 32, 64, 128),
+        "pools": 3,
+        "global_pool": "max",
+        "epochs": 40,
+        "jpeg_quality": None,
+    },
     "default_no_jpeg_lr01": {
-        "widths": (16, 32, 64, 128), "pools": 3, "global_pool": "max", "epochs": 40, "jpeg_quality": None, "lr": 0.01,
+        "widths": (16, 32, 64, 128),
+        "pools": 3,
+        "global_pool": "max",
+        "epochs": 40,
+        "jpeg_quality": None,
+        "lr": 0.01,
     },
     "asl": {"loss": "asl"},
     "max_asl": {"global_pool": "max", "loss": "asl"},
