@@ -108,6 +108,9 @@ def test_shifted_tagger_applies_the_offsets_in_logit_space():
     assert shifted.fingerprint()["weights_sha256"] == tagger.fingerprint()["weights_sha256"]
     with pytest.raises(ValueError, match="one finite offset per concept"):
         PriorShiftedTagger(tagger, [0.0])
+    shifted.channels_last()  # the image search's GPU setting reaches the wrapped network
+    conv = next(m for m in tagger.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
 
 
 def _write_shard(path, images, corrupt_keys=()):

@@ -135,6 +135,12 @@ class PriorShiftedTagger:
         self.tagger = self.tagger.to(device)
         return self
 
+    def channels_last(self) -> None:
+        """Put the wrapped tagger's network in channels_last, as the image search does for a bare tagger."""
+        from helpers.images.search import _channels_last  # imported here: search imports the stage modules
+
+        _channels_last(self.tagger)
+
     @torch.no_grad()
     def scores(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C) float32 probabilities on the CPU, shifted in logit space."""
