@@ -159,3 +159,14 @@ def test_prior_shift_is_only_for_trained_taggers():
     assert validate(ImageCorpus, entry, "image_corpora.c").prior_shift.images == 100
     with pytest.raises(ConfigError, match=r"prior_shift\.images"):
         validate(ImageCorpus, {**entry, "prior_shift": {"images": 0}}, "image_corpora.c")
+
+
+def test_shard_images_yield_every_image_and_name_the_undecodable_one(tmp_path):
+    from helpers.images.sources import iter_shard_images
+
+    images = [(f"{i:05d}", Image.new("RGB", (8, 8), (10 * i, 0, 0))) for i in range(4)]
+    _write_shard(tmp_path / "00000.tar", images, corrupt_keys={"00002"})
+    rows = list(iter_shard_images(str(tmp_path / "00000.tar"), ("png", "jpg")))
+    assert [(pos, key) for pos, key, _, _ in rows] == [(i, f"{i:05d}") for i in range(4)]
+    assert [image is None for _, _, image, _ in rows] == [False, False, True, False]
+    assert rows[2][3] and not rows[0][3]

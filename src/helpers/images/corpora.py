@@ -17,7 +17,6 @@ helpers.params.images.
 from __future__ import annotations
 
 import functools
-import io
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,20 +28,20 @@ import pandas as pd
 from PIL import Image
 
 from helpers import paths, schemas
+from helpers.devices import resolve_device
 from helpers.images.audit import CalibrationResult, calibrate_corpus
 from helpers.images.backends import build_tagger
 from helpers.images.calibration import thresholds_for
 from helpers.images.frequencies import frequency_table, misalignment
 from helpers.images.prior_shift import fit_corpus_prior_shift, shifted_tagger
 from helpers.images.search import image_search_dir, run_image_search
-from helpers.images.sources import image_source, list_image_shards
+from helpers.images.sources import image_source, iter_shard_images, list_image_shards
 from helpers.images.tagger_data import read_labels
 from helpers.images.tagger_trained import train_tagger
 from helpers.params import ConfigError, validate
 from helpers.params.images import ImageCorpus, ImageSearch, TaggerTraining
 from helpers.shards import read_run, run_report
 from helpers.text import corpora
-from helpers.text.captions import iter_tar_samples
 
 # keys of a tagger config that hold paths (resolved against the work folder, like corpus paths)
 _PATH_KEYS = ("checkpoint", "label_embedding_cache", "model_config")
@@ -208,7 +207,12 @@ def tag_corpus(
     shift = None
     if spec.prior_shift is not None:  # label shift: move the tagger onto the corpus's concept priors first
         shift = fit_corpus_prior_shift(
-            f"image_corpora.{name}.prior_shift", spec.prior_shift, factory, source, batch_size=search.batch_size
+            f"image_corpora.{name}.prior_shift",
+            spec.prior_shift,
+            factory,
+            source,
+            batch_size=search.batch_size,
+            device=resolve_device(search.device),
         )
         factory = functools.partial(shifted_tagger, factory, shift.estimate.offsets.tolist())
     run_image_search(source, factory, image_dir, search, overwrite=True, progress=progress)
@@ -262,15 +266,10 @@ def qualitative_examples(
     scores = scores[scores["prob"] >= threshold]
     tags = scores.groupby("sample_id")["concept_id"].apply(list).to_dict()
     examples = []
-    for sample in iter_tar_samples(shard.path, set(source.image_ext)):
-        sample_id = (shard.index << 32) | sample.position
-        data = next((sample.files[e] for e in source.image_ext if sample.files.get(e)), None)
-        if data is None:
+    for position, _, image, _ in iter_shard_images(shard.path, source.image_ext):
+        if image is None:  # a corrupt image is counted by the stage; here it is just not shown
             continue
-        try:
-            image = Image.open(io.BytesIO(data)).convert("RGB")
-        except Exception:  # a corrupt image is counted by the stage; here it is just not shown
-            continue
+        sample_id = (shard.index << 32) | position
         examples.append((image, sorted(concepts[c] for c in tags.get(sample_id, []))))
         if len(examples) >= n:
             break

@@ -190,8 +190,8 @@ def sample_corpus_images(source: Any, n_images: int) -> tuple[list[Image.Image],
     Returns the images and the skips (``"<tar>: <key>: <reason>"``): an undecodable image or a damaged tar is
     counted and reported, never fatal -- the estimate only needs a sample.
     """
-    from helpers.images.sources import decode_image, list_image_shards
-    from helpers.text.tars import ShardReadError, iter_tar_samples
+    from helpers.images.sources import iter_shard_images, list_image_shards
+    from helpers.text.tars import ShardReadError
 
     shards = list_image_shards(source)
     if not shards:
@@ -199,19 +199,14 @@ def sample_corpus_images(source: Any, n_images: int) -> tuple[list[Image.Image],
     per_shard = -(-n_images // len(shards))
     images: list[Image.Image] = []
     skipped: list[str] = []
-    exts = set(source.image_ext)
     for shard in shards:
         taken = 0
         try:
-            for sample in iter_tar_samples(shard.path, exts):
-                ext = next((e for e in source.image_ext if e in sample.files), None)
-                if ext is None:
+            for _, key, image, error in iter_shard_images(shard.path, source.image_ext):
+                if image is None:
+                    skipped.append(f"{shard.path}: {key}: {error}")
                     continue
-                try:
-                    images.append(decode_image(sample.files[ext]))
-                except Exception as error:  # noqa: BLE001 -- any undecodable image is a reported skip
-                    skipped.append(f"{shard.path}: {sample.key}: {type(error).__name__}: {error}")
-                    continue
+                images.append(image)
                 taken += 1
                 if taken >= per_shard or len(images) >= n_images:
                     break
@@ -223,7 +218,13 @@ def sample_corpus_images(source: Any, n_images: int) -> tuple[list[Image.Image],
 
 
 def estimate_prior_shift(
-    tagger: Tagger, images: Sequence[Image.Image], *, batch_size: int = 256, max_iter: int = 200, tol: float = 1e-6
+    tagger: Tagger,
+    images: Sequence[Image.Image],
+    *,
+    batch_size: int = 256,
+    device: str = "cpu",
+    max_iter: int = 200,
+    tol: float = 1e-6,
 ) -> PriorEstimate:
     """Score ``images`` with a trained ``tagger`` and estimate its corpus priors by :func:`em_priors`.
 
@@ -234,10 +235,12 @@ def estimate_prior_shift(
         raise ValueError("no corpus image could be read for the prior estimate")
     train = training_prior(tagger)
     transform = tagger.transform()
+    tagger.to(device)
     parts = []
-    for start in range(0, len(images), batch_size):
-        batch = torch.stack([transform(im) for im in images[start : start + batch_size]])
-        parts.append(tagger.scores(batch).numpy())
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            batch = torch.stack([transform(im) for im in images[start : start + batch_size]])
+            parts.append(tagger.scores(batch.to(device)).float().cpu().numpy())
     probs = np.concatenate(parts).astype(np.float64)
     known = np.isfinite(train)
     corpus = np.full(len(train), 0.5)
@@ -282,7 +285,13 @@ class CorpusPriorShift:
 
 
 def fit_corpus_prior_shift(
-    key: str, settings: Any, factory: Callable[[], Tagger], source: Any, *, batch_size: int = 256
+    key: str,
+    settings: Any,
+    factory: Callable[[], Tagger],
+    source: Any,
+    *,
+    batch_size: int = 256,
+    device: str = "cpu",
 ) -> CorpusPriorShift:
     """Fit the prior shift of an image corpus (``settings``: :class:`helpers.params.images.PriorShift`).
 
@@ -295,7 +304,12 @@ def fit_corpus_prior_shift(
     tagger = factory()
     try:
         estimate = estimate_prior_shift(
-            tagger, images, batch_size=batch_size, max_iter=int(settings.max_iter), tol=float(settings.tol)
+            tagger,
+            images,
+            batch_size=batch_size,
+            device=device,
+            max_iter=int(settings.max_iter),
+            tol=float(settings.tol),
         )
     except ValueError as error:
         raise ConfigError(f"{key}: {error}" + (f" (skipped: {skipped[:3]})" if skipped else "")) from error

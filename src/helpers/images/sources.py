@@ -131,6 +131,23 @@ def decode_image(data: bytes, draft_size: int | None = None) -> Image.Image:
         return img.convert("RGB")
 
 
+def iter_shard_images(path: str, image_ext: Sequence[str]) -> Iterator[tuple[int, str, Image.Image | None, str]]:
+    """``(position, key, image, error)`` for every sample of a webdataset tar that has an image file.
+
+    The image is the sample's file with the first of ``image_ext`` it has, decoded by :func:`decode_image`; an
+    undecodable one comes back as ``None`` with the reason in ``error`` (the caller counts or skips it). A damaged
+    tar raises ``ShardReadError`` after the samples before the damage, as ``iter_tar_samples`` does.
+    """
+    for sample in iter_tar_samples(path, set(image_ext)):
+        ext = next((e for e in image_ext if sample.files.get(e)), None)
+        if ext is None:
+            continue
+        try:
+            yield sample.position, sample.key, decode_image(sample.files[ext]), ""
+        except Exception as error:  # noqa: BLE001 -- any undecodable image is the caller's counted skip
+            yield sample.position, sample.key, None, f"{type(error).__name__}: {error}"
+
+
 @dataclass
 class _Block:
     """What a worker hands back for one block of consecutive positions (a batch)."""
