@@ -397,3 +397,29 @@ def test_a_scene_holds_at_most_four_objects_and_every_concept_once():
     draws = [_instances(rng, n) for n in (1, 2, 3) for _ in range(2000)]
     assert all(min(d) >= 1 and sum(d) <= MAX_OBJECTS for d in draws)
     assert max(sum(d) for d in draws) == MAX_OBJECTS and max(max(d) for d in draws) == 3
+
+
+def test_objects_are_placed_so_every_shown_concept_stays_visible():
+    """Low-overlap placement: in scenes of 3 concepts (up to 4 objects) a concept is almost never hidden.
+
+    Free placement left a concept under a quarter visible in about 4% of such scenes, and under a tenth in
+    about 1%; the placement keeps that rare, and a lone object is always whole.
+    """
+    from helpers.synthetic.render import Renderer, make_signatures
+    from helpers.synthetic.world import _instances
+
+    renderer = Renderer(make_signatures(40, seed=0), 32)
+    rng = np.random.default_rng(0)
+    shares: list[float] = []
+    for _ in range(400):
+        concepts = [int(c) for c in rng.choice(40, size=3, replace=False)]
+        seen: dict[int, float] = {}
+        renderer.draw(concepts, _instances(rng, 3), rng, visibility=seen)
+        assert sorted(seen) == sorted(concepts)
+        shares += seen.values()
+    shares_arr = np.asarray(shares)
+    assert (shares_arr < 0.25).mean() < 0.01 and (shares_arr < 0.1).mean() < 0.002
+    assert np.median(shares_arr) > 0.95
+    alone: dict[int, float] = {}
+    renderer.draw([5], [1], rng, visibility=alone)
+    assert alone.keys() == {5} and alone[5] > 0.8  # only the canvas edge may clip a lone object

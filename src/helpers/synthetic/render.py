@@ -80,6 +80,7 @@ def make_signatures(n_concepts: int, seed: int) -> list[Signature]:
 
 
 _PATCH = 64
+PLACEMENT_TRIES = 16  # random positions tried per object (Renderer.draw)
 
 
 def _shape_mask(shape: str, aspect: float) -> Image.Image:
@@ -141,12 +142,29 @@ class Renderer:
         img = a + (b - a) * t[..., None] + rng.normal(0, rng.uniform(4, 20), (s, s, 3))
         return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
 
-    def draw(self, concepts: Sequence[int], instances: Sequence[int], rng: np.random.Generator) -> Image.Image:
-        """A scene showing each concept ``instances[i]`` times at random pose, scale and brightness."""
+    def draw(
+        self,
+        concepts: Sequence[int],
+        instances: Sequence[int],
+        rng: np.random.Generator,
+        *,
+        visibility: dict[int, float] | None = None,
+    ) -> Image.Image:
+        """A scene showing each concept ``instances[i]`` times at random pose, scale and brightness.
+
+        Objects are placed so that they overlap little: each object takes, of ``PLACEMENT_TRIES`` random
+        positions, the one whose square overlaps the squares already placed the least (the first without
+        overlap ends the search). With free placement a concept of a three-concept scene was under a
+        quarter visible in 4% of scenes, a label no tagger can recover (README, synthetic world). Pass a
+        dict as ``visibility`` to receive, per concept, the share of its drawn pixels left visible (0-1).
+        """
         canvas = self.background(rng)
         s = self.size
         n_objects = sum(instances)
         base = 0.75 if n_objects == 1 else 0.55 if n_objects <= 3 else 0.45  # side, as a share of the image
+        placed: list[tuple[int, int, int]] = []  # (x, y, side) of the objects drawn so far
+        owner = np.full((s, s), -1, dtype=np.int64) if visibility is not None else None
+        drawn: dict[int, int] = {}
         for concept, count in zip(concepts, instances):
             for _ in range(count):
                 side = max(4, int(round(s * base * rng.uniform(0.7, 1.15))))
@@ -157,10 +175,38 @@ class Renderer:
                     r, g, b, alpha = patch.split()
                     rgb = Image.merge("RGB", (r, g, b)).point(lambda v, k=gain: min(255, int(v * k)))
                     patch = Image.merge("RGBA", (*rgb.split(), alpha))
-                x = int(rng.integers(-side // 8, s - side + side // 8 + 1))  # at most 1/8 off the edge
-                y = int(rng.integers(-side // 8, s - side + side // 8 + 1))
+                x, y = self._place(side, placed, rng)
+                placed.append((x, y, side))
                 canvas.paste(patch, (x, y), patch)
+                if owner is not None:
+                    mask = np.zeros((s, s), dtype=bool)
+                    x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + side, s), min(y + side, s)
+                    alpha = np.asarray(patch.getchannel("A")) > 127
+                    mask[y0:y1, x0:x1] = alpha[y0 - y : y1 - y, x0 - x : x1 - x]
+                    owner[mask] = concept
+                    drawn[concept] = drawn.get(concept, 0) + int(alpha.sum())
+        if visibility is not None and owner is not None:
+            for concept in dict.fromkeys(concepts):
+                visibility[int(concept)] = float((owner == concept).sum() / max(drawn.get(concept, 0), 1))
         return canvas
+
+    def _place(self, side: int, placed: list[tuple[int, int, int]], rng: np.random.Generator) -> tuple[int, int]:
+        """Top-left corner for a ``side`` px square (at most 1/8 off the edge) overlapping ``placed`` least."""
+        s = self.size
+        low, high = -side // 8, s - side + side // 8 + 1
+        best, best_overlap = (0, 0), math.inf
+        for _ in range(PLACEMENT_TRIES if placed else 1):
+            x, y = int(rng.integers(low, high)), int(rng.integers(low, high))
+            overlap = 0
+            for px, py, pside in placed:
+                w = min(x + side, px + pside) - max(x, px)
+                h = min(y + side, py + pside) - max(y, py)
+                overlap += max(w, 0) * max(h, 0)
+            if overlap < best_overlap:
+                best, best_overlap = (x, y), overlap
+            if overlap == 0:
+                break
+        return best
 
 
 # ----------------------------------------------------------------------------------- the captions
