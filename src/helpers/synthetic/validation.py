@@ -425,8 +425,8 @@ def plot_estimated_vs_true(settings: Mapping[str, Any], base: str | os.PathLike)
 def plot_precision_recall(report: pd.DataFrame):
     """Precision against recall of every tagger's image and matched estimates, one point per threshold.
 
-    ``report``: ``validation_report``'s table. Global thresholds are joined by a line (the P/R curve, labelled
-    with their values); the operating threshold is ringed; a calibrated row is drawn as a star. Returns the figure.
+    ``report``: ``validation_report``'s table. Global thresholds are joined by a line (the P/R curve, its two
+    ends labelled with their thresholds); the operating threshold is ringed; a calibrated row is drawn as a star. Returns the figure.
     """
     import matplotlib.pyplot as plt
     import seaborn as sns
@@ -444,9 +444,12 @@ def plot_precision_recall(report: pd.DataFrame):
             curve = these[these["threshold_label"] != CALIBRATED].sort_values("threshold")
             colour = colours[tagger]
             ax.plot(curve["recall"], curve["precision"], marker="o", markersize=4, color=colour, label=tagger)
-            for row in curve.itertuples(index=False):
-                ax.annotate(row.threshold_label, (row.recall, row.precision), fontsize=7, xytext=(3, 3),
-                            textcoords="offset points", color=colour)  # fmt: skip
+            # only the curve's two ends are labelled: a good tagger's thresholds lie a few recall points apart,
+            # and a label per point overprinted them all (the line runs from one end to the other)
+            ends = curve.iloc[[0, -1]] if len(curve) > 1 else curve
+            for row, (dx, dy, ha) in zip(ends.itertuples(index=False), ((5, 4, "left"), (-5, -11, "right"))):
+                ax.annotate(row.threshold_label, (row.recall, row.precision), fontsize=7, xytext=(dx, dy),
+                            textcoords="offset points", color=colour, ha=ha)  # fmt: skip
             op = curve[curve["operating"]]
             ax.scatter(op["recall"], op["precision"], s=160, facecolors="none", edgecolors=colour, linewidths=1.5)
             cal = these[these["threshold_label"] == CALIBRATED]
