@@ -437,7 +437,12 @@ def train_clip(
             paths, limits, train_tf if augment else eval_tf, tokenizer, batch_size, seed, shuffle_buffer
         )
         loss_fn = open_clip.ClipLoss()
-        optimizer = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6)
+        # fused: one kernel for the whole update; the unfused step was a tenth of a CPU step, most of it the
+        # 49,408-token embedding table (benchmarks/bench_clip_training.py)
+        fused = torch.device(device).type in ("cpu", "cuda")
+        optimizer = torch.optim.AdamW(
+            _param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6, fused=fused or None
+        )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_lr(s, total_steps, warmup_steps))
 
         step_losses: list[float] = []
