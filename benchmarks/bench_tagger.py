@@ -79,6 +79,16 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "jpeg_quality": None,
         "lr": 0.01,
     },
+    # the defaults since the world places objects with little overlap (params.yaml taggers.synthetic)
+    "placed": {"widths": (16, 32, 64, 128), "pools": 3, "global_pool": "max", "epochs": 20, "jpeg_quality": None},
+    "placed_bf16": {
+        "widths": (16, 32, 64, 128),
+        "pools": 3,
+        "global_pool": "max",
+        "epochs": 20,
+        "jpeg_quality": None,
+        "precision": "bf16",
+    },
     "asl": {"loss": "asl"},
     "max_asl": {"global_pool": "max", "loss": "asl"},
     "lr1e-3": {"lr": 0.001},

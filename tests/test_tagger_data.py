@@ -166,3 +166,46 @@ def test_pools_and_global_pool_are_saved_loaded_and_checked(tmp_path):
         train_sample_tagger({**base, "global_pool": "sum"}, name="x", progress=False)
     trained = train_sample_tagger({**base, "pools": 3, "global_pool": "avgmax"}, name="x", progress=False)
     assert (trained.model.pools, trained.model.global_pool) == (3, "avgmax")
+
+
+def test_dataset_transforms_once_without_the_jpeg_round_trip():
+    """With no random JPEG re-encoding every epoch sees the same tensors: they are computed once and reused."""
+    from helpers.images.tagger_trained import make_transform
+
+    images = [Image.new("RGB", (20, 20), (i * 40, 10, 200 - i * 30)) for i in range(3)]
+    targets = torch.eye(3)
+    transform = make_transform(16)
+    cached = LabelledImages(images, targets, transform)
+    assert cached._cached is not None
+    for i, image in enumerate(images):
+        tensor, target = cached[i]
+        assert torch.equal(tensor, transform(image)) and torch.equal(target, targets[i])
+        assert cached[i][0] is tensor  # the same tensor object: not re-transformed
+    assert LabelledImages(images, targets, transform, jpeg_quality=(60, 90), jpeg_p=0.5)._cached is None
+
+
+def test_bf16_training_is_recorded_checked_and_saves_plain_float32_weights(tmp_path):
+    """precision bf16 trains under autocast; the weights stay float32 in the usual memory layout; typos are named."""
+    from helpers.images.tagger_trained import load_trained_tagger
+
+    images = [Image.new("RGB", (16, 16), (i * 50, 255 - i * 50, 0)) for i in range(4)]
+    labels = [["a"], ["b"], ["a", "b"], []]
+    with pytest.raises(ValueError, match="precision must be one of"):
+        train_tagger(images, labels, ["a", "b"], image_size=16, epochs=1, precision="fp16", progress=False)
+    tagger = train_tagger(
+        images, labels, ["a", "b"], image_size=16, epochs=2, widths=(4, 8), precision="bf16", progress=False
+    )
+    assert tagger.training["precision"] == "bf16"
+    assert all(p.dtype == torch.float32 and p.is_contiguous() for p in tagger.model.parameters())
+    tagger.save(tmp_path / "t.pt")
+    batch = torch.stack([tagger.transform()(im) for im in images])
+    assert torch.equal(load_trained_tagger(tmp_path / "t.pt").scores(batch), tagger.scores(batch))
+    (tmp_path / "images").mkdir()
+    for i, im in enumerate(images):
+        im.save(tmp_path / "images" / f"{i}.png")
+    rows = ["image,concepts", *(f"images/{i}.png,{'|'.join(lab)}" for i, lab in enumerate(labels))]
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    base = {"labels": str(tmp_path / "labels.csv"), "checkpoint": str(tmp_path / "s.pt"), "image_size": 16, "epochs": 1}
+    with pytest.raises(ConfigError, match=r"taggers\.x\.precision"):
+        train_sample_tagger({**base, "precision": "half"}, name="x", progress=False)
+    assert train_sample_tagger({**base, "precision": "bf16"}, name="x", progress=False).training["precision"] == "bf16"
