@@ -10,8 +10,10 @@ images against the world's truth, under the score transforms a tagger could use:
 
 For each: the median per-concept ROC AUC (scikit-learn) and the most frequent concepts' AUCs, and the pair-level
 precision/recall of per-concept thresholds fitted (``helpers.images.calibration.fit_thresholds``, target
-precision 0.8; a concept that cannot reach it is never tagged) on the labelled split, and -- an oracle no
-deployment has -- on the first half of the corpus images, scored on the second half.
+precision 0.8; a concept that cannot reach it is never tagged) on the labelled split, on the labelled split at
+each concept's caption prevalence in the corpus (``prevalence`` of ``fit_thresholds``: the stage's
+``audit.prevalence: captions``), and -- an oracle no deployment has -- on the first half of the corpus images,
+scored on the second half.
 
     python benchmarks/clip_tagger_separability.py --world data/raw/synthetic \
         --model data/models/synthetic-clip [--corpus-images 4000]
@@ -62,10 +64,14 @@ def micro(scores: np.ndarray, truth: np.ndarray, cuts: np.ndarray) -> tuple[floa
     return tp / max(int(tagged.sum()), 1), tp / max(int(truth.sum()), 1)
 
 
-def fitted_cuts(scores: np.ndarray, labels: np.ndarray, lo: float, hi: float) -> np.ndarray:
+def fitted_cuts(
+    scores: np.ndarray, labels: np.ndarray, lo: float, hi: float, prevalence: np.ndarray | None = None
+) -> np.ndarray:
     """Per-concept thresholds for precision 0.8 in the original score units (never-tag when unreachable)."""
     unit = (scores - lo) / (hi - lo)
-    fit = fit_thresholds(np.clip(unit, 0, 1), labels, target_precision=0.8, default=1.0, min_positives=3)
+    fit = fit_thresholds(
+        np.clip(unit, 0, 1), labels, target_precision=0.8, default=1.0, min_positives=3, prevalence=prevalence
+    )
     cuts = fit["threshold"].to_numpy() * (hi - lo) + lo
     return np.where(fit["fallback"].to_numpy(), np.inf, cuts)
 
@@ -100,6 +106,10 @@ def main() -> None:
     truth[pairs["sample_id"].map(position).to_numpy(), pairs["concept_id"].to_numpy()] = True
     corpus = transforms(similarities(tagger, images), scale)
     half = len(ids) // 2
+    # each concept's share of the corpus's captions that mention it (the stage's `prevalence: captions`)
+    mentions = pd.read_parquet(args.world / "truth" / "caption_concepts.parquet").drop_duplicates()
+    n_samples = len(pd.read_parquet(args.world / "truth" / "samples.parquet"))
+    prevalence = np.bincount(mentions["concept_id"].to_numpy(), minlength=len(names)) / n_samples
     frequent = np.argsort(-truth.mean(0))[:10]
     print(f"{len(paths)} labelled split images, {len(ids)} corpus images, {int(truth.sum())} shown pairs")
     for name in corpus:
@@ -107,11 +117,13 @@ def main() -> None:
         lo, hi = min(a.min(), b.min()), max(a.max(), b.max())
         aucs = {c: roc_auc_score(truth[:, c], b[:, c]) for c in range(len(names)) if 0 < truth[:, c].sum() < len(b)}
         p_split, r_split = micro(b, truth, fitted_cuts(a, split_truth, lo, hi))
+        p_prev, r_prev = micro(b, truth, fitted_cuts(a, split_truth, lo, hi, prevalence))
         p_oracle, r_oracle = micro(b[half:], truth[half:], fitted_cuts(b[:half], truth[:half], lo, hi))
         print(
             f"{name:14s} median AUC {np.median(list(aucs.values())):.3f}; ten most frequent "
             f"{min(aucs[c] for c in frequent):.3f}-{max(aucs[c] for c in frequent):.3f} | precision 0.8 fitted on "
-            f"the labelled split: P {p_split:.3f} R {r_split:.3f} | on half the corpus (oracle): "
+            f"the labelled split: P {p_split:.3f} R {r_split:.3f} | the same at caption prevalence: "
+            f"P {p_prev:.3f} R {r_prev:.3f} | on half the corpus (oracle): "
             f"P {p_oracle:.3f} R {r_oracle:.3f}"
         )
 

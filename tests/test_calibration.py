@@ -108,6 +108,35 @@ def test_bad_inputs_are_refused(kwargs, message):
         fit_thresholds(**kwargs)
 
 
+def test_precision_at_the_corpus_prevalence_transfers_from_a_uniform_audit():
+    """A threshold fitted on a 20%-prevalence audit reaches its precision where the concept is that common, not
+    where it is rare; with ``prevalence`` the fit reaches it in a corpus of the given prevalence (label shift)."""
+    rng = np.random.default_rng(4)
+
+    def draw(n, prevalence):
+        labels = rng.random((n, 1)) < prevalence
+        probs = np.where(labels, rng.beta(5, 2, (n, 1)), rng.beta(2, 5, (n, 1)))
+        return probs, labels
+
+    audit_probs, audit_labels = draw(20_000, 0.2)
+    corpus_probs, corpus_labels = draw(200_000, 0.05)
+    plain = fit_thresholds(audit_probs, audit_labels, target_precision=0.8)
+    shifted = fit_thresholds(audit_probs, audit_labels, target_precision=0.8, prevalence=np.array([0.05]))
+    assert shifted.loc[0, "threshold"] > plain.loc[0, "threshold"]
+    assert not shifted.loc[0, "fallback"]
+    assert _pr(corpus_probs, corpus_labels, plain.loc[0, "threshold"])[0] < 0.5  # far below the target
+    corpus_precision = _pr(corpus_probs, corpus_labels, shifted.loc[0, "threshold"])[0]
+    assert corpus_precision == pytest.approx(0.8, abs=0.05)
+    assert shifted.loc[0, "precision"] >= 0.8  # the table reports precision at the given prevalence
+    # at the audit's own prevalence the adjustment changes nothing
+    same = fit_thresholds(audit_probs, audit_labels, target_precision=0.8, prevalence=audit_labels.mean(0))
+    assert same.loc[0, "threshold"] == pytest.approx(plain.loc[0, "threshold"], abs=0.02)
+    with pytest.raises(ValueError, match="one finite value per concept"):
+        fit_thresholds(audit_probs, audit_labels, prevalence=np.array([0.1, 0.2]))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        fit_thresholds(audit_probs, audit_labels, prevalence=np.array([1.5]))
+
+
 def test_round_trip_and_alignment(tmp_path):
     probs, labels = _audit()
     table = fit_thresholds(probs, labels, concept_ids=np.array([7, 3, 5]))

@@ -95,3 +95,29 @@ def test_bad_audit_input_is_refused_or_reported(setup):
     result = calibrate_corpus("img", entry, setup["concepts"], SEARCH, tagger_config=setup["config"])
     assert result.n_audit == 23 and len(result.skipped) == 1 and "000.png" in result.skipped[0]
     assert result.unknown_labels == ["unicorn"]
+
+
+def test_prevalence_from_captions_fits_at_the_corpus_prevalence(setup):
+    """``prevalence: captions``: the stage passes each concept's caption share; the fit is fit_thresholds' with it."""
+    from helpers.images.audit import caption_prevalence
+
+    text = pd.DataFrame({"concept_id": [0, 2, 7], "count": [5, 40, 3]})  # id 7: no concept of this search
+    prevalence = caption_prevalence(text, 3, 100)
+    np.testing.assert_allclose(prevalence, [0.05, 0.0, 0.4])
+    with pytest.raises(ValueError, match="at least one image"):
+        caption_prevalence(text, 3, 0)
+    entry = {**setup["entry"], "audit": {**setup["entry"]["audit"], "prevalence": "captions"}}
+    with pytest.raises(ConfigError, match=r"image_corpora\.img\.audit\.prevalence"):
+        calibrate_corpus("img", entry, setup["concepts"], SEARCH, tagger_config=setup["config"])
+    result = calibrate_corpus(
+        "img", entry, setup["concepts"], SEARCH, tagger_config=setup["config"], prevalence=prevalence
+    )
+    probs, labels, _ = read_audit(result.audit_path)
+    fitted = fit_thresholds(
+        probs, labels, target_precision=0.6, default=0.7, floor=0.1, min_positives=2, prevalence=prevalence
+    )
+    np.testing.assert_allclose(result.thresholds["threshold"], fitted["threshold"], rtol=1e-6)
+    np.testing.assert_allclose(result.thresholds["precision"], fitted["precision"], rtol=1e-6)
+    with pytest.raises(ConfigError, match=r"image_corpora\.img\.audit\.prevalence"):
+        bad = {**entry, "audit": {**entry["audit"], "prevalence": "corpus"}}
+        calibrate_corpus("img", bad, setup["concepts"], SEARCH, tagger_config=setup["config"], prevalence=prevalence)

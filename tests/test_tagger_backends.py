@@ -325,6 +325,7 @@ def test_backend_key_errors():
     [
         ({"tempreature": 1}, "tempreature"),
         ({"calibration": {"tau": -1}}, "calibration.tau"),
+        ({"calibration": {"tau": "learned"}}, "calibration.tau"),
         ({"calibration": {"mode": "platt"}}, "calibration.mode"),
         ({"calibration": {"mode": "reference"}}, "calibration.reference_images"),
         ({"calibration": {"reference_images": "x/*.jpg"}}, "calibration.reference_images"),
@@ -432,6 +433,18 @@ def test_open_clip_loads_the_checkpoint_and_calibrates_as_documented(tiny_clip, 
         tagger.fingerprint()["weights"]["checkpoint_sha256"]
         == hashlib.sha256(tiny_clip["checkpoint"].read_bytes()).hexdigest()
     )
+
+
+def test_open_clip_tau_model_is_the_clips_own_temperature(tiny_clip, sample_images):
+    """``tau: model`` is 1 / the learned logit scale: the model's own softmax temperature, not a ViT-B heuristic."""
+    tagger = build_tagger(clip_config(tiny_clip, calibration={"margin": 0.0, "tau": "model"}), CONCEPTS)
+    scale = float(tiny_clip["state"]["logit_scale"].exp())
+    assert tagger.calibration.tau == pytest.approx(1 / scale)
+    assert tagger.fingerprint()["calibration"]["tau"] == pytest.approx(1 / scale)
+    images = batch_of(tagger, sample_images)
+    sims = tagger.similarities(images)
+    background = (sims.sum(dim=1, keepdim=True) - sims) / (len(CONCEPTS) - 1)
+    torch.testing.assert_close(tagger.scores(images), torch.sigmoid((sims - background) * scale), atol=1e-5, rtol=1e-4)
 
 
 def test_open_clip_reference_calibration(tiny_clip, tmp_path, sample_images):

@@ -114,6 +114,7 @@ def calibrate_corpus(
     *,
     tagger_config: Mapping[str, Any],
     descriptions: Mapping[str, list[str]] | None = None,
+    prevalence: np.ndarray | None = None,
     progress: bool = False,
 ) -> CalibrationResult | None:
     """Fit and write per-concept thresholds of corpus ``name`` on its ``audit`` split; ``None`` without one.
@@ -125,6 +126,8 @@ def calibrate_corpus(
         settings: the ``image_search`` section (device, batch size, prob_floor, thresholds).
         tagger_config: the entry's tagger config with its paths resolved (as the image search builds it).
         descriptions: concept descriptions, as the image search passes them to the tagger.
+        prevalence: (n,) each concept's share of the corpus's images, for ``audit.prevalence: captions``
+            (:func:`caption_prevalence`); required then, ignored with ``audit``.
         progress: show a progress bar while scoring.
 
     Raises:
@@ -166,6 +169,8 @@ def calibrate_corpus(
         )
     except ValueError as error:
         raise ConfigError(f"{key}: {error}") from error
+    if audit.prevalence == "captions" and (prevalence is None or len(prevalence) != len(concepts)):
+        raise ConfigError(f"{key}.prevalence: 'captions' needs one caption prevalence per concept")
     default = float(audit.default) if audit.default is not None else float(max(search.thresholds))
     concept_ids = concepts["concept_id"].to_numpy()
     fitted = fit_thresholds(
@@ -177,6 +182,7 @@ def calibrate_corpus(
         floor=float(search.prob_floor),
         min_positives=audit.min_positives,
         concept_ids=concept_ids,
+        prevalence=prevalence if audit.prevalence == "captions" else None,
     )
     out = thresholds_path(name)
     write_thresholds(fitted, out)
@@ -191,12 +197,30 @@ def calibrate_corpus(
     )
 
 
+def caption_prevalence(text: pd.DataFrame, n_concepts: int, n_images: int) -> np.ndarray:
+    """(n_concepts,) share of a corpus's images whose caption mentions each concept: text count / images.
+
+    ``text``: the caption search's counts (``concept_id``, ``count``; :func:`helpers.images.frequencies.text_counts`);
+    concepts it lacks count 0. An estimate of how many images *show* a concept, for prevalence-adjusted
+    thresholds: captions omit some shown concepts and name some absent ones (the world: 5% each), and the
+    audit's rates are what the thresholds rest on. Raises ValueError when ``n_images`` < 1.
+    """
+    if n_images < 1:
+        raise ValueError(f"caption prevalence needs at least one image, got {n_images}")
+    counts = np.zeros(n_concepts, dtype=float)
+    ids = text["concept_id"].to_numpy(dtype=np.int64)
+    inside = (ids >= 0) & (ids < n_concepts)
+    np.add.at(counts, ids[inside], text["count"].to_numpy(dtype=float)[inside])
+    return np.clip(counts / n_images, 0.0, 1.0)
+
+
 __all__ = [
     "AUDIT_SCHEMA",
     "CALIBRATION_DIR",
     "CalibrationResult",
     "audit_path",
     "calibrate_corpus",
+    "caption_prevalence",
     "read_audit",
     "thresholds_path",
     "write_audit",

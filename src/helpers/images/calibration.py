@@ -63,8 +63,16 @@ class AuditScores:
     unknown_labels: list[str] = field(default_factory=list)  # label names that are not tagger concepts
 
 
-def _curve(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Candidate thresholds (distinct scores, descending) with TP, precision, recall and F1 at ``prob >= t``."""
+def _curve(
+    probs: np.ndarray, labels: np.ndarray, n_pos: int, n_neg: int, prevalence: float | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Candidate thresholds (distinct scores, descending) with TP, precision, recall and F1 at ``prob >= t``.
+
+    ``n_pos`` / ``n_neg``: the concept's labelled positives and negatives over the whole audit (``probs`` may
+    hold only the scores at or above the floor). With ``prevalence`` the precision is the one expected where
+    the concept has that prevalence: ``TPR pi / (TPR pi + FPR (1 - pi))`` (Bayes' rule; the audit's true and
+    false positive rates carry over to another prevalence, its precision does not).
+    """
     if len(probs) == 0:  # no audit score at or above the floor: no candidate cut
         empty = np.zeros(0, dtype=float)
         return empty, np.zeros(0, dtype=np.int64), empty, empty, empty
@@ -74,9 +82,14 @@ def _curve(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarra
     fp = np.cumsum(~y)
     last = np.r_[np.flatnonzero(p[1:] != p[:-1]), len(p) - 1]  # last index of each run of equal scores
     tp, fp, thresholds = tp[last], fp[last], p[last]
-    n_pos = y.sum()
-    precision = tp / (tp + fp)
-    recall = tp / n_pos if n_pos else np.zeros_like(precision, dtype=float)
+    recall = tp / n_pos if n_pos else np.zeros(len(tp), dtype=float)
+    if prevalence is None:
+        precision = tp / (tp + fp)
+    else:
+        fpr = fp / n_neg if n_neg else np.zeros(len(fp), dtype=float)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            hits = recall * prevalence
+            precision = np.where(hits + fpr > 0, hits / (hits + fpr * (1 - prevalence)), 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
         f1 = np.where(tp > 0, 2 * precision * recall / (precision + recall), 0.0)
     return thresholds, tp, precision, recall, f1
@@ -92,6 +105,7 @@ def fit_thresholds(
     floor: float = 0.0,
     min_positives: int = 5,
     concept_ids: np.ndarray | None = None,
+    prevalence: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Fit one threshold per concept on an audit split.
 
@@ -104,9 +118,15 @@ def fit_thresholds(
         floor: thresholds are never below this (the run's stored probability floor: lower scores were not kept).
         min_positives: concepts with fewer labelled positives keep ``default``.
         concept_ids: (C,) ids written in the table (default 0..C-1).
+        prevalence: (C,) each concept's share of the images of the corpus the thresholds are for. Precision
+            depends on prevalence and an audit's rarely matches the corpus's (a labelled split drawn uniformly,
+            a corpus spread over decades), so with it precision is computed at that prevalence from the
+            audit's true and false positive rates (label shift, as in Saerens et al. 2002) instead of on the
+            audit as it is. ``None``: the audit's own precision.
 
     Returns:
-        DataFrame with THRESHOLDS_SCHEMA's columns; precision/recall/f1 are the audit's at the chosen threshold.
+        DataFrame with THRESHOLDS_SCHEMA's columns; precision/recall/f1 are the audit's at the chosen threshold
+        (precision and F1 at ``prevalence`` when given).
 
     Raises:
         ValueError: shapes differ or are not 2-D, a probability is outside [0, 1] or NaN, or a setting is out of range.
@@ -127,6 +147,14 @@ def fit_thresholds(
     ids = np.arange(n_concepts) if concept_ids is None else np.asarray(concept_ids)
     if len(ids) != n_concepts:
         raise ValueError(f"concept_ids has {len(ids)} entries for {n_concepts} concepts")
+    if prevalence is not None:
+        prevalence = np.asarray(prevalence, dtype=float)
+        if prevalence.shape != (n_concepts,) or not np.isfinite(prevalence).all():
+            raise ValueError(
+                f"prevalence must hold one finite value per concept ({n_concepts}), got {prevalence.shape}"
+            )
+        if (prevalence < 0).any() or (prevalence > 1).any():
+            raise ValueError("prevalence must lie in [0, 1]")
     rows = []
     for c in range(n_concepts):
         y, p = labels[:, c], probs[:, c]
@@ -134,8 +162,8 @@ def fit_thresholds(
         chosen = None
         if n_pos >= min_positives:
             keep = p >= floor
-            t, tp, prec, rec, f1 = _curve(p[keep], y[keep])
-            rec = rec * (y[keep].sum() / n_pos) if n_pos else rec  # recall over all positives, not just kept ones
+            pi = None if prevalence is None else float(prevalence[c])
+            t, tp, prec, rec, f1 = _curve(p[keep], y[keep], n_pos, len(y) - n_pos, pi)
             if mode == "precision":
                 # a cut resting on fewer than min_positives true positives is noise (one lucky top score)
                 ok = np.flatnonzero((prec >= target_precision) & (tp >= min_positives))
@@ -148,8 +176,12 @@ def fit_thresholds(
         if chosen is None:
             pred = p >= default
             tp = int((pred & y).sum())
-            prec = tp / pred.sum() if pred.sum() else float("nan")
             rec = tp / n_pos if n_pos else float("nan")
+            if prevalence is not None and n_pos and len(y) > n_pos:
+                fpr, pi = int((pred & ~y).sum()) / (len(y) - n_pos), float(prevalence[c])
+                prec = rec * pi / (rec * pi + fpr * (1 - pi)) if rec * pi + fpr > 0 else float("nan")
+            else:
+                prec = tp / pred.sum() if pred.sum() else float("nan")
             f1 = 2 * prec * rec / (prec + rec) if tp else 0.0
             rows.append((int(ids[c]), float(default), prec, rec, f1, n_pos, True))
         else:

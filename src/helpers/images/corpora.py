@@ -29,10 +29,10 @@ from PIL import Image
 
 from helpers import paths, schemas
 from helpers.devices import resolve_device
-from helpers.images.audit import CalibrationResult, calibrate_corpus
+from helpers.images.audit import CalibrationResult, calibrate_corpus, caption_prevalence
 from helpers.images.backends import build_tagger
 from helpers.images.calibration import thresholds_for
-from helpers.images.frequencies import frequency_table, misalignment
+from helpers.images.frequencies import frequency_table, misalignment, text_counts
 from helpers.images.prior_shift import fit_corpus_prior_shift, shifted_tagger
 from helpers.images.search import image_search_dir, run_image_search
 from helpers.images.sources import image_source, iter_shard_images, list_image_shards
@@ -92,6 +92,7 @@ def train_sample_tagger(training: Mapping[str, Any], *, name: str = "sample", pr
         widths=spec.widths,
         pools=spec.pools,
         global_pool=spec.global_pool,
+        precision=spec.precision,
         progress=progress,
     )
     checkpoint = Path(paths.resolve(spec.checkpoint))
@@ -230,9 +231,14 @@ def tag_corpus(
     # each side's failures were accepted by its own setting: the joins use what the failed shards kept
     allow_failed = bool(caption_failed or image_failed)
     # per-concept thresholds first (entries with an audit split), so their counts sit beside the global ones
+    prevalence = None
+    if spec.audit is not None and spec.audit.prevalence == "captions":
+        n_images = int(shards["records"].sum())  # samples whose captions were searched
+        prevalence = caption_prevalence(text_counts(text_dir, allow_failed=allow_failed), len(concepts), n_images)
     calibration = calibrate_corpus(
-        name, entry, concepts, search, tagger_config=tagger_config, descriptions=descriptions, progress=progress
-    )
+        name, entry, concepts, search, tagger_config=tagger_config, descriptions=descriptions,
+        prevalence=prevalence, progress=progress,
+    )  # fmt: skip
     cuts = None
     if calibration is not None:
         n_run = int(read_run(image_dir).get("n_concepts") or 0)

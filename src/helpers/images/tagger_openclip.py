@@ -37,7 +37,10 @@ Calibration (documented choice)
     ``margin`` (default 0.05) is how far above the background an image must lie to score 0.5 and ``tau``
     (default 0.01) the width of the transition, both in cosine units. The defaults are heuristics for
     CLIP ViT-B models (a depicted concept typically lies 0.08-0.12 above the background, noise rarely
-    more than 0.03); since the stage stores every probability above a floor and sweeps thresholds later,
+    more than 0.03). ``tau: model`` takes the model's own temperature, 1 / its learned logit scale (0.01 for
+    OpenAI's ViT-B, whose scale sits at the clamp of 100): a small CLIP trained briefly learns a lower scale
+    (about 14 on the synthetic world), and there tau 0.01 pushes most scores to 0 or 1, so no threshold
+    between them separates anything (README, synthetic world); since the stage stores every probability above a floor and sweeps thresholds later,
     check the threshold against a small labelled sample of your corpus.
 
 Config keys (an ``image_corpora.<name>.tagger`` entry; the model: :mod:`helpers.params.images`)::
@@ -114,6 +117,16 @@ class Calibration:
             raise ValueError(f"calibration tau must be > 0, got {self.tau}")
         if self.mode == "reference" and not self.reference_images:
             raise ValueError("calibration mode 'reference' needs reference images")
+
+
+def _tau(tau: float | str, model: Any) -> float:
+    """``tau`` as a number: ``"model"`` is the model's own temperature, 1 / its learned logit scale."""
+    if tau != "model":
+        return float(tau)
+    scale = getattr(model, "logit_scale", None)
+    if scale is None:
+        raise ValueError("calibration tau 'model' needs a CLIP with a logit_scale; give tau as a number")
+    return 1.0 / float(torch.as_tensor(scale).detach().float().exp())
 
 
 def prompts_for(concept: str, templates: Sequence[str], descriptions: Sequence[str] | None = None) -> list[str]:
@@ -355,7 +368,7 @@ def from_config(
         concepts,
         templates=templates,
         descriptions=concept_desc,
-        calibration=Calibration(mode=cal.mode, margin=cal.margin, tau=cal.tau, reference_images=refs),
+        calibration=Calibration(mode=cal.mode, margin=cal.margin, tau=_tau(cal.tau, model), reference_images=refs),
         text_batch_size=cfg.text_batch_size,
         weights_id=weights_id,
     )

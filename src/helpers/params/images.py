@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
@@ -73,6 +73,9 @@ class TaggerTraining(Section):
     global_pool: Literal["avg", "max", "avgmax"] = Field(
         "avg", description="how the last feature map becomes one vector: mean, max or both concatenated"
     )
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: train under bfloat16 autocast (faster on CPUs with AMX/AVX512-BF16 and on GPUs)"
+    )
 
     @field_validator("jpeg_quality")
     @classmethod
@@ -141,9 +144,20 @@ class Calibration(Section):
 
     mode: Literal["concepts", "reference"] = "concepts"
     margin: float = DEFAULT_MARGIN
-    tau: float = Field(DEFAULT_TAU, gt=0)
+    tau: float | Literal["model"] = Field(
+        DEFAULT_TAU, description="sigmoid width in cosine units; 'model': 1 / the CLIP's learned logit scale"
+    )
     max_reference_images: PositiveInt = DEFAULT_MAX_REFERENCE_IMAGES
     reference_images: NonEmptyStr | list[NonEmptyStr] | None = Field(None, validate_default=True)
+
+    @field_validator("tau", mode="before")
+    @classmethod
+    def _tau(cls, value: Any) -> Any:
+        if value == "model":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise ValueError(f"expected a number > 0 or 'model', got {value!r}")
+        return float(value)
 
     @field_validator("reference_images")
     @classmethod
@@ -247,6 +261,10 @@ class Audit(Section):
     )
     default: Probability | None = Field(
         None, description="threshold of unfitted concepts (default: max image_search.thresholds)"
+    )
+    prevalence: Literal["audit", "captions"] = Field(
+        "audit",
+        description="precision as on the audit, or at each concept's corpus prevalence from its caption count",
     )
 
 
