@@ -204,3 +204,20 @@ def test_audit_scores_reads_labels_and_skips_broken_files(tmp_path):
     assert audit.unknown_labels == ["unicorn"]
     with pytest.raises(ValueError, match="2 audit images but 1 label lists"):
         audit_scores(_RedTagger(), paths[:2], labels[:1])
+
+
+def test_an_unreachable_target_can_take_the_most_precise_cut():
+    """``unreachable="best"``: the cut of highest precision on >= min_positives true positives, flagged fallback."""
+    probs = np.array([[0.95], [0.9], [0.85], [0.8], [0.75], [0.7], [0.65], [0.6], [0.55], [0.5]])
+    labels = np.array([[True], [False], [True], [True], [False], [True], [False], [True], [False], [False]])
+    kept = fit_thresholds(probs, labels, target_precision=0.99, default=0.7, min_positives=3)
+    assert kept["fallback"].tolist() == [True] and kept.loc[0, "threshold"] == 0.7
+    best = fit_thresholds(probs, labels, target_precision=0.99, default=0.7, min_positives=3, unreachable="best")
+    # cuts with >= 3 true positives: 0.8 (3/4), 0.7 (4/6), 0.6 (5/8): 0.8 is the most precise
+    assert best["fallback"].tolist() == [True] and best.loc[0, "threshold"] == 0.8
+    assert best.loc[0, "precision"] == pytest.approx(0.75) and best.loc[0, "recall"] == pytest.approx(3 / 5)
+    # a reachable target is fitted as before, whatever `unreachable` says
+    reach = fit_thresholds(probs, labels, target_precision=0.7, min_positives=3, unreachable="best")
+    assert not reach.loc[0, "fallback"] and reach.loc[0, "threshold"] == 0.8
+    with pytest.raises(ValueError, match="unreachable must be one of"):
+        fit_thresholds(probs, labels, unreachable="never")

@@ -183,6 +183,7 @@ def calibrate_corpus(
         min_positives=audit.min_positives,
         concept_ids=concept_ids,
         prevalence=prevalence if audit.prevalence == "captions" else None,
+        unreachable=audit.unreachable,
     )
     out = thresholds_path(name)
     write_thresholds(fitted, out)

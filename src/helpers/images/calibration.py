@@ -40,6 +40,7 @@ from helpers.schemas import read_arrow
 
 CalibrationMode = Literal["precision", "f1"]
 MODES: tuple[CalibrationMode, ...] = ("precision", "f1")
+UNREACHABLE = ("default", "best")  # fit_thresholds: a precision target no cut reaches
 THRESHOLDS_SCHEMA = pa.schema(
     [
         ("concept_id", pa.int32()),
@@ -106,6 +107,7 @@ def fit_thresholds(
     min_positives: int = 5,
     concept_ids: np.ndarray | None = None,
     prevalence: np.ndarray | None = None,
+    unreachable: str = "default",
 ) -> pd.DataFrame:
     """Fit one threshold per concept on an audit split.
 
@@ -123,6 +125,11 @@ def fit_thresholds(
             a corpus spread over decades), so with it precision is computed at that prevalence from the
             audit's true and false positive rates (label shift, as in Saerens et al. 2002) instead of on the
             audit as it is. ``None``: the audit's own precision.
+        unreachable: ``mode="precision"``, a concept with enough positives whose target no cut reaches:
+            ``default`` keeps ``default``; ``best`` takes the cut of highest precision (resting on at least
+            ``min_positives`` true positives; ties: the higher recall). Both are flagged ``fallback``. Where a
+            global threshold over-tags (a zero-shot tagger on rare concepts), ``best`` keeps the concept's
+            count small instead of flooding it with false positives.
 
     Returns:
         DataFrame with THRESHOLDS_SCHEMA's columns; precision/recall/f1 are the audit's at the chosen threshold
@@ -141,6 +148,8 @@ def fit_thresholds(
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if not 0 < target_precision <= 1:
         raise ValueError(f"target_precision must be in (0, 1], got {target_precision}")
+    if unreachable not in UNREACHABLE:
+        raise ValueError(f"unreachable must be one of {', '.join(UNREACHABLE)}, got {unreachable!r}")
     if not 0 <= floor <= default <= 1:
         raise ValueError(f"need 0 <= floor ({floor}) <= default ({default}) <= 1")
     n_concepts = probs.shape[1]
@@ -170,6 +179,11 @@ def fit_thresholds(
                 if len(ok):
                     i = ok[np.argmax(rec[ok])]  # highest recall among cuts meeting the target
                     chosen = (t[i], prec[i], rec[i], f1[i])
+                elif unreachable == "best" and (tp >= min_positives).any():
+                    ok = np.flatnonzero(tp >= min_positives)
+                    i = ok[np.lexsort((-rec[ok], -prec[ok]))[0]]  # highest precision, then highest recall
+                    rows.append((int(ids[c]), float(t[i]), float(prec[i]), float(rec[i]), float(f1[i]), n_pos, True))
+                    continue
             elif len(t):
                 i = int(np.argmax(f1))
                 chosen = (t[i], prec[i], rec[i], f1[i])

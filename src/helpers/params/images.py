@@ -262,6 +262,10 @@ class Audit(Section):
     default: Probability | None = Field(
         None, description="threshold of unfitted concepts (default: max image_search.thresholds)"
     )
+    unreachable: Literal["default", "best"] = Field(
+        "default",
+        description="mode precision, target unreachable: keep `default`, or the highest-precision threshold",
+    )
     prevalence: Literal["audit", "captions"] = Field(
         "audit",
         description="precision as on the audit, or at each concept's corpus prevalence from its caption count",
