@@ -110,3 +110,32 @@ def test_dropped_zero_rule_leaves_zero_counts_out():
     fit = corrected_fit(raw, scores, predicted, truth, zero_rule="dropped", resamples=50)
     assert fit.n_concepts == 25
     assert np.isfinite(fit.corrected_slope_ci_low)
+
+
+def test_pooled_prior_gives_an_unseen_concept_the_pooled_rates():
+    """prior="pooled": the 2 * alpha pseudo-counts sit at the pooled P and R; an unseen concept takes them."""
+    # concept 0: 2 TP, 1 FP, 1 FN; concept 1: 6 TP, 0 FP, 2 FN; concept 2: never shown nor predicted
+    predicted = np.zeros((12, 3), bool)
+    truth = np.zeros((12, 3), bool)
+    predicted[:3, 0], truth[[0, 1, 3], 0] = True, True
+    predicted[4:10, 1], truth[4:12, 1] = True, True
+    pooled = audit_rates(predicted, truth, prior="pooled")
+    p_bar, r_bar = 8 / 9, 8 / 11
+    assert pooled.loc[0, "precision"] == pytest.approx((2 + p_bar) / (3 + 1))
+    assert pooled.loc[1, "recall"] == pytest.approx((6 + r_bar) / (8 + 1))
+    assert pooled.loc[2, ["precision", "recall"]].tolist() == pytest.approx([p_bar, r_bar])
+    out = corrected_counts([10, 10, 10], pooled["precision"].to_numpy(), pooled["recall"].to_numpy())
+    assert out[2] == pytest.approx(10 * p_bar / r_bar)  # corrected like the pool, not left raw
+    with pytest.raises(ValueError, match="prior must be one of"):
+        audit_rates(predicted, truth, prior="flat")
+
+
+def test_pooled_prior_fit_matches_its_rates_and_recovers_the_slope():
+    true, raw, scores, predicted, truth = _world()
+    fit = corrected_fit(raw, scores, predicted, truth, prior="pooled", resamples=50, seed=1)
+    rates = audit_rates(predicted, truth, prior="pooled")
+    point = corrected_counts(raw, rates["precision"].to_numpy(), rates["recall"].to_numpy())
+    assert fit.corrected_slope == pytest.approx(concept_statistics(point, scores, resamples=0).slope_per_decade)
+    true_slope = concept_statistics(true, scores, resamples=0).slope_per_decade
+    assert abs(fit.corrected_slope - true_slope) < abs(fit.raw_slope - true_slope)
+    assert fit.corrected_slope_ci_low <= fit.corrected_slope <= fit.corrected_slope_ci_high

@@ -10,9 +10,18 @@ true one::
 
 This is the classical misclassification correction of an apparent prevalence by the test's error rates
 (Rogan & Gladen, 1978, Am. J. Epidemiol. 107(1)), applied per concept; it assumes the audit's error rates hold
-on the corpus. Rates are smoothed with a Jeffreys prior (``alpha`` = 0.5 pseudo-counts on each side), so a
-concept the audit never saw gets P = R = 0.5 and keeps its raw count rather than a division by zero; such
-concepts are flagged (``audited`` is False).
+on the corpus. Rates are smoothed so that a concept the audit (almost) never saw does not divide by zero, with
+``2 * alpha`` pseudo-counts (``prior``):
+
+* ``jeffreys``: half of them on each side (the Jeffreys prior, P = R = 0.5 for an unseen concept, which keeps
+  its raw count);
+* ``pooled``: all of them at the estimator's pooled rate over every concept of the audit (partial pooling,
+  empirical Bayes): an unseen concept takes the pooled P / R, a well-audited one its own. A few hundred audit
+  samples hold few positives of the rarest concepts; with ``jeffreys`` those keep their raw counts while the
+  frequent ones are corrected, which stretches the counts' spread by itself and can move the slope away from
+  the truth (README, synthetic world).
+
+Concepts the audit never saw are flagged (``audited`` is False).
 
 The audit's own uncertainty is propagated by bootstrap over audit *samples* (rows): each resample re-estimates
 every P_c and R_c, corrects the counts, and refits the concept-level OLS slope and Pearson r
@@ -31,6 +40,32 @@ import pandas as pd
 from helpers.analysis.loglinear import ZeroRule, concept_statistics, log10_frequency
 
 DEFAULT_ALPHA = 0.5  # Jeffreys prior pseudo-counts
+PRIORS = ("jeffreys", "pooled")
+
+
+def _smoothed(
+    tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, alpha: float, prior: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Smoothed (precision, recall) of (..., C) counts; ``pooled`` pools over the last (concept) axis."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if prior == "pooled":
+            total_tp = tp.sum(axis=-1, keepdims=True)
+            p_bar = np.where(
+                total_tp + fp.sum(axis=-1, keepdims=True) > 0,
+                total_tp / (total_tp + fp.sum(axis=-1, keepdims=True)),
+                0.5,
+            )
+            r_bar = np.where(
+                total_tp + fn.sum(axis=-1, keepdims=True) > 0,
+                total_tp / (total_tp + fn.sum(axis=-1, keepdims=True)),
+                0.5,
+            )
+            precision = (tp + 2 * alpha * p_bar) / (tp + fp + 2 * alpha)
+            recall = (tp + 2 * alpha * r_bar) / (tp + fn + 2 * alpha)
+        else:
+            precision = (tp + alpha) / (tp + fp + 2 * alpha)
+            recall = (tp + alpha) / (tp + fn + 2 * alpha)
+    return precision, recall
 
 
 def _check_audit(predicted: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -45,30 +80,33 @@ def _check_audit(predicted: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, 
     return predicted.astype(bool), truth.astype(bool)
 
 
-def audit_rates(predicted: np.ndarray, truth: np.ndarray, alpha: float = DEFAULT_ALPHA) -> pd.DataFrame:
+def audit_rates(
+    predicted: np.ndarray, truth: np.ndarray, alpha: float = DEFAULT_ALPHA, prior: str = "jeffreys"
+) -> pd.DataFrame:
     """Per-concept precision and recall of an estimator on an audit split.
 
     Args:
         predicted: (N, C) bool, the estimator's decision per audit sample and concept (e.g. prob >= threshold).
         truth: (N, C) bool, whether the sample truly shows the concept.
         alpha: pseudo-counts added to each side of both ratios (Jeffreys prior 0.5; 0 for the raw ratios).
+        prior: ``jeffreys`` or ``pooled`` (the ``2 * alpha`` pseudo-counts at the pooled rates; module docstring).
 
     Returns:
         One row per concept index ``c``: tp, fp, fn, precision, recall (smoothed), audited (the audit had a true
         or predicted positive of that concept).
 
     Raises:
-        ValueError: shapes differ, are not 2-D, or there are no samples; ``alpha`` < 0.
+        ValueError: shapes differ, are not 2-D, or there are no samples; ``alpha`` < 0; an unknown ``prior``.
     """
     if alpha < 0:
         raise ValueError(f"alpha must be >= 0, got {alpha}")
+    if prior not in PRIORS:
+        raise ValueError(f"prior must be one of {', '.join(PRIORS)}, got {prior!r}")
     predicted, truth = _check_audit(predicted, truth)
     tp = (predicted & truth).sum(axis=0)
     fp = (predicted & ~truth).sum(axis=0)
     fn = (~predicted & truth).sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        precision = (tp + alpha) / (tp + fp + 2 * alpha)
-        recall = (tp + alpha) / (tp + fn + 2 * alpha)
+    precision, recall = _smoothed(tp, fp, fn, alpha, prior)
     return pd.DataFrame(
         {
             "concept": np.arange(predicted.shape[1]),
@@ -141,6 +179,7 @@ def corrected_fit(
     *,
     zero_rule: ZeroRule = "to_one",
     alpha: float = DEFAULT_ALPHA,
+    prior: str = "jeffreys",
     resamples: int = 1000,
     seed: int = 0,
 ) -> CorrectedFit:
@@ -152,6 +191,7 @@ def corrected_fit(
         predicted, truth: (N, C) the estimator's decisions and the truth on the audit split (see ``audit_rates``).
         zero_rule: how zero counts enter log10 (``loglinear.log10_frequency``).
         alpha: smoothing pseudo-counts of the rates.
+        prior: how they are placed: ``jeffreys`` or ``pooled`` (``audit_rates``).
         resamples: bootstrap resamples over audit samples (0: no interval).
         seed: seed of the resampling.
 
@@ -173,7 +213,7 @@ def corrected_fit(
     if len(bad):
         raise ValueError(f"NaN or infinite count or score at concept index(es) {bad[:10].tolist()}")
     raw = concept_statistics(counts, scores, zero_rule=zero_rule, resamples=0)
-    rates = audit_rates(predicted, truth, alpha)
+    rates = audit_rates(predicted, truth, alpha, prior)
     point = corrected_counts(counts, rates["precision"].to_numpy(), rates["recall"].to_numpy())
     fixed = concept_statistics(point, scores, zero_rule=zero_rule, resamples=0)
 
@@ -192,8 +232,9 @@ def corrected_fit(
             for i in range(b):
                 w[i] = np.bincount(rng.integers(0, n, size=n), minlength=n)
             tp, fp, fn = w @ tp_m, w @ fp_m, w @ fn_m  # (b, C)
+            precision, recall = _smoothed(tp, fp, fn, alpha, prior)
             with np.errstate(invalid="ignore", divide="ignore"):
-                factor = ((tp + alpha) / (tp + fp + 2 * alpha)) / ((tp + alpha) / (tp + fn + 2 * alpha))
+                factor = precision / recall
             factor = np.where(np.isfinite(factor), factor, 1.0)
             corrected = counts[None, :] * factor
             if zero_rule == "to_one":

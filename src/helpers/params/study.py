@@ -205,6 +205,10 @@ class CorrectedFits(Section):
     resamples: NonNegativeInt = Field(1000, description="bootstrap resamples over audit samples (0: no interval)")
     seed: NonNegativeInt = 0
     zero_rule: Literal["to_one", "dropped"] = Field("to_one", description="zero counts: log10(1) = 0, or left out")
+    prior: Literal["jeffreys", "pooled"] = Field(
+        "pooled",
+        description="smoothing of the audit's per-concept rates: toward 0.5 (Jeffreys), or toward the pooled rates",
+    )
 
 
 class SyntheticValidation(Section):

@@ -61,6 +61,7 @@ def corrected_fit_row(
     *,
     audit: str = "audit",
     zero_rule: ZeroRule = "to_one",
+    prior: str = "jeffreys",
     resamples: int = 1000,
     seed: int = 0,
 ) -> dict:
@@ -73,7 +74,7 @@ def corrected_fit_row(
         predicted, truth: (N, C) bool: the tagger's decisions (at the counts' threshold) and the labels on the
             audit split, columns in the same concept order.
         audit: the row's label of the audit split (where the audit samples come from).
-        zero_rule, resamples, seed: as ``analysis.correction.corrected_fit``.
+        zero_rule, prior, resamples, seed: as ``analysis.correction.corrected_fit``.
 
     ``corrected_closer`` is True when the corrected slope is strictly nearer the true-count slope than the raw
     one (False when any of the three is NaN).
@@ -87,7 +88,9 @@ def corrected_fit_row(
             f"raw counts {raw_counts.shape}, true counts {true_counts.shape} and scores {scores.shape} must be "
             "the same (C,) with C >= 2"
         )
-    fit = corrected_fit(raw_counts, scores, predicted, truth, zero_rule=zero_rule, resamples=resamples, seed=seed)
+    fit = corrected_fit(
+        raw_counts, scores, predicted, truth, zero_rule=zero_rule, prior=prior, resamples=resamples, seed=seed
+    )
     true = concept_statistics(true_counts, scores, zero_rule=zero_rule, resamples=0)
     closer = bool(abs(fit.corrected_slope - true.slope_per_decade) < abs(fit.raw_slope - true.slope_per_decade))
     return {

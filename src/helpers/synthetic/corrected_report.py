@@ -255,6 +255,7 @@ def corrected_fits_report(
                             labels[:, keep],
                             audit=audit.source,
                             zero_rule=spec.zero_rule,
+                            prior=spec.prior,
                             resamples=spec.resamples,
                             seed=spec.seed,
                         )
