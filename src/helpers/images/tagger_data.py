@@ -68,7 +68,7 @@ class LabelledImages(Dataset):
         self.jpeg_p = float(jpeg_p)
         self.rng = np.random.default_rng(seed)
         # Without the random JPEG round trip an image transforms the same way every epoch: do it once (the
-        # per-epoch resize/to-tensor of every image was a fifth of the synthetic tagger's training time).
+        # per-epoch resize/to-tensor of every image was a seventh of the synthetic tagger's training time).
         self._cached: list[torch.Tensor] | None = None
         if jpeg_quality is None or self.jpeg_p <= 0:
             self._cached = [transform(image) for image in self.images]
