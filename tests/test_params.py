@@ -150,7 +150,11 @@ def test_every_error_is_reported_at_once(params):
         ("image_search.batch_size", 0, "image_search.batch_size: input should be greater than or equal to 1"),
         ("image_corpora.sample_wds.tagger.backend", "clip", "image_corpora.sample_wds.tagger.backend: 'clip' is"),
         ("image_corpora.sample_wds.tagger.unknown_concepts", "drop", "tagger.unknown_concepts: 'drop' is not"),
-        ("image_corpora.synthetic_clip.tagger.calibration.tau", -1, "tagger.calibration.tau: expected a number > 0 or 'model', got -1"),
+        (
+            "image_corpora.synthetic_clip.tagger.calibration.tau",
+            -1,
+            "tagger.calibration.tau: expected a number > 0 or 'model', got -1",
+        ),
         ("image_corpora.synthetic_clip.tagger.templates", ["a photo"], "tagger.templates: every template needs"),
         ("evaluation.settings.ks", [0], "evaluation.settings.ks[0]: input should be greater than or equal to 1"),
         ("evaluation.datasets.synthetic-classification.format", "imagefoldr", "synthetic-classification.format:"),
