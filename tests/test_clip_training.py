@@ -231,3 +231,40 @@ def test_train_from_params_writes_the_config_under_the_output_folders_name(corpu
         train_from_params({**section, "shards": "nothing/*.tar"}, tmp_path)
     with pytest.raises(ConfigError, match="clip_training.model"):
         train_from_params({**section, "model": {"image_size": 30, "patch_size": 8}}, tmp_path)
+
+
+def test_cached_images_give_the_same_run(corpus: dict, tmp_path: Path) -> None:
+    """cache_images replays the first epoch's decoded samples: same losses, weights and skip counts; checked."""
+    kwargs = {**SETTINGS, "epochs": 3, "max_samples": 150}
+    a = train_clip(corpus["shards"], corpus["config"], tmp_path / "a", **kwargs)
+    b = train_clip(corpus["shards"], corpus["config"], tmp_path / "b", cache_images=True, **kwargs)
+    assert a.step_losses == b.step_losses and a.epoch_losses == b.epoch_losses
+    assert a.n_samples == b.n_samples == 149 and a.skipped == b.skipped == {"bad_image": 1}
+    sa, sb = torch.load(a.checkpoint_path, weights_only=True), torch.load(b.checkpoint_path, weights_only=True)
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert json.loads(b.summary_path.read_text())["settings"]["cache_images"] is True
+    with pytest.raises(ValueError, match="num_workers 0"):
+        train_clip(corpus["shards"], corpus["config"], tmp_path / "c", cache_images=True, num_workers=1, **kwargs)
+
+
+def test_cached_images_keep_a_damaged_shards_error_every_epoch(corpus: dict, tmp_path: Path) -> None:
+    """A shard damaged part way: its samples before the damage are used and its error reported, cached or not."""
+    damaged = tmp_path / "damaged.tar"
+    data = Path(corpus["shards"][1]).read_bytes()
+    damaged.write_bytes(data[: len(data) // 2])
+    shards = [corpus["shards"][0], str(damaged)]
+    kwargs = {**SETTINGS, "epochs": 2}
+    a = train_clip(shards, corpus["config"], tmp_path / "a", **kwargs)
+    b = train_clip(shards, corpus["config"], tmp_path / "b", cache_images=True, **kwargs)
+    assert a.step_losses == b.step_losses and a.n_samples == b.n_samples
+    assert a.shard_errors.keys() == b.shard_errors.keys() == {str(damaged)}
+
+
+def test_cache_images_with_workers_is_refused_naming_the_section() -> None:
+    from helpers.params import ConfigError, validate
+    from helpers.params.study import ClipTraining
+
+    section = {"shards": "x/*.tar", "out_dir": "m", "epochs": 1, "batch_size": 2, "lr": 0.1}
+    assert validate(ClipTraining, {**section, "cache_images": True}, "clip_training").cache_images
+    with pytest.raises(ConfigError, match=r"^clip_training: cache_images .* num_workers to 0"):
+        validate(ClipTraining, {**section, "cache_images": True, "num_workers": 2}, "clip_training")

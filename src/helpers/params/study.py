@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from helpers.params.base import NonEmptyStr, NonNegativeInt, PositiveInt, Probability, Section
 
@@ -185,6 +185,15 @@ class ClipTraining(Section):
     num_workers: NonNegativeInt = 0
     max_samples: PositiveInt | None = None
     augment: bool = True
+    cache_images: bool = Field(
+        False, description="keep decoded images in memory after the first epoch (num_workers 0; ~3 KB per 32 px image)"
+    )
+
+    @model_validator(mode="after")
+    def _cache_in_process(self) -> ClipTraining:
+        if self.cache_images and self.num_workers:
+            raise ValueError("cache_images keeps decoded images in the training process: set num_workers to 0")
+        return self
 
 
 class CorrectedFits(Section):
