@@ -61,7 +61,7 @@ from torch.utils.data import DataLoader
 from torchvision import transforms as T
 from tqdm.auto import tqdm
 
-from helpers.devices import resolve_device
+from helpers.devices import autocast, resolve_device
 from helpers.images.backends import (
     TaggerEntry,
     check_concepts,
@@ -91,7 +91,6 @@ NORM_MEAN = (0.5, 0.5, 0.5)
 NORM_STD = (0.5, 0.5, 0.5)
 UNKNOWN_POLICIES = ("error", "zero")
 GLOBAL_POOLS = ("avg", "max", "avgmax")
-TRAIN_PRECISIONS = ("fp32", "bf16")  # train_tagger: float32, or bfloat16 autocast
 
 ImageLike = Image.Image | str | os.PathLike
 
@@ -421,8 +420,8 @@ def train_tagger(
         raise ValueError("epochs and batch_size must be >= 1 and image_size >= 2**pools (pools: len(widths))")
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-    if precision not in TRAIN_PRECISIONS:
-        raise ValueError(f"precision must be one of {TRAIN_PRECISIONS}, got {precision!r}")
+    if precision not in ("fp32", "bf16"):  # helpers.devices.PRECISIONS less fp16, which would need a GradScaler
+        raise ValueError(f"precision must be one of ('fp32', 'bf16'), got {precision!r}")
     if jpeg_quality is not None and not 1 <= jpeg_quality[0] <= jpeg_quality[1] <= 100:
         raise ValueError(f"jpeg_quality must be (low, high) with 1 <= low <= high <= 100, got {jpeg_quality!r}")
     targets = multi_hot(labels, concepts)
@@ -460,7 +459,7 @@ def train_tagger(
                 batch = dihedral(batch, flip_gen)
             batch = batch.to(device).contiguous(memory_format=torch.channels_last)
             target = target.to(device)
-            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            with autocast(device, precision):
                 logits = model(batch)
             value = multilabel_loss(logits.float(), target, loss)
             optimizer.zero_grad(set_to_none=True)
