@@ -455,7 +455,7 @@ def train_clip(
     keeps every decoded image (and its caption) in memory after the first epoch, so later epochs skip reading
     the tars, decoding and tokenizing (the augmentation still runs per epoch; the run is the same as without it). It needs
     ``num_workers=0`` and memory for the decoded corpus (about 3 KB per 32 px image: 50 MB for the synthetic
-    world's 16,000); it saved about a tenth of the world's CLIP training time (README, synthetic world).
+    world's 16,000); in a 3-epoch A/B on the world it took 149 s against 175 s (README, synthetic world).
     """
     if epochs < 1 or batch_size < 2:
         raise ValueError("epochs must be >= 1 and batch_size >= 2 (a contrastive batch needs negatives)")
