@@ -16,6 +16,21 @@ from helpers.images.tagger_trained import train_tagger
 from helpers.shards import ConfigError
 
 
+def _labelled_set(tmp_path, images, labels, checkpoint: str) -> dict:
+    """Write ``images`` as PNGs with a labels.csv under ``tmp_path``: a ``taggers.<name>`` entry training on them."""
+    (tmp_path / "images").mkdir()
+    for i, im in enumerate(images):
+        im.save(tmp_path / "images" / f"{i}.png")
+    rows = ["image,concepts", *(f"images/{i}.png,{'|'.join(lab)}" for i, lab in enumerate(labels))]
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    return {
+        "labels": str(tmp_path / "labels.csv"),
+        "checkpoint": str(tmp_path / checkpoint),
+        "image_size": 16,
+        "epochs": 1,
+    }
+
+
 def test_losses_by_hand():
     logits = torch.tensor([[2.0, -1.0], [0.0, 3.0]])
     target = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
@@ -89,12 +104,7 @@ def test_training_options_are_checked(tmp_path):
         train_tagger(images, labels, ["a", "b"], image_size=16, epochs=1, jpeg_quality=(90, 50), progress=False)
     tagger = train_tagger(images, labels, ["a", "b"], image_size=16, epochs=1, loss="asl", progress=False)
     assert tagger.training["loss"] == "asl" and tagger.training["jpeg_quality"] == [60, 95]
-    (tmp_path / "images").mkdir()
-    for i, im in enumerate(images):
-        im.save(tmp_path / "images" / f"{i}.png")
-    rows = ["image,concepts", *(f"images/{i}.png,{'|'.join(lab)}" for i, lab in enumerate(labels))]
-    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
-    base = {"labels": str(tmp_path / "labels.csv"), "checkpoint": str(tmp_path / "t.pt"), "image_size": 16, "epochs": 1}
+    base = _labelled_set(tmp_path, images, labels, "t.pt")
     with pytest.raises(ConfigError, match=r"taggers\.x\.loss: 'mse' is not one of bce, asl, focal"):
         train_sample_tagger({**base, "loss": "mse"}, name="x", progress=False)
     with pytest.raises(ConfigError, match=r"taggers\.x\.jpeg_quality\[0\]: input should be greater than or equal to 1"):
@@ -152,12 +162,7 @@ def test_pools_and_global_pool_are_saved_loaded_and_checked(tmp_path):
     assert (legacy.pools, legacy.global_pool) == (2, "avg")
     with pytest.raises(ValueError, match=r"image_size >= 2\*\*pools"):
         train_tagger(images, labels, ["a", "b"], image_size=2, epochs=1, widths=(4, 4), pools=2, progress=False)
-    (tmp_path / "images").mkdir()
-    for i, im in enumerate(images):
-        im.save(tmp_path / "images" / f"{i}.png")
-    rows = ["image,concepts", *(f"images/{i}.png,{'|'.join(lab)}" for i, lab in enumerate(labels))]
-    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
-    base = {"labels": str(tmp_path / "labels.csv"), "checkpoint": str(tmp_path / "s.pt"), "image_size": 16, "epochs": 1}
+    base = _labelled_set(tmp_path, images, labels, "s.pt")
     with pytest.raises(ConfigError, match=r"taggers\.x.*pools must be <= 4"):
         train_sample_tagger({**base, "pools": 5}, name="x", progress=False)
     with pytest.raises(ConfigError, match=r"taggers\.x.*pools must be <= 2"):
@@ -200,12 +205,7 @@ def test_bf16_training_is_recorded_checked_and_saves_plain_float32_weights(tmp_p
     tagger.save(tmp_path / "t.pt")
     batch = torch.stack([tagger.transform()(im) for im in images])
     assert torch.equal(load_trained_tagger(tmp_path / "t.pt").scores(batch), tagger.scores(batch))
-    (tmp_path / "images").mkdir()
-    for i, im in enumerate(images):
-        im.save(tmp_path / "images" / f"{i}.png")
-    rows = ["image,concepts", *(f"images/{i}.png,{'|'.join(lab)}" for i, lab in enumerate(labels))]
-    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
-    base = {"labels": str(tmp_path / "labels.csv"), "checkpoint": str(tmp_path / "s.pt"), "image_size": 16, "epochs": 1}
+    base = _labelled_set(tmp_path, images, labels, "s.pt")
     with pytest.raises(ConfigError, match=r"taggers\.x\.precision"):
         train_sample_tagger({**base, "precision": "half"}, name="x", progress=False)
     assert train_sample_tagger({**base, "precision": "bf16"}, name="x", progress=False).training["precision"] == "bf16"
