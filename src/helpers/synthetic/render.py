@@ -117,6 +117,18 @@ def _shape_mask(shape: str, aspect: float) -> Image.Image:
     return mask
 
 
+def _brighten(patch: Image.Image, gain: float) -> Image.Image:
+    """An RGBA patch with each colour value ``v`` set to ``min(255, int(v * gain))``; alpha unchanged.
+
+    A 256-entry table indexed with numpy: the same pixels as ``Image.point`` with a Python function, which
+    called the function 768 times per object and was a fifth of the world's generation time.
+    """
+    table = np.minimum(255, (np.arange(256) * gain).astype(np.int64)).astype(np.uint8)
+    pixels = np.array(patch)
+    pixels[..., :3] = table[pixels[..., :3]]
+    return Image.fromarray(pixels, "RGBA")
+
+
 class Renderer:
     """Draws scenes of concepts; per-concept patches are rendered once and reused at every pose."""
 
@@ -172,9 +184,7 @@ class Renderer:
                 patch = patch.resize((side, side), Image.BILINEAR)
                 gain = rng.uniform(0.8, 1.15)
                 if abs(gain - 1) > 0.02:
-                    r, g, b, alpha = patch.split()
-                    rgb = Image.merge("RGB", (r, g, b)).point(lambda v, k=gain: min(255, int(v * k)))
-                    patch = Image.merge("RGBA", (*rgb.split(), alpha))
+                    patch = _brighten(patch, gain)
                 x, y = self._place(side, placed, rng)
                 placed.append((x, y, side))
                 canvas.paste(patch, (x, y), patch)
