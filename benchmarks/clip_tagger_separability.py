@@ -76,42 +76,41 @@ def fitted_cuts(
     return np.where(fit["fallback"].to_numpy(), np.inf, cuts)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--world", default="data/raw/synthetic", type=Path)
-    parser.add_argument("--model", default="data/models/synthetic-clip", type=Path)
-    parser.add_argument("--corpus-images", type=int, default=4000)
-    args = parser.parse_args()
+def separability(world: Path, model: Path, corpus_images_n: int = 4000, templates: list[str] | None = None) -> dict:
+    """The measures above for the CLIP in the folder ``model`` (``<name>.json`` + ``checkpoint.pt``).
 
-    names = pd.read_parquet(args.world / "truth" / "concepts.parquet")["name"].tolist()
+    Returns ``{"images": (labelled split, corpus, shown pairs), <transform>: {auc_median, auc_frequent_min,
+    auc_frequent_max, p_split, r_split, p_prevalence, r_prevalence, p_oracle, r_oracle}}``.
+    """
+    names = pd.read_parquet(world / "truth" / "concepts.parquet")["name"].tolist()
     config = {
         "backend": "open_clip",
-        "model_config": str(args.model / f"{args.model.name}.json"),
-        "pretrained": str(args.model / "checkpoint.pt"),
-        "templates": TEMPLATES,
+        "model_config": str(model / f"{model.name}.json"),
+        "pretrained": str(model / "checkpoint.pt"),
+        "templates": templates or TEMPLATES,
     }
     tagger = build_tagger(config, names)
-    scale = float(tagger.model.logit_scale.exp())
-    paths, labels = read_labels(args.world / "tagger" / "labels.csv")
+    scale = float(tagger.model.logit_scale.exp().detach())
+    paths, labels = read_labels(world / "tagger" / "labels.csv")
     index = {c: j for j, c in enumerate(names)}
     split_truth = np.zeros((len(paths), len(names)), bool)
     for i, row in enumerate(labels):
         split_truth[i, [index[c] for c in row]] = True
     split = transforms(similarities(tagger, [Image.open(p).convert("RGB") for p in paths]), scale)
-    images, ids = corpus_images(args.world, args.corpus_images)
+    images, ids = corpus_images(world, corpus_images_n)
     position = {sid: r for r, sid in enumerate(ids)}
-    pairs = pd.read_parquet(args.world / "truth" / "image_concepts.parquet")
+    pairs = pd.read_parquet(world / "truth" / "image_concepts.parquet")
     pairs = pairs[pairs["sample_id"].isin(position)]
     truth = np.zeros((len(ids), len(names)), bool)
     truth[pairs["sample_id"].map(position).to_numpy(), pairs["concept_id"].to_numpy()] = True
     corpus = transforms(similarities(tagger, images), scale)
     half = len(ids) // 2
     # each concept's share of the corpus's captions that mention it (the stage's `prevalence: captions`)
-    mentions = pd.read_parquet(args.world / "truth" / "caption_concepts.parquet").drop_duplicates()
-    n_samples = len(pd.read_parquet(args.world / "truth" / "samples.parquet"))
+    mentions = pd.read_parquet(world / "truth" / "caption_concepts.parquet").drop_duplicates()
+    n_samples = len(pd.read_parquet(world / "truth" / "samples.parquet"))
     prevalence = np.bincount(mentions["concept_id"].to_numpy(), minlength=len(names)) / n_samples
     frequent = np.argsort(-truth.mean(0))[:10]
-    print(f"{len(paths)} labelled split images, {len(ids)} corpus images, {int(truth.sum())} shown pairs")
+    out: dict = {"images": (len(paths), len(ids), int(truth.sum()))}
     for name in corpus:
         a, b = split[name], corpus[name]
         lo, hi = min(a.min(), b.min()), max(a.max(), b.max())
@@ -119,12 +118,32 @@ def main() -> None:
         p_split, r_split = micro(b, truth, fitted_cuts(a, split_truth, lo, hi))
         p_prev, r_prev = micro(b, truth, fitted_cuts(a, split_truth, lo, hi, prevalence))
         p_oracle, r_oracle = micro(b[half:], truth[half:], fitted_cuts(b[:half], truth[:half], lo, hi))
+        out[name] = {
+            "auc_median": float(np.median(list(aucs.values()))),
+            "auc_frequent_min": min(aucs[c] for c in frequent),
+            "auc_frequent_max": max(aucs[c] for c in frequent),
+            "p_split": p_split, "r_split": r_split, "p_prevalence": p_prev, "r_prevalence": r_prev,
+            "p_oracle": p_oracle, "r_oracle": r_oracle,
+        }  # fmt: skip
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--world", default="data/raw/synthetic", type=Path)
+    parser.add_argument("--model", default="data/models/synthetic-clip", type=Path)
+    parser.add_argument("--corpus-images", type=int, default=4000)
+    args = parser.parse_args()
+    result = separability(args.world, args.model, args.corpus_images)
+    n_split, n_corpus, n_pairs = result.pop("images")
+    print(f"{n_split} labelled split images, {n_corpus} corpus images, {n_pairs} shown pairs")
+    for name, m in result.items():
         print(
-            f"{name:14s} median AUC {np.median(list(aucs.values())):.3f}; ten most frequent "
-            f"{min(aucs[c] for c in frequent):.3f}-{max(aucs[c] for c in frequent):.3f} | precision 0.8 fitted on "
-            f"the labelled split: P {p_split:.3f} R {r_split:.3f} | the same at caption prevalence: "
-            f"P {p_prev:.3f} R {r_prev:.3f} | on half the corpus (oracle): "
-            f"P {p_oracle:.3f} R {r_oracle:.3f}"
+            f"{name:14s} median AUC {m['auc_median']:.3f}; ten most frequent "
+            f"{m['auc_frequent_min']:.3f}-{m['auc_frequent_max']:.3f} | precision 0.8 fitted on "
+            f"the labelled split: P {m['p_split']:.3f} R {m['r_split']:.3f} | the same at caption prevalence: "
+            f"P {m['p_prevalence']:.3f} R {m['r_prevalence']:.3f} | on half the corpus (oracle): "
+            f"P {m['p_oracle']:.3f} R {m['r_oracle']:.3f}"
         )
 
 

@@ -268,3 +268,24 @@ def test_cache_images_with_workers_is_refused_naming_the_section() -> None:
     assert validate(ClipTraining, {**section, "cache_images": True}, "clip_training").cache_images
     with pytest.raises(ConfigError, match=r"^clip_training: cache_images .* num_workers to 0"):
         validate(ClipTraining, {**section, "cache_images": True, "num_workers": 2}, "clip_training")
+
+
+def test_a_config_with_a_logit_bias_trains_with_the_sigmoid_loss(corpus: dict, tmp_path: Path) -> None:
+    """open_clip's SigLIP form: ``init_logit_bias`` in the config selects ``SigLipLoss``; the bias is learnt,
+    saved and loaded back through evaluation, and the sigmoid loss (summed over the batch's pairs, so on another
+    scale than InfoNCE's) falls."""
+    import math
+
+    from helpers.evaluation.models import load_model
+
+    config = {**micro_config(), "init_logit_bias": -10.0, "init_logit_scale": math.log(10)}
+    path = write_model_config(tmp_path / "micro-sigmoid-loss-test.json", config)
+    run = train_clip(corpus["shards"], path, tmp_path / "run", epochs=4, **SETTINGS)
+    assert run.epoch_losses[-1] < run.epoch_losses[0] - 0.3, run.epoch_losses
+    state = torch.load(run.checkpoint_path, weights_only=True)
+    assert "logit_bias" in state and float(state["logit_bias"]) != -10.0  # learnt
+    loaded = load_model({"model_config": str(path), "pretrained": str(run.checkpoint_path)})
+    assert torch.equal(loaded.model.logit_bias.detach(), state["logit_bias"])
+    # the first step's loss is SigLIP's at initialisation (each positive pair costs about -log sigmoid(-10) = 10,
+    # averaged per image), not InfoNCE's (about log 50 = 3.9 for a batch of 50)
+    assert run.step_losses[0] > 8.0, run.step_losses[:3]

@@ -23,7 +23,10 @@ What training does (the standard CLIP recipe, scaled down):
   ``num_workers > 0`` sample ``i`` of the epoch's stream goes to worker ``i % num_workers`` and the
   DataLoader interleaves the workers' batches in a fixed round-robin order;
 * loss: ``open_clip.ClipLoss`` (symmetric InfoNCE over the batch, learnable temperature; the logit scale
-  is clamped to ``ln 100`` after each step, as open_clip's trainer does);
+  is clamped to ``ln 100`` after each step, as open_clip's trainer does). A config with ``init_logit_bias``
+  (open_clip's SigLIP models; Zhai et al. 2023 start it at -10 with ``init_logit_scale`` ln 10) trains with
+  open_clip's ``SigLipLoss`` instead: a sigmoid per image-caption pair, with a learnable bias (keep "siglip"
+  out of the config's file name: open_clip then takes the SigLIP tokenizer from the Hugging Face Hub by name);
 * optimiser: AdamW without weight decay on gains, biases, embeddings-of-one-dimension and the logit scale
   (open_clip's rule: parameters with fewer than two dimensions), a linear warmup over ``warmup_steps`` and a
   cosine decay to zero over the remaining steps. The number of steps is planned from a first, cheap pass
@@ -462,6 +465,7 @@ def train_clip(
     if cache_images and num_workers:
         raise ValueError("cache_images keeps the decoded images in this process: it needs num_workers 0")
     import open_clip
+    from open_clip.loss import SigLipLoss
 
     start = time.perf_counter()
     previous_threads = torch.get_num_threads()
@@ -496,7 +500,8 @@ def train_clip(
             paths, limits, train_tf if augment else eval_tf, tokenizer, batch_size, seed, shuffle_buffer,
             cache=cache_images,
         )  # fmt: skip
-        loss_fn = open_clip.ClipLoss()
+        siglip = config.get("init_logit_bias") is not None
+        loss_fn = SigLipLoss() if siglip else open_clip.ClipLoss()
         # fused: one kernel for the whole update; the unfused step was a tenth of a CPU step, most of it the
         # 49,408-token embedding table (benchmarks/bench_clip_training.py)
         fused = torch.device(device).type in ("cpu", "cuda")
@@ -532,8 +537,8 @@ def train_clip(
                     continue
                 images = batch["images"].to(device, non_blocking=True)
                 tokens = batch["tokens"].to(device, non_blocking=True)
-                image_features, text_features, logit_scale = model(images, tokens)[:3]
-                loss = loss_fn(image_features, text_features, logit_scale)
+                outputs = model(images, tokens)  # image, text features, logit scale (+ logit bias: SigLIP)
+                loss = loss_fn(*outputs[: 4 if siglip else 3])
                 step_lr = optimizer.param_groups[1]["lr"]  # the rate this step is taken with
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
