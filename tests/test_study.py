@@ -388,3 +388,10 @@ def test_a_release_model_is_scored_from_the_tidy_release_tables(workdir):
     assert points.set_index("concept")["count"].to_dict() == {"cat": 40, "airplane": 4000}
     assert coverage["n_matched"].tolist() == [2] and set(points["task"]) == {"zero_shot"}
     assert len(fits) == 2 and fits["n_rows"].tolist() == [2, 2]
+
+
+def test_grid_row_labels_put_a_taggers_name_on_its_own_line():
+    """``image:synthetic_clip`` ran off the figure's left edge as one line; each part now has its own."""
+    assert figures.row_label("matched") == "matched counts\nscore (%)"
+    assert figures.row_label("image:synthetic_clip") == "image counts\nsynthetic_clip tagger\nscore (%)"
+    assert max(len(line) for line in figures.row_label("matched:synthetic_clip").splitlines()) <= 21

@@ -72,11 +72,18 @@ def accuracy_vs_frequency(points: pd.DataFrame, study: Study, model: str, task: 
             if i == 0:  # column headings once, row headings on the y axis: long count-type names never collide
                 ax.set_title(column, fontsize=11)
             ax.set_xlabel("log10 frequency" if i == len(count_types) - 1 else "")
-            ax.set_ylabel(f"{count_type} counts\nscore (%)" if j == 0 else "")
+            ax.set_ylabel(row_label(count_type) if j == 0 else "")
     what = "zero-shot top-1 accuracy" if task == "zero_shot" else "retrieval recall"
     fig.suptitle(f"Study {study.name}, {model}:\nper-concept {what} vs pretraining frequency", fontsize=12)
     fig.tight_layout()
     return fig
+
+
+def row_label(count_type: str) -> str:
+    """A grid row's y label: ``image:synthetic_clip`` (a count type of one tagger) on three short lines, so the
+    label fits beside the panel instead of running off the figure's left edge."""
+    kind, _, tagger = count_type.partition(":")
+    return f"{kind} counts\n{tagger} tagger\nscore (%)" if tagger else f"{kind} counts\nscore (%)"
 
 
 def _natural(values: pd.Series) -> pd.Series:
