@@ -76,7 +76,7 @@ def fitted_cuts(
     return np.where(fit["fallback"].to_numpy(), np.inf, cuts)
 
 
-def separability(world: Path, model: Path, corpus_images_n: int = 4000, templates: list[str] | None = None) -> dict:
+def separability(world: Path, model: Path, corpus_images_n: int = 4000) -> dict:
     """The measures above for the CLIP in the folder ``model`` (``<name>.json`` + ``checkpoint.pt``).
 
     Returns ``{"images": (labelled split, corpus, shown pairs), <transform>: {auc_median, auc_frequent_min,
@@ -87,7 +87,7 @@ def separability(world: Path, model: Path, corpus_images_n: int = 4000, template
         "backend": "open_clip",
         "model_config": str(model / f"{model.name}.json"),
         "pretrained": str(model / "checkpoint.pt"),
-        "templates": templates or TEMPLATES,
+        "templates": TEMPLATES,
     }
     tagger = build_tagger(config, names)
     scale = float(tagger.model.logit_scale.exp().detach())

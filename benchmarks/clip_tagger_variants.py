@@ -42,6 +42,8 @@ from pathlib import Path
 import torch
 import yaml
 
+from helpers.params import validate
+from helpers.params.study import ClipTraining
 from helpers.synthetic.clip_training import tiny_clip_config, train_clip, write_model_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -80,28 +82,26 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="default: a temporary folder")
     args = parser.parse_args()
 
-    spec = yaml.safe_load(args.params.read_text())["clip_training"]
-    base = tiny_clip_config(**spec["model"])
-    epochs = args.epochs or spec["epochs"]
+    # the project's typed params layer: a wrong key fails here, naming clip_training.<key>
+    spec = validate(ClipTraining, yaml.safe_load(args.params.read_text())["clip_training"], "clip_training")
+    base = tiny_clip_config(**spec.model.given())
+    epochs = args.epochs or spec.epochs
     shards = sorted((args.world / "pretrain").glob("*.tar"))
     if not shards:
         raise SystemExit(f"{args.world / 'pretrain'}: no tar shards; generate the world first (stage synthetic_world)")
     out = args.out or Path(tempfile.mkdtemp(prefix="clip-variants-"))
-    torch.set_num_threads(spec.get("num_threads") or torch.get_num_threads())
-    rows = []
+    torch.set_num_threads(spec.num_threads or torch.get_num_threads())
     for variant in args.variants:
         folder = out / variant.replace("_", "-")  # the config's open_clip name: no "siglip" (a Hub tokenizer)
         config_path = write_model_config(folder / f"{folder.name}.json", variant_config(variant, base))
         start = time.perf_counter()
         run = train_clip(
             shards, config_path, folder, epochs=epochs * (2 if variant == "vit_2x_epochs" else 1),
-            batch_size=spec["batch_size"], lr=spec["lr"], weight_decay=spec["weight_decay"],
-            warmup_steps=spec["warmup_steps"], seed=spec["seed"], cache_images=spec.get("cache_images", False),
-            progress=False,
+            batch_size=spec.batch_size, lr=spec.lr, weight_decay=spec.weight_decay,
+            warmup_steps=spec.warmup_steps, seed=spec.seed, cache_images=spec.cache_images, progress=False,
         )  # fmt: skip
         seconds = time.perf_counter() - start
         m = separability(args.world, folder, args.corpus_images)["image_centred"]
-        rows.append((variant, run.n_params, seconds, run.epoch_losses[-1], m))
         print(
             f"{variant:14s} {run.n_params / 1e6:.2f}M params, trained {seconds:.0f} s, last epoch loss "
             f"{run.epoch_losses[-1]:.3f} | median AUC {m['auc_median']:.3f} | calibrated (labelled split, caption "
