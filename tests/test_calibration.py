@@ -221,3 +221,83 @@ def test_an_unreachable_target_can_take_the_most_precise_cut():
     assert not reach.loc[0, "fallback"] and reach.loc[0, "threshold"] == 0.8
     with pytest.raises(ValueError, match="unreachable must be one of"):
         fit_thresholds(probs, labels, unreachable="never")
+
+
+def _corpus(rng, n, prevalence, shift):
+    """(n, C) scores of a corpus whose concept c is shown in ``prevalence[c]`` of the images; positives score
+    ``shift[c]`` higher (a logistic squash of normal noise, so scores lie in (0, 1))."""
+    labels = rng.random((n, len(prevalence))) < prevalence[None, :]
+    z = rng.normal(size=labels.shape) + labels * shift[None, :]
+    return 1 / (1 + np.exp(-(z - 1.0))), labels
+
+
+def test_pooled_mode_meets_the_pooled_precision_with_more_recall_than_per_concept_targets():
+    """Fitted on a 2,000-image corpus sample, the pooled thresholds reach the target precision over all of a
+    fresh corpus's pairs (within the audit's noise), and recall more than holding each concept to the target."""
+    rng = np.random.default_rng(0)
+    prevalence = np.geomspace(0.002, 0.4, 12)  # rare to frequent, as in a corpus
+    shift = np.linspace(2.0, 4.0, 12)
+    audit_probs, audit_labels = _corpus(rng, 2000, prevalence, shift)
+    probs, labels = _corpus(rng, 200_000, prevalence, shift)
+    pooled = fit_thresholds(audit_probs, audit_labels, mode="pooled", target_precision=0.8)
+    per_concept = fit_thresholds(audit_probs, audit_labels, target_precision=0.8, unreachable="best")
+    p_pooled, r_pooled = _pr(probs, labels, pooled["threshold"].to_numpy())
+    p_each, r_each = _pr(probs, labels, per_concept["threshold"].to_numpy())
+    assert p_pooled == pytest.approx(0.8, abs=0.03)
+    assert r_pooled > r_each + 0.02
+    info = pooled.attrs["pooled"]
+    # the margin of a pooled optimum is less precise than its average
+    assert info["cv_precision"] >= 0.8 and 0 < info["local_precision"] < 0.8 and info["folds"] == 5
+    # the rarest concepts have too few audit positives to rest on: flagged, but fitted
+    few = pooled["n_positives"].to_numpy() < 5
+    assert few.any() and (pooled["fallback"].to_numpy() == few).all()
+
+
+def test_pooled_cuts_maximise_tp_minus_lambda_fp_per_concept():
+    """Each concept's cut is the best audit cut for the chosen local precision q (lambda = q / (1 - q))."""
+    probs, labels = _audit(seed=3, n=600)
+    table = fit_thresholds(probs, labels, mode="pooled", target_precision=0.75)
+    q = table.attrs["pooled"]["local_precision"]
+    lam = q / (1 - q)
+
+    def value(p: np.ndarray, y: np.ndarray, t: float) -> float:
+        return ((p >= t) & y).sum() - lam * ((p >= t) & ~y).sum()
+
+    for c, cut in enumerate(table["threshold"]):
+        p, y = probs[:, c], labels[:, c]
+        best = max([value(p, y, t) for t in np.unique(p)] + [0.0])
+        assert value(p, y, cut) == pytest.approx(best)
+
+
+def test_pooled_mode_separable_scores_and_a_concept_without_positives():
+    labels = np.zeros((40, 2), dtype=bool)
+    labels[:20, 0] = True
+    probs = np.where(labels, 0.9, 0.6)
+    probs[:, 1] = np.linspace(0.5, 0.95, 40)  # concept 1: never shown, scored high anyway
+    table = fit_thresholds(probs, labels, mode="pooled", target_precision=0.9, floor=0.5, min_positives=3)
+    assert table.loc[0, "threshold"] == pytest.approx(0.9) and table.loc[0, "recall"] == 1.0
+    # no positives: cut just above its top audit score (tags nothing the audit saw), flagged
+    assert table.loc[1, "threshold"] > 0.95 and bool(table.loc[1, "fallback"])
+    assert (probs[:, 1] < table.loc[1, "threshold"]).all()
+
+
+def test_pooled_mode_at_the_audits_own_prevalence_changes_nothing_and_refuses_bad_settings():
+    probs, labels = _audit(seed=5, n=800)
+    plain = fit_thresholds(probs, labels, mode="pooled", target_precision=0.8)
+    same = fit_thresholds(probs, labels, mode="pooled", target_precision=0.8, prevalence=labels.mean(0))
+    assert np.allclose(plain["threshold"], same["threshold"])
+    for folds, message in ((1, "folds"), (801, "folds"), (True, "folds")):
+        with pytest.raises(ValueError, match=message):
+            fit_thresholds(probs, labels, mode="pooled", folds=folds)
+    with pytest.raises(ValueError, match="at least 2 audit samples"):
+        fit_thresholds(probs[:1], labels[:1], mode="pooled", folds=2)
+
+
+def test_pooled_mode_with_an_unreachable_target_takes_the_most_precise_local_precision():
+    """Weakly informative scores cannot reach 0.95: the most precise cross-validated choice is kept, which is
+    far more precise than tagging everything (the prevalence, 0.3)."""
+    rng = np.random.default_rng(1)
+    probs, labels = _corpus(rng, 1000, np.full(3, 0.3), np.full(3, 1.5))
+    table = fit_thresholds(probs, labels, mode="pooled", target_precision=0.95)
+    info = table.attrs["pooled"]
+    assert 0.5 < info["cv_precision"] < 0.95 and info["local_precision"] > 0.5

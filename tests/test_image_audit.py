@@ -121,3 +121,21 @@ def test_prevalence_from_captions_fits_at_the_corpus_prevalence(setup):
     with pytest.raises(ConfigError, match=r"image_corpora\.img\.audit\.prevalence"):
         bad = {**entry, "audit": {**entry["audit"], "prevalence": "corpus"}}
         calibrate_corpus("img", bad, setup["concepts"], SEARCH, tagger_config=setup["config"], prevalence=prevalence)
+
+
+def test_pooled_mode_passes_its_folds_and_reports_the_choice(setup):
+    """``mode: pooled``: the stage's thresholds are fit_thresholds' pooled ones on the scored audit, with the
+    chosen local precision reported; more folds than audit images is refused naming the key."""
+    audit = {**setup["entry"]["audit"], "mode": "pooled", "folds": 3, "seed": 2}
+    entry = {**setup["entry"], "audit": audit}
+    result = calibrate_corpus("img", entry, setup["concepts"], SEARCH, tagger_config=setup["config"])
+    probs, labels, _ = read_audit(result.audit_path)
+    fitted = fit_thresholds(probs, labels, mode="pooled", target_precision=0.6, floor=0.1, folds=3, seed=2)
+    np.testing.assert_allclose(result.thresholds["threshold"], fitted["threshold"], rtol=1e-6)
+    assert result.pooled == fitted.attrs["pooled"] and result.pooled["folds"] == 3
+    too_many = {**setup["entry"], "audit": {**audit, "folds": 25}}  # 24 audit images
+    with pytest.raises(ConfigError, match=r"image_corpora\.img\.audit: folds"):
+        calibrate_corpus("img", too_many, setup["concepts"], SEARCH, tagger_config=setup["config"])
+    with pytest.raises(ConfigError, match=r"image_corpora\.img\.audit\.folds"):
+        calibrate_corpus("img", {**entry, "audit": {**audit, "folds": 1}}, setup["concepts"], SEARCH,
+                         tagger_config=setup["config"])  # fmt: skip

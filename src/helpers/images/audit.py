@@ -14,7 +14,8 @@ folder (the stage's declared output):
                                      (:mod:`helpers.analysis.correction`)
 
 Concepts with fewer than ``min_positives`` labelled positives, or whose precision target is unreachable, keep
-the global threshold (``default``) and are flagged ``fallback``; thresholds never go below the search's
+the global threshold (``default``) and are flagged ``fallback`` (``mode: pooled`` fits every concept and flags
+those with few positives); thresholds never go below the search's
 ``prob_floor`` (lower scores were not stored). Audit images that do not decode and label names that are no
 concept of the search are counted and reported, not silently dropped.
 """
@@ -57,6 +58,8 @@ class CalibrationResult:
     n_audit: int  # audit images scored
     skipped: list[str] = field(default_factory=list)  # audit images that did not decode ("path: error")
     unknown_labels: list[str] = field(default_factory=list)  # label names that are no searched concept
+    #: ``mode: pooled``: the chosen local precision and the cross-validated pooled precision/recall
+    pooled: dict[str, float] = field(default_factory=dict)
 
 
 def thresholds_path(name: str) -> Path:
@@ -173,18 +176,23 @@ def calibrate_corpus(
         raise ConfigError(f"{key}.prevalence: 'captions' needs one caption prevalence per concept")
     default = float(audit.default) if audit.default is not None else float(max(search.thresholds))
     concept_ids = concepts["concept_id"].to_numpy()
-    fitted = fit_thresholds(
-        scored.probs,
-        scored.labels,
-        mode=audit.mode,
-        target_precision=audit.target_precision,
-        default=default,
-        floor=float(search.prob_floor),
-        min_positives=audit.min_positives,
-        concept_ids=concept_ids,
-        prevalence=prevalence if audit.prevalence == "captions" else None,
-        unreachable=audit.unreachable,
-    )
+    try:
+        fitted = fit_thresholds(
+            scored.probs,
+            scored.labels,
+            mode=audit.mode,
+            target_precision=audit.target_precision,
+            default=default,
+            floor=float(search.prob_floor),
+            min_positives=audit.min_positives,
+            concept_ids=concept_ids,
+            prevalence=prevalence if audit.prevalence == "captions" else None,
+            unreachable=audit.unreachable,
+            folds=audit.folds,
+            seed=audit.seed,
+        )
+    except ValueError as error:  # e.g. more folds than audit images
+        raise ConfigError(f"{key}: {error}") from error
     out = thresholds_path(name)
     write_thresholds(fitted, out)
     audit_file = write_audit(scored.probs, scored.labels, concept_ids, audit_path(name))
@@ -195,6 +203,7 @@ def calibrate_corpus(
         n_audit=len(scored.probs),
         skipped=list(scored.skipped),
         unknown_labels=list(scored.unknown_labels),
+        pooled=dict(fitted.attrs.get("pooled", {})),
     )
 
 

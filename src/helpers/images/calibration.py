@@ -7,7 +7,12 @@ images a user labels), each concept gets the threshold that
 
 * ``mode="precision"``: reaches ``target_precision`` with the highest recall, on at least ``min_positives`` true
   positives (so one lucky top score does not count as precision 1), or
-* ``mode="f1"``: maximises F1,
+* ``mode="f1"``: maximises F1, or
+* ``mode="pooled"``: together with every other concept's, maximises the true positives of the whole corpus at
+  a *pooled* precision of ``target_precision`` (what the image counts' precision and recall measure): each
+  concept takes the cut maximising ``TP - lambda FP``, i.e. it is tagged down to where its local precision
+  falls to ``lambda / (1 + lambda)``, and one ``lambda`` for all is chosen by k-fold cross-validation on the audit
+  so that the held-out pooled precision meets the target (:func:`fit_pooled_thresholds`),
 
 computed exactly from the sorted scores (every distinct score is a candidate cut; a sample is positive when
 ``prob >= threshold``, as in ``helpers.images.search.image_counts``). A concept with fewer than
@@ -38,8 +43,8 @@ from helpers.images.taggers import Tagger
 from helpers.naming import concept_key
 from helpers.schemas import read_arrow
 
-CalibrationMode = Literal["precision", "f1"]
-MODES: tuple[CalibrationMode, ...] = ("precision", "f1")
+CalibrationMode = Literal["precision", "f1", "pooled"]
+MODES: tuple[CalibrationMode, ...] = ("precision", "f1", "pooled")
 UNREACHABLE = ("default", "best")  # fit_thresholds: a precision target no cut reaches
 THRESHOLDS_SCHEMA = pa.schema(
     [
@@ -108,14 +113,18 @@ def fit_thresholds(
     concept_ids: np.ndarray | None = None,
     prevalence: np.ndarray | None = None,
     unreachable: str = "default",
+    folds: int = 5,
+    seed: int = 0,
 ) -> pd.DataFrame:
     """Fit one threshold per concept on an audit split.
 
     Args:
         probs: (N, C) float tagger probabilities of the audit samples.
         labels: (N, C) bool, whether each audit sample shows each concept.
-        mode: ``precision`` (lowest threshold meeting ``target_precision``) or ``f1`` (maximum F1).
-        target_precision: in (0, 1], for ``mode="precision"``.
+        mode: ``precision`` (lowest threshold meeting ``target_precision``), ``f1`` (maximum F1) or ``pooled``
+            (the corpus's pooled precision meets ``target_precision`` at the most true positives:
+            :func:`fit_pooled_thresholds`, which ``default`` and ``unreachable`` do not concern).
+        target_precision: in (0, 1], for ``mode="precision"`` and ``mode="pooled"``.
         default: the threshold of concepts that cannot be fitted (the global operating threshold).
         floor: thresholds are never below this (the run's stored probability floor: lower scores were not kept).
         min_positives: concepts with fewer labelled positives keep ``default``.
@@ -130,6 +139,7 @@ def fit_thresholds(
             ``min_positives`` true positives; ties: the higher recall). Both are flagged ``fallback``. Where a
             global threshold over-tags (a zero-shot tagger on rare concepts), ``best`` keeps the concept's
             count small instead of flooding it with false positives.
+        folds, seed: ``mode="pooled"``: the cross-validation folds (>= 2) and the seed of their draw.
 
     Returns:
         DataFrame with THRESHOLDS_SCHEMA's columns; precision/recall/f1 are the audit's at the chosen threshold
@@ -152,18 +162,16 @@ def fit_thresholds(
         raise ValueError(f"unreachable must be one of {', '.join(UNREACHABLE)}, got {unreachable!r}")
     if not 0 <= floor <= default <= 1:
         raise ValueError(f"need 0 <= floor ({floor}) <= default ({default}) <= 1")
+    if mode == "pooled":
+        return fit_pooled_thresholds(
+            probs, labels, target_precision=target_precision, floor=floor, min_positives=min_positives,
+            concept_ids=concept_ids, prevalence=prevalence, folds=folds, seed=seed,
+        )  # fmt: skip
     n_concepts = probs.shape[1]
     ids = np.arange(n_concepts) if concept_ids is None else np.asarray(concept_ids)
     if len(ids) != n_concepts:
         raise ValueError(f"concept_ids has {len(ids)} entries for {n_concepts} concepts")
-    if prevalence is not None:
-        prevalence = np.asarray(prevalence, dtype=float)
-        if prevalence.shape != (n_concepts,) or not np.isfinite(prevalence).all():
-            raise ValueError(
-                f"prevalence must hold one finite value per concept ({n_concepts}), got {prevalence.shape}"
-            )
-        if (prevalence < 0).any() or (prevalence > 1).any():
-            raise ValueError("prevalence must lie in [0, 1]")
+    prevalence = _check_prevalence(prevalence, n_concepts)
     rows = []
     for c in range(n_concepts):
         y, p = labels[:, c], probs[:, c]
@@ -201,6 +209,183 @@ def fit_thresholds(
         else:
             rows.append((int(ids[c]), float(chosen[0]), *(float(v) for v in chosen[1:]), n_pos, False))
     return pd.DataFrame(rows, columns=THRESHOLDS_SCHEMA.names).astype({"concept_id": "int32", "n_positives": "int64"})
+
+
+#: mode "pooled": the local precisions q searched; a concept is tagged down to where its audit precision at the
+#: margin falls to q, i.e. it maximises TP - lambda FP with lambda = q / (1 - q)
+POOLED_LOCAL_PRECISIONS = np.round(np.linspace(0.02, 0.99, 98), 4)
+
+
+def _check_prevalence(prevalence: np.ndarray | None, n_concepts: int) -> np.ndarray | None:
+    if prevalence is None:
+        return None
+    prevalence = np.asarray(prevalence, dtype=float)
+    if prevalence.shape != (n_concepts,) or not np.isfinite(prevalence).all():
+        raise ValueError(f"prevalence must hold one finite value per concept ({n_concepts}), got {prevalence.shape}")
+    if (prevalence < 0).any() or (prevalence > 1).any():
+        raise ValueError("prevalence must lie in [0, 1]")
+    return prevalence
+
+
+def _pair_weights(labels: np.ndarray, prevalence: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(C,) weights of an audit positive and an audit negative of each concept, in corpus images.
+
+    Without ``prevalence`` the audit is taken as a sample of the corpus: every pair weighs 1. With it, concept
+    c's positives stand for ``pi_c / n_pos`` of the corpus's images each and its negatives for
+    ``(1 - pi_c) / n_neg`` (label shift: the audit's true and false positive rates carry over, its mix does not).
+    """
+    n = labels.shape[0]
+    if prevalence is None:
+        ones = np.ones(labels.shape[1])
+        return ones, ones
+    n_pos = labels.sum(0).astype(float)
+    n_neg = n - n_pos
+    with np.errstate(divide="ignore", invalid="ignore"):
+        w_pos = np.where(n_pos > 0, prevalence / n_pos, 0.0)
+        w_neg = np.where(n_neg > 0, (1 - prevalence) / n_neg, 0.0)
+    return w_pos, w_neg
+
+
+def _pooled_cuts(
+    probs: np.ndarray, labels: np.ndarray, w_pos: np.ndarray, w_neg: np.ndarray, lambdas: np.ndarray, floor: float
+) -> np.ndarray:
+    """(L, C) for each lambda, each concept's cut maximising weighted ``TP - lambda FP`` on this audit.
+
+    Candidates: every distinct audit score >= ``floor`` and the cut just above the concept's top audit score
+    (tags nothing the audit saw; chosen on ties, so a concept is tagged only where that gains).
+    """
+    cuts = np.empty((len(lambdas), probs.shape[1]))
+    for c in range(probs.shape[1]):
+        p, y = probs[:, c], labels[:, c]
+        top = float(p.max()) if len(p) else floor
+        nothing = max(floor, float(np.nextafter(top, np.inf))) if top < 1 else 1.0
+        keep = p >= floor
+        order = np.argsort(-p[keep], kind="stable")
+        ps, ys = p[keep][order], y[keep][order]
+        last = np.r_[np.flatnonzero(ps[1:] != ps[:-1]), len(ps) - 1] if len(ps) else np.zeros(0, dtype=np.int64)
+        t = np.r_[nothing, ps[last]]
+        tp = np.r_[0.0, np.cumsum(ys * w_pos[c])[last]]
+        fp = np.r_[0.0, np.cumsum(~ys * w_neg[c])[last]]
+        cuts[:, c] = t[np.argmax(tp[None, :] - lambdas[:, None] * fp[None, :], axis=1)]
+    return cuts
+
+
+def _pooled_counts(
+    probs: np.ndarray, labels: np.ndarray, cuts: np.ndarray, w_pos: np.ndarray, w_neg: np.ndarray
+) -> tuple[float, float]:
+    """Weighted (true positives, tagged) over every concept at per-concept ``cuts`` (C,)."""
+    tagged = probs >= cuts[None, :]
+    tp = float(((tagged & labels) * w_pos[None, :]).sum())
+    fp = float(((tagged & ~labels) * w_neg[None, :]).sum())
+    return tp, tp + fp
+
+
+def fit_pooled_thresholds(
+    probs: np.ndarray,
+    labels: np.ndarray,
+    *,
+    target_precision: float = 0.8,
+    floor: float = 0.0,
+    min_positives: int = 5,
+    concept_ids: np.ndarray | None = None,
+    prevalence: np.ndarray | None = None,
+    folds: int = 5,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Per-concept thresholds at which the *pooled* precision over all concepts meets ``target_precision``.
+
+    Image counts are judged pooled: precision and recall over every (image, concept) pair, which frequent
+    concepts dominate. Holding every concept to the target (``mode="precision"``) wastes recall there and
+    cannot be met by rare ones. Maximising the corpus's true positives subject to a pooled precision is a
+    Lagrangian problem (Neyman-Pearson per concept): each concept takes the cut maximising ``TP - lambda FP``,
+    i.e. is tagged down to where its marginal precision falls to ``q = lambda / (1 + lambda)``, one ``q`` for all.
+
+    ``q`` is chosen by ``folds``-fold cross-validation over the audit samples (seeded): cuts fitted on the other
+    folds, pooled precision and true positives counted on the held-out one, summed; the ``q`` with the most
+    held-out true positives whose held-out pooled precision meets the target (cuts fitted and judged on the
+    same samples are optimistic: each concept's cut lands just below a positive). Where no ``q`` meets it, the
+    most precise one. The cuts are then fitted on the whole audit at that ``q``.
+
+    An audit drawn from the corpus itself (``prevalence=None``) is what this is for; an audit with another
+    concept mix (a labelled split drawn uniformly) needs each concept's corpus ``prevalence``, which weights
+    its positives and negatives (:func:`_pair_weights`).
+
+    Args:
+        probs: (N, C) tagger probabilities of the audit samples.
+        labels: (N, C) bool, whether each audit sample shows each concept.
+        target_precision: in (0, 1], the pooled precision to meet.
+        floor: no threshold below this (the run's stored probability floor).
+        min_positives: concepts with fewer audit positives are flagged ``fallback`` (their cut rests on
+            little evidence); they are fitted like the rest.
+        concept_ids: (C,) ids written in the table (default 0..C-1).
+        prevalence: (C,) each concept's share of the corpus's images, or ``None`` (the audit is a corpus sample).
+        folds: cross-validation folds, >= 2 and <= N.
+        seed: seed of the fold draw.
+
+    Returns:
+        DataFrame with THRESHOLDS_SCHEMA's columns (precision and F1 weighted by ``prevalence`` when given);
+        ``attrs["pooled"]``: ``{"local_precision", "cv_precision", "cv_recall", "folds"}``.
+
+    Raises:
+        ValueError: shapes differ, probabilities are not in [0, 1], or a setting is out of range.
+    """
+    probs = np.asarray(probs, dtype=float)
+    labels = np.asarray(labels).astype(bool)
+    if probs.shape != labels.shape or probs.ndim != 2:
+        raise ValueError(f"probs {probs.shape} and labels {labels.shape} must be (samples, concepts) of one shape")
+    if probs.size and (not np.isfinite(probs).all() or probs.min() < 0 or probs.max() > 1):
+        raise ValueError("probs must be finite probabilities in [0, 1]")
+    if not 0 < target_precision <= 1:
+        raise ValueError(f"target_precision must be in (0, 1], got {target_precision}")
+    if not 0 <= floor <= 1:
+        raise ValueError(f"floor must be in [0, 1], got {floor}")
+    n, n_concepts = probs.shape
+    if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or not 2 <= folds <= max(n, 2):
+        raise ValueError(f"folds must be an integer in 2..{max(n, 2)} (the audit's samples), got {folds!r}")
+    if n < 2:
+        raise ValueError(f"mode 'pooled' needs at least 2 audit samples, got {n}")
+    ids = np.arange(n_concepts) if concept_ids is None else np.asarray(concept_ids)
+    if len(ids) != n_concepts:
+        raise ValueError(f"concept_ids has {len(ids)} entries for {n_concepts} concepts")
+    prevalence = _check_prevalence(prevalence, n_concepts)
+    w_pos, w_neg = _pair_weights(labels, prevalence)
+    q = POOLED_LOCAL_PRECISIONS
+    lambdas = q / (1 - q)
+    fold = np.random.default_rng(seed).permutation(n) % folds
+    held_tp = np.zeros(len(q))
+    held_tagged = np.zeros(len(q))
+    for k in range(folds):
+        train, held = fold != k, fold == k
+        cuts = _pooled_cuts(probs[train], labels[train], w_pos, w_neg, lambdas, floor)
+        for j in range(len(q)):
+            tp, tagged = _pooled_counts(probs[held], labels[held], cuts[j], w_pos, w_neg)
+            held_tp[j] += tp
+            held_tagged[j] += tagged
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cv_precision = np.where(held_tagged > 0, held_tp / held_tagged, 0.0)
+    ok = np.flatnonzero(cv_precision >= target_precision)
+    j = int(ok[np.argmax(held_tp[ok])]) if len(ok) else int(np.argmax(cv_precision))
+    cuts = _pooled_cuts(probs, labels, w_pos, w_neg, lambdas[j : j + 1], floor)[0]
+    total_pos = float((labels * w_pos[None, :]).sum())
+    rows = []
+    tagged = probs >= cuts[None, :]
+    for c in range(n_concepts):
+        y = labels[:, c]
+        n_pos = int(y.sum())
+        tp, fp = int((tagged[:, c] & y).sum()), int((tagged[:, c] & ~y).sum())
+        tp_w, fp_w = tp * w_pos[c], fp * w_neg[c]
+        precision = tp_w / (tp_w + fp_w) if tp_w + fp_w > 0 else float("nan")
+        recall = tp / n_pos if n_pos else float("nan")
+        f1 = 2 * precision * recall / (precision + recall) if tp else 0.0
+        rows.append((int(ids[c]), float(cuts[c]), precision, recall, f1, n_pos, n_pos < min_positives))
+    table = pd.DataFrame(rows, columns=THRESHOLDS_SCHEMA.names).astype({"concept_id": "int32", "n_positives": "int64"})
+    table.attrs["pooled"] = {
+        "local_precision": float(q[j]),
+        "cv_precision": float(cv_precision[j]),
+        "cv_recall": float(held_tp[j] / total_pos) if total_pos > 0 else float("nan"),
+        "folds": int(folds),
+    }
+    return table
 
 
 def write_thresholds(table: pd.DataFrame, path: str | os.PathLike) -> Path:

@@ -254,8 +254,13 @@ class Audit(Section):
     concepts_column: NonEmptyStr = "concepts"
     separator: NonEmptyStr = "|"
     image_root: str | None = Field(None, description="default: the labels file's folder")
-    mode: Literal["precision", "f1"] = Field("precision", description="meet target_precision, or maximise F1")
+    mode: Literal["precision", "f1", "pooled"] = Field(
+        "precision",
+        description="each concept meets target_precision, maximises F1, or all together (pooled) meet it",
+    )
     target_precision: Annotated[float, Field(gt=0.0, le=1.0)] = 0.8
+    folds: Annotated[int, Field(ge=2)] = Field(5, description="mode pooled: cross-validation folds over the audit")
+    seed: NonNegativeInt = Field(0, description="mode pooled: seed of the folds")
     min_positives: PositiveInt = Field(
         5, description="fewer labelled positives: the concept keeps the global threshold"
     )
