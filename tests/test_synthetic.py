@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,7 @@ SMALL = {
     "downstream_per_class": 3,
     "retrieval_images": 25,
     "tagger_images": 40,
+    "audit_images": 30,
 }
 ZIPF = {
     "n_concepts": 15,
@@ -275,6 +277,50 @@ def test_tagger_split(world):
         labels = row["concepts"].split("|")
         assert 1 <= len(labels) <= SMALL["max_concepts_per_image"] and set(labels) <= names
         assert Image.open(root / row["image"]).size == (24, 24)
+
+
+def _audit_rows(world: dict) -> list[dict]:
+    with (Path(world["audit"]["root"]) / "labels.csv").open(newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_corpus_audit_copies_corpus_images_with_their_true_concepts(world, pretrain):
+    rows = _audit_rows(world)
+    assert len(rows) == SMALL["audit_images"] == world["audit"]["n_images"]
+    assert set(rows[0]) == {"image", "concepts", "sample_id"}
+    by_id = pretrain.set_index("sample_id")
+    shown = _sets(world["truth"]["image_concepts"])
+    root = Path(world["audit"]["root"])
+    assert len({row["sample_id"] for row in rows}) == len(rows)
+    for row in rows:
+        sid = int(row["sample_id"])
+        assert (root / row["image"]).read_bytes() == by_id.loc[sid, "jpg"]  # byte for byte the corpus's
+        assert row["concepts"].split("|") == [world["concepts"][c] for c in sorted(shown[sid])]
+
+
+def test_corpus_audit_is_off_by_default_and_follows_planted_leaks(tmp_path):
+    base = {**ZIPF, "n_samples": 200, "downstream_per_class": 2, "leak_rate": 0.1, "leaked_classes": 2}
+    off = generate_world(base, tmp_path / "off", progress=False)
+    assert "audit" not in off and not (tmp_path / "off" / "audit").exists()
+    assert "audit_images" not in json.loads((tmp_path / "off" / "world.json").read_text())["spec"]
+    on = generate_world({**base, "audit_images": 500}, tmp_path / "on", progress=False)  # more than the corpus
+    rows = _audit_rows(on)
+    assert len(rows) == 200
+    leaked = set(pd.read_parquet(tmp_path / "on" / "truth" / "leaks.parquet")["sample_id"].astype(int))
+    shown = _sets(on["truth"]["image_concepts"])
+    jpgs = {}
+    for shard in sorted((tmp_path / "on" / "pretrain").glob("*.tar")):
+        index = int(shard.stem)
+        for sample in iter_tar_samples(shard):
+            jpgs[(index << 32) | sample.position] = sample.files["jpg"]
+    assert leaked and leaked <= {int(row["sample_id"]) for row in rows}
+    for row in rows:  # the leaked samples' near-duplicates and concepts, as the corpus holds them after planting
+        sid = int(row["sample_id"])
+        assert (tmp_path / "on" / "audit" / row["image"]).read_bytes() == jpgs[sid]
+        assert row["concepts"].split("|") == [on["concepts"][c] for c in sorted(shown[sid])]
+    for bad in (-1, 1.5, "10"):
+        with pytest.raises(ConfigError, match=r"synthetic\.audit_images"):
+            WorldSpec.from_params({"audit_images": bad})
 
 
 # ------------------------------------------------------------------------------------------- stage

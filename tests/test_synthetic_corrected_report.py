@@ -152,8 +152,8 @@ def test_corrected_fits_report(workdir):
     CORRECTED_FITS.validate(fits, lazy=True)
     keys = set(zip(fits["image_corpus"], fits["audit"], fits["count_type"]))
     assert {("oracle", "corpus_sample", "image"), ("oracle", "corpus_sample", "matched")} <= keys
-    assert not any(k[0] == "oracle" and (k[1] == "labelled_split" or k[2].endswith("calibrated")) for k in keys)
-    assert {("random", a, c) for a in ("corpus_sample", "labelled_split") for c in CORRECTED_FITS_TYPES} <= keys
+    assert not any(k[0] == "oracle" and (k[1] == "calibration_audit" or k[2].endswith("calibrated")) for k in keys)
+    assert {("random", a, c) for a in ("corpus_sample", "calibration_audit") for c in CORRECTED_FITS_TYPES} <= keys
 
     oracle = fits[(fits["image_corpus"] == "oracle") & (fits["count_type"] == "image")].iloc[0]
     # the oracle's image counts are the true ones and its audit rates 1: raw = corrected = true slope

@@ -109,6 +109,9 @@ class World(Section):
     retrieval_images: NonNegativeInt | None = None
     captions_per_image: PositiveInt | None = None
     tagger_images: NonNegativeInt | None = None
+    audit_images: NonNegativeInt | None = Field(
+        None, description="corpus samples copied out with their true concepts: a labelled audit of the corpus itself"
+    )
     jpeg_quality: Annotated[int, Field(ge=1, le=100)] | None = None
     jpeg_subsampling: Literal["4:4:4", "4:2:2", "4:2:0"] | None = Field(
         None, description="JPEG chroma subsampling of the corpus images (4:2:0 greys out fine stripes at 32 px)"

@@ -13,15 +13,17 @@ Two audits, both with labels from the world's truth:
     threshold >= the floor can tell apart). This is "label a few hundred images of your own corpus"; it
     exists for every tagger, the supervised one included (its labelled split is its training data, on which
     its rates would be optimistic).
-``labelled_split``
-    the image stage's scored audit split (``calibration/audit.parquet``, entries with an ``audit``): the
-    world's tagger split, PNG images the CLIP never saw, i.e. an audit drawn outside the corpus.
+``calibration_audit``
+    the image stage's scored audit (``calibration/audit.parquet``, entries with an ``audit``), on which its
+    per-concept thresholds were fitted: for ``synthetic_clip`` the world's ``audit/`` (another seeded sample
+    of the corpus, copied out with its labels); an entry may instead name the tagger split (drawn outside
+    the corpus). It has no captions.
 
 Count types: ``image`` and ``matched`` at the operating threshold, and ``image_calibrated`` /
 ``matched_calibrated`` (per-concept thresholds) where the frequency table has them. True counts:
 ``shown_count`` for image, the shown-and-mentioned count for matched. A matched count is corrected by the
 matched estimator's own rates where the audit has captions (``corpus_sample``: decision = tagged AND the
-caption search found the concept, truth = shown AND mentioned); the labelled split has no captions, so there
+caption search found the concept, truth = shown AND mentioned); the calibration audit has no captions, so there
 it is corrected by the tagger's image rates -- an approximation that over-corrects a tagger whose false
 positives the caption side filters out (its image precision is far below its matched precision).
 """
@@ -58,7 +60,7 @@ from helpers.synthetic.validation import (
 )
 from helpers.text import corpora
 
-AUDIT_SOURCES = ("corpus_sample", "labelled_split")
+AUDIT_SOURCES = ("corpus_sample", "calibration_audit")
 _TRUE_COLUMN = {"image": "shown_count", "matched": "matched_count"}
 
 
@@ -134,7 +136,7 @@ def corpus_audit(
     return WorldAudit("corpus_sample", probs, labels, text, mentioned)
 
 
-def labelled_split_audit(image_corpus: str, concepts: pd.DataFrame, world_names: list[str]) -> WorldAudit | None:
+def calibration_audit(image_corpus: str, concepts: pd.DataFrame, world_names: list[str]) -> WorldAudit | None:
     """The image stage's scored audit split of ``image_corpus`` in world columns; ``None`` without one."""
     path = audit_path(image_corpus)
     if not path.is_file():
@@ -143,7 +145,7 @@ def labelled_split_audit(image_corpus: str, concepts: pd.DataFrame, world_names:
     world = _world_ids(concepts, world_names, len(concepts))[concept_ids]
     k = len(world_names)
     return WorldAudit(
-        "labelled_split", _to_world_columns(probs, world, k, "max"), _to_world_columns(labels, world, k, "any")
+        "calibration_audit", _to_world_columns(probs, world, k, "max"), _to_world_columns(labels, world, k, "any")
     )
 
 
@@ -220,8 +222,8 @@ def corrected_fits_report(
             schemas.read_table(frequencies_path(name), schemas.CORPUS_FREQUENCIES), concepts, world_names
         )
         audits = [corpus_audit(world_dir, text_dir, image_dir, concepts, spec.audit_samples, spec.audit_seed)]
-        split = labelled_split_audit(name, concepts, world_names)
-        audits += [split] if split is not None else []
+        stage_audit = calibration_audit(name, concepts, world_names)
+        audits += [stage_audit] if stage_audit is not None else []
         cuts = world_cuts(name, concepts, world_names, t) if thresholds_path(name).is_file() else None
         for count_type in ("image", "matched", "image_calibrated", "matched_calibrated"):
             calibrated = count_type.endswith("_calibrated")
@@ -328,7 +330,7 @@ __all__ = [
     "corpus_audit",
     "corrected_fits_metrics",
     "corrected_fits_report",
-    "labelled_split_audit",
+    "calibration_audit",
     "plot_corrected_fits",
     "world_counts",
     "world_cuts",

@@ -7,6 +7,9 @@ layout and bytes are those :mod:`helpers.synthetic.world` documents:
     downstream/retrieval/{i:05d}.tar   KEY.jpg, KEY.txt (5 captions, one per line), KEY.json
     downstream/retrieval/truth.parquet sample_id, concept_id (concepts shown)
     tagger/images/*.png + labels.csv   columns image, concepts (names joined by '|')
+    audit/images/KEY.jpg + labels.csv  a seeded sample of the pretraining corpus (its JPEG bytes as in the
+                                       shards, after any planted leaks), labelled with the concepts shown:
+                                       columns image, concepts, sample_id
 """
 
 from __future__ import annotations
@@ -128,3 +131,45 @@ def write_tagger(spec: WorldSpec, renderer: Renderer, folder: Path, progress: bo
         w.writerow(["image", "concepts"])
         w.writerows(rows)
     return {"root": str(folder), "labels": str(labels), "n_images": spec.tagger_images}
+
+
+def write_corpus_audit(spec: WorldSpec, world: Path, folder: Path, progress: bool) -> dict:
+    """A labelled audit drawn from the pretraining corpus itself: ``spec.audit_images`` samples (seeded, without
+    replacement), their JPEGs copied byte for byte out of ``world/pretrain`` and labelled from ``world/truth``.
+
+    What a researcher labels to calibrate a tagger on their own corpus (a few hundred of its images): unlike the
+    tagger split, it has the corpus's concept mix, and a CLIP trained on the corpus has seen these images, as
+    it has every image it tags. Call after the corpus and its truth are final (planted leaks included).
+    """
+    images = folder / "images"
+    _clear(images, "*.jpg")
+    n = min(spec.audit_images, spec.n_samples)
+    drawn = np.sort(rng_stream(spec.seed, "audit").choice(spec.n_samples, size=n, replace=False))
+    truth = pq.read_table(world / "truth" / "samples.parquet", columns=["sample_id", "key"]).to_pandas()
+    chosen = truth.iloc[drawn]
+    wanted = dict(zip(chosen["key"], chosen["sample_id"]))
+    shown = pq.read_table(world / "truth" / "image_concepts.parquet").to_pandas()
+    shown = shown[shown["sample_id"].isin(chosen["sample_id"])]
+    by_sample = shown.groupby("sample_id")["concept_id"].apply(sorted).to_dict()
+    found: dict[str, bytes] = {}
+    for shard in tqdm(sorted((world / "pretrain").glob("*.tar")), desc="synthetic audit", disable=not progress):
+        with tarfile.open(shard) as tar:
+            for member in tar:
+                key, _, ext = member.name.partition(".")
+                if ext == "jpg" and key in wanted:
+                    found[key] = tar.extractfile(member).read()
+    missing = sorted(set(wanted) - set(found))
+    if missing:  # the truth and the shards disagree: a bug, not bad input
+        raise RuntimeError(f"{world / 'pretrain'}: audit samples {missing[:3]} have no image in the shards")
+    names = spec.concept_names
+    rows = []
+    for key in sorted(wanted):
+        (images / f"{key}.jpg").write_bytes(found[key])
+        concepts = by_sample.get(int(wanted[key]), [])
+        rows.append((f"images/{key}.jpg", "|".join(names[c] for c in concepts), int(wanted[key])))
+    labels = folder / "labels.csv"
+    with labels.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["image", "concepts", "sample_id"])
+        w.writerows(rows)
+    return {"root": str(folder), "labels": str(labels), "n_images": n}

@@ -33,6 +33,7 @@ Layout written by ``generate_world(spec, out_dir)``::
     downstream/retrieval/{i:05d}.tar   KEY.jpg, KEY.txt (5 captions, one per line), KEY.json
     downstream/retrieval/truth.parquet sample_id, concept_id (concepts shown)
     tagger/images/*.png + labels.csv   columns image, concepts (names joined by '|')
+    audit/images/KEY.jpg + labels.csv  audit_images corpus samples (their shard JPEGs) with the concepts shown
     world.json                         the spec and the returned description
 
 Sample ids follow ``helpers.text.captions``: ``(shard_index << 32) | position`` and keys
@@ -140,6 +141,7 @@ class WorldSpec:
     retrieval_images: int = 200
     captions_per_image: int = 5
     tagger_images: int = 1_000
+    audit_images: int = 0
     jpeg_quality: int = 90
     jpeg_subsampling: str = "4:4:4"
     leak_rate: float = 0.0
@@ -176,6 +178,7 @@ class WorldSpec:
         integer("retrieval_images", 0)
         integer("captions_per_image", 1)
         integer("tagger_images", 0)
+        integer("audit_images", 0)
         integer("jpeg_quality", 1, 100)
         if self.jpeg_subsampling not in JPEG_SUBSAMPLINGS:
             fail("jpeg_subsampling", f"{self.jpeg_subsampling!r} is not one of {', '.join(JPEG_SUBSAMPLINGS)}")
@@ -360,8 +363,8 @@ def generate_world(
 
     Returns ``{"spec", "out_dir", "concepts", "pretrain": {"source", "n_samples", "n_shards"},
     "truth": {concepts, image_concepts, caption_concepts, samples}, "downstream": {"classification",
-    "retrieval"}, "tagger", "counts"}`` (also saved as ``world.json``). ``pretrain.source`` and
-    ``downstream.retrieval.source`` are ``CaptionSource.from_config`` mappings (``{"format": "wds",
+    "retrieval"}, "tagger", "audit" (when audit_images > 0), "counts"}`` (also saved as ``world.json``).
+    ``pretrain.source`` and ``downstream.retrieval.source`` are ``CaptionSource.from_config`` mappings (``{"format": "wds",
     "paths": ..., "text_ext": "txt"}``), usable as corpus entries. Paths are absolute.
     """
     if not isinstance(spec, WorldSpec):
@@ -466,6 +469,7 @@ def generate_world(
 
     from helpers.synthetic.downstream import (  # here: downstream imports this module's helpers
         write_classification,
+        write_corpus_audit,
         write_retrieval,
         write_tagger,
     )
@@ -484,8 +488,13 @@ def generate_world(
             classification_root=classification["root"],
         )  # fmt: skip
 
+    # after the leaks: the audit's images and labels are the corpus's final ones
+    audit = write_corpus_audit(spec, out, out / "audit", progress) if spec.audit_images > 0 else None
+
     last = f"{max(n_shards - 1, 0):05d}"
     spec_dict = asdict(spec)
+    if spec.audit_images == 0:  # off: world.json stays as it was before the audit option existed
+        spec_dict.pop("audit_images")
     if spec.leak_rate == 0:  # off: world.json stays as it was before the leak option existed
         spec_dict.pop("leak_rate"), spec_dict.pop("leaked_classes")
     result = {
@@ -500,6 +509,7 @@ def generate_world(
         "truth": {key: str(path) for key, path in truth.items()},
         "downstream": {"classification": classification, "retrieval": retrieval},
         "tagger": tagger,
+        **({"audit": audit} if audit is not None else {}),
         "counts": {
             "samples": spec.n_samples,
             "shown_pairs": image_table.num_rows,
