@@ -106,7 +106,8 @@ def main() -> None:
             f"{variant:14s} {run.n_params / 1e6:.2f}M params, trained {seconds:.0f} s, last epoch loss "
             f"{run.epoch_losses[-1]:.3f} | median AUC {m['auc_median']:.3f} | calibrated (labelled split, caption "
             f"prevalence) P {m['p_prevalence']:.3f} R {m['r_prevalence']:.3f} | oracle P {m['p_oracle']:.3f} "
-            f"R {m['r_oracle']:.3f}",
+            f"R {m['r_oracle']:.3f}"
+            + (f" | pooled (corpus audit) P {m['p_pooled']:.3f} R {m['r_pooled']:.3f}" if "p_pooled" in m else ""),
             flush=True,
         )
     print(f"\nmodels in {out}; {epochs} epochs over {len(shards)} shards")

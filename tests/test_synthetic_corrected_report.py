@@ -25,6 +25,7 @@ from helpers.images.frequencies import CALIBRATED_METHODS, calibrated_counts, fr
 from helpers.images.search import image_counts, image_search_dir
 from helpers.synthetic.corrected import CORRECTED_FITS
 from helpers.synthetic.corrected_report import (
+    WorldAudit,
     corpus_audit,
     corrected_fits_metrics,
     corrected_fits_report,
@@ -95,6 +96,10 @@ def test_corpus_audit_of_the_oracle_is_the_truth(world, runs, table):  # noqa: F
     assert blind.labels[:, goose].any() and not (blind.probs[:, goose] > 0).any()  # misses are visible
     with pytest.raises(ValueError, match="audit_samples"):
         corpus_audit(world["out_dir"], runs["text"], runs["oracle"], table, 0)
+    no_captions = WorldAudit("calibration_audit", everything.probs, everything.labels)
+    assert not no_captions.has_captions and everything.has_captions
+    with pytest.raises(ValueError, match="no captions"):
+        no_captions.decisions(THRESHOLD, matched=True)
 
 
 @pytest.fixture()
@@ -153,7 +158,9 @@ def test_corrected_fits_report(workdir):
     keys = set(zip(fits["image_corpus"], fits["audit"], fits["count_type"]))
     assert {("oracle", "corpus_sample", "image"), ("oracle", "corpus_sample", "matched")} <= keys
     assert not any(k[0] == "oracle" and (k[1] == "calibration_audit" or k[2].endswith("calibrated")) for k in keys)
-    assert {("random", a, c) for a in ("corpus_sample", "calibration_audit") for c in CORRECTED_FITS_TYPES} <= keys
+    assert {("random", "corpus_sample", c) for c in CORRECTED_FITS_TYPES} <= keys
+    # the calibration audit has no captions: it corrects image counts only
+    assert {k[2] for k in keys if k[0] == "random" and k[1] == "calibration_audit"} == {"image", "image_calibrated"}
 
     oracle = fits[(fits["image_corpus"] == "oracle") & (fits["count_type"] == "image")].iloc[0]
     # the oracle's image counts are the true ones and its audit rates 1: raw = corrected = true slope
