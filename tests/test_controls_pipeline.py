@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -116,6 +118,20 @@ def test_let_it_wag_from_a_world_picks_the_rarest_and_renders_new_images(world, 
     again = wag_stage.render_world_candidates(world["out_dir"], [names[-1]], 2, 0, tmp_path / "again")
     first = (tmp_path / "liw_candidates" / again[names[-1]][0].parent.name / "00000.png").read_bytes()
     assert again[names[-1]][0].read_bytes() == first  # seeded
+
+
+def test_let_it_wag_with_too_few_eligible_concepts_reports_the_shortfall(world, tmp_path):
+    names = world["concepts"]
+    counts = pd.DataFrame({"concept": names[:2], "count": [3, 5], "method": "matched"})  # 2 concepts counted
+    counts.to_parquet(tmp_path / "counts.parquet")
+    section = {"counts": str(tmp_path / "counts.parquet"), "n_concepts": 4, "min_images": 2, "per_class": 2,
+               "images": {"world": world["out_dir"], "per_concept": 3}, "out_dir": str(tmp_path / "liw")}  # fmt: skip
+    with pytest.warns(UserWarning, match=r"let_it_wag\.n_concepts: only 2 of 4 concepts"):
+        result = wag_stage.build_from_params(section)
+    assert len(result["selection"]) == 2 and "only 2 of 4" in result["shortfall"]
+    assert "only 2 of 4" in json.loads(Path(result["datasheet"]).read_text())["shortfall"]
+    full = wag_stage.build_from_params({**section, "n_concepts": 2, "out_dir": str(tmp_path / "liw2")})
+    assert "shortfall" not in full
 
 
 def test_let_it_wag_params_errors_name_the_key(world, tmp_path):

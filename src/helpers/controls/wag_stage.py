@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -86,12 +87,31 @@ def read_counts(path: str | os.PathLike) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
+def _source(spec: LetItWag) -> str:
+    return str(spec.images.world or spec.images.root or (spec.images.urls.lists if spec.images.urls else ""))
+
+
 def _check_selection(selection: pd.DataFrame, spec: LetItWag) -> None:
     if selection.empty:
         raise ConfigError(
             f"{PREFIX}.counts: no concept of {spec.counts} (where {spec.where}) has >= {spec.min_images} candidate "
-            f"images in {spec.images.world or spec.images.root}"
+            f"images in {_source(spec)}"
         )
+
+
+def selection_shortfall(selection: pd.DataFrame, spec: LetItWag) -> str | None:
+    """Why fewer than ``n_concepts`` concepts were selected (a message naming the key), or ``None``.
+
+    Only concepts with at least ``min_images`` candidates are eligible, so a corpus with few rare concepts
+    that have images yields a smaller set; that is reported, not silent.
+    """
+    if len(selection) >= spec.n_concepts:
+        return None
+    return (
+        f"{PREFIX}.n_concepts: only {len(selection)} of {spec.n_concepts} concepts of {spec.counts} "
+        f"(where {spec.where}) have >= {spec.min_images} candidate images in {_source(spec)}; the set has "
+        f"{len(selection)} classes"
+    )
 
 
 def url_candidates(
@@ -132,7 +152,9 @@ def build_from_params(
     """Select, gather, filter and write the test set of params ``let_it_wag`` (``models``: evaluation.models).
 
     Returns ``wag.build_let_it_wag``'s result plus ``selection`` (rank, concept, count, candidates) and, with
-    ``published`` (the release's class list), ``overlap`` (``wag.release_overlap``); from URL lists also
+    ``published`` (the release's class list), ``overlap`` (``wag.release_overlap``); where fewer than
+    ``n_concepts`` concepts had enough candidates, ``shortfall`` (:func:`selection_shortfall`, also warned and
+    in the datasheet); from URL lists also
     ``downloads`` (per class: URLs, downloaded, failed downloads and undecodable images -- counted skips, also
     in ``out_dir/downloads.parquet`` and the datasheet). The download environment, the embedder of
     ``corpus_dedup`` and the ``outliers`` model are loaded before any image is read.
@@ -178,6 +200,13 @@ def build_from_params(
         outlier_model=outlier_model, outlier_threshold=spec.outliers.threshold if spec.outliers else None,
     )  # fmt: skip
     result["selection"] = selection
+    shortfall = selection_shortfall(selection, spec)
+    if shortfall is not None:  # reported in the result, the datasheet and as a warning (shown by the notebook)
+        warnings.warn(shortfall, stacklevel=2)
+        result["shortfall"] = shortfall
+        sheet = json.loads(Path(result["datasheet"]).read_text(encoding="utf-8"))
+        sheet["shortfall"] = shortfall
+        Path(result["datasheet"]).write_text(json.dumps(sheet, indent=1) + "\n", encoding="utf-8")
     if downloads is not None:
         result["downloads"] = downloads
         schemas.write_table(downloads, schemas.LET_IT_WAG_DOWNLOAD, out_dir / "downloads.parquet")
@@ -190,4 +219,11 @@ def build_from_params(
     return result
 
 
-__all__ = ["build_from_params", "read_counts", "render_world_candidates", "url_candidates", "world_spec"]
+__all__ = [
+    "build_from_params",
+    "read_counts",
+    "render_world_candidates",
+    "selection_shortfall",
+    "url_candidates",
+    "world_spec",
+]
