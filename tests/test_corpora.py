@@ -186,3 +186,16 @@ def test_a_caption_cut_at_max_caption_chars_is_reported_where_the_user_reads(wor
     whole = corpora.search_corpus("long", {**entry, "captions": {**captions, "max_caption_chars": 8192}},
                                   _concepts(), SETTINGS, progress=False)  # fmt: skip
     assert whole.notes == [] and whole.counts.set_index("concept")["count"]["mouse"] == 1
+
+
+@pytest.mark.parametrize("executor", ["serial", "process"])
+def test_a_column_missing_from_a_files_header_names_the_corpus_key(workdir, executor):
+    """Found only once a file is read (the header is not known from the params): the error names the key."""
+    folder = workdir / "tsv"
+    folder.mkdir()
+    (folder / "a.tsv").write_text("url\tcaption\nx\ta dog on grass\n", encoding="utf-8")
+    entry = {"data": "tsv", "concepts": "concepts.parquet",
+             "captions": {"format": "tsv", "paths": "tsv/*.tsv", "header": True, "caption_column": "text"}}  # fmt: skip
+    with pytest.raises(ConfigError, match=r"corpora\.mine\.captions\.caption_column: column 'text' not in the header"):
+        corpora.search_corpus("mine", entry, _concepts(), {**SETTINGS, "executor": executor, "workers": 1},
+                              progress=False)  # fmt: skip

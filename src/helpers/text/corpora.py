@@ -15,6 +15,7 @@ entry fails before any shard is read, with an error naming the params key.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import warnings
@@ -235,18 +236,23 @@ def search_corpus(
         raise ValueError("concept ids must be 0..n-1 in table order (the concepts stage writes them so)")
     out_dir = text_search_dir(name)
     (out_dir / ACCEPTED_FILE).unlink(missing_ok=True)  # decided again below, for this run
-    run_text_search(
-        source,
-        concepts["name"].tolist(),
-        out_dir,
-        mode=settings.mode,
-        unknown_words=settings.unknown_words,
-        executor=settings.executor,
-        workers=settings.workers,
-        ray_address=settings.ray_address,
-        overwrite=True,
-        progress=progress,
-    )
+    try:
+        run_text_search(
+            source,
+            concepts["name"].tolist(),
+            out_dir,
+            mode=settings.mode,
+            unknown_words=settings.unknown_words,
+            executor=settings.executor,
+            workers=settings.workers,
+            ray_address=settings.ray_address,
+            overwrite=True,
+            progress=progress,
+        )
+    except ConfigError as err:  # found while reading a file (a column missing from its header): name the key
+        if str(err).split(":")[0] not in {f.name for f in dataclasses.fields(CaptionSource)}:
+            raise
+        raise ConfigError(f"corpora.{name}.captions.{err}") from err
     report = run_report(out_dir)
     shards = shard_table(out_dir)
     allow_failed = settings.allow_failed_shards
