@@ -101,6 +101,17 @@ def _curve(
     return thresholds, tp, precision, recall, f1
 
 
+def _check_audit(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N, C) float probabilities and bool labels of one shape; ValueError otherwise."""
+    probs = np.asarray(probs, dtype=float)
+    labels = np.asarray(labels).astype(bool)
+    if probs.shape != labels.shape or probs.ndim != 2:
+        raise ValueError(f"probs {probs.shape} and labels {labels.shape} must be (samples, concepts) of one shape")
+    if probs.size and (not np.isfinite(probs).all() or probs.min() < 0 or probs.max() > 1):
+        raise ValueError("probs must be finite probabilities in [0, 1]")
+    return probs, labels
+
+
 def fit_thresholds(
     probs: np.ndarray,
     labels: np.ndarray,
@@ -148,12 +159,7 @@ def fit_thresholds(
     Raises:
         ValueError: shapes differ or are not 2-D, a probability is outside [0, 1] or NaN, or a setting is out of range.
     """
-    probs = np.asarray(probs, dtype=float)
-    labels = np.asarray(labels).astype(bool)
-    if probs.shape != labels.shape or probs.ndim != 2:
-        raise ValueError(f"probs {probs.shape} and labels {labels.shape} must be (samples, concepts) of one shape")
-    if probs.size and (not np.isfinite(probs).all() or probs.min() < 0 or probs.max() > 1):
-        raise ValueError("probs must be finite probabilities in [0, 1]")
+    probs, labels = _check_audit(probs, labels)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if not 0 < target_precision <= 1:
@@ -329,12 +335,7 @@ def fit_pooled_thresholds(
     Raises:
         ValueError: shapes differ, probabilities are not in [0, 1], or a setting is out of range.
     """
-    probs = np.asarray(probs, dtype=float)
-    labels = np.asarray(labels).astype(bool)
-    if probs.shape != labels.shape or probs.ndim != 2:
-        raise ValueError(f"probs {probs.shape} and labels {labels.shape} must be (samples, concepts) of one shape")
-    if probs.size and (not np.isfinite(probs).all() or probs.min() < 0 or probs.max() > 1):
-        raise ValueError("probs must be finite probabilities in [0, 1]")
+    probs, labels = _check_audit(probs, labels)
     if not 0 < target_precision <= 1:
         raise ValueError(f"target_precision must be in (0, 1], got {target_precision}")
     if not 0 <= floor <= 1:
