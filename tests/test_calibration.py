@@ -301,3 +301,53 @@ def test_pooled_mode_with_an_unreachable_target_takes_the_most_precise_local_pre
     table = fit_thresholds(probs, labels, mode="pooled", target_precision=0.95)
     info = table.attrs["pooled"]
     assert 0.5 < info["cv_precision"] < 0.95 and info["local_precision"] > 0.5
+
+
+@pytest.mark.parametrize("mode", ["precision", "pooled"])
+def test_labels_that_are_not_boolean_are_refused_not_read_as_shown(mode):
+    """-1, NaN or "no" cast to bool would all read as "shows the concept"."""
+    probs = np.random.default_rng(0).random((20, 2))
+    for bad in (np.where(probs > 0.5, 1, -1), np.where(probs > 0.5, 1.0, np.nan), np.where(probs > 0.5, "yes", "no")):
+        with pytest.raises(ValueError, match="boolean or 0/1"):
+            fit_thresholds(probs, bad, mode=mode)
+    ok = fit_thresholds(probs, (probs > 0.5).astype(int), mode=mode, min_positives=1)
+    assert len(ok) == 2
+
+
+def test_pooled_mode_settings_are_checked_in_a_helpful_order():
+    probs, labels = _audit(seed=2, n=50)
+    with pytest.raises(ValueError, match="at least 2 audit samples"):
+        fit_thresholds(probs[:1], labels[:1], mode="pooled")  # not "folds must be in 2..2"
+    with pytest.raises(ValueError, match="at least one concept"):
+        fit_thresholds(probs[:, :0], labels[:, :0], mode="pooled")
+    with pytest.raises(ValueError, match="target_precision must be a number"):
+        fit_thresholds(probs, labels, mode="pooled", target_precision="0.8")
+    with pytest.raises(ValueError, match="seed"):
+        fit_thresholds(probs, labels, mode="pooled", seed=-1)
+    with pytest.raises(ValueError, match="min_positives"):
+        fit_thresholds(probs, labels, mode="pooled", min_positives=0)
+    with pytest.raises(ValueError, match="concept_ids repeat"):
+        fit_thresholds(probs, labels, mode="pooled", concept_ids=np.array([0, 0, 1]))
+    with pytest.raises(ValueError, match="concept_ids must be integers"):
+        fit_thresholds(probs, labels, concept_ids=np.array(["a", "b", "c"]))
+    with pytest.raises(ValueError, match="1 are not"):
+        fit_thresholds(probs, labels, mode="pooled", prevalence=np.array([0.1, np.nan, 0.2]))
+    # `default` does not concern pooled mode: a floor above it is no error there
+    table = fit_thresholds(probs, labels, mode="pooled", floor=0.8, default=0.7)
+    assert (table["threshold"] >= 0.8).all()
+
+
+def test_pooled_mode_counts_saturated_scores_at_its_highest_cut():
+    """Thresholds lie in [0, 1]: a concept whose negatives score exactly 1.0 cannot be switched off; the fit
+    counts what its highest cut still tags instead of taking it for "tags nothing"."""
+    labels = np.zeros((280, 2), dtype=bool)
+    labels[:200, 0] = True
+    labels[200:220, 1] = True
+    probs = np.where(labels, 0.95, 0.1)
+    probs[200:220, 1] = 0.7
+    probs[220:, 1] = 1.0  # 60 negatives saturated
+    table = fit_thresholds(probs, labels, mode="pooled", target_precision=0.9, folds=4)
+    pred = probs >= table["threshold"].to_numpy()[None, :]
+    precision = (pred & labels).sum() / pred.sum()
+    assert table.attrs["pooled"]["cv_precision"] == pytest.approx(precision, abs=0.05)  # honest, not 1.0
+    assert table.loc[1, "precision"] < 0.5

@@ -139,3 +139,32 @@ def test_pooled_mode_passes_its_folds_and_reports_the_choice(setup):
     with pytest.raises(ConfigError, match=r"image_corpora\.img\.audit\.folds"):
         calibrate_corpus("img", {**entry, "audit": {**audit, "folds": 1}}, setup["concepts"], SEARCH,
                          tagger_config=setup["config"])  # fmt: skip
+
+
+def test_audit_files_outside_data_duplicates_and_labels_that_name_no_concept_are_refused(setup, tmp_path):
+    audit = setup["entry"]["audit"]
+    outside = {**setup["entry"], "data": str(tmp_path / "elsewhere")}
+    with pytest.raises(ConfigError, match=r"image_corpora\.img\.audit\.labels: .* is outside image_corpora\.img\.data"):
+        calibrate_corpus("img", outside, setup["concepts"], SEARCH, tagger_config=setup["config"])
+    folder = setup["folder"]
+    rows = (folder / "labels.csv").read_text().splitlines()
+    (folder / "twice.csv").write_text("\n".join([*rows, rows[1]]) + "\n")
+    twice = {**setup["entry"], "audit": {**audit, "labels": str(folder / "twice.csv")}}
+    with pytest.raises(ConfigError, match=r"audit\.labels: .*twice\.csv lists 1 image\(s\) more than once"):
+        calibrate_corpus("img", twice, setup["concepts"], SEARCH, tagger_config=setup["config"])
+    (folder / "dragons.csv").write_text("image,concepts\n" + "".join(f"{r.split(',')[0]},dragon\n" for r in rows[1:]))
+    dragons = {**setup["entry"], "audit": {**audit, "labels": str(folder / "dragons.csv")}}
+    with pytest.raises(ConfigError, match=r"no audit label names a searched concept .*dragon"):
+        calibrate_corpus("img", dragons, setup["concepts"], SEARCH, tagger_config=setup["config"])
+    (folder / "empty.csv").write_text("")
+    empty = {**setup["entry"], "audit": {**audit, "labels": str(folder / "empty.csv")}}
+    with pytest.raises(ConfigError, match=r"audit\.labels: .*empty\.csv: "):
+        calibrate_corpus("img", empty, setup["concepts"], SEARCH, tagger_config=setup["config"])
+
+
+def test_a_missed_pooled_target_is_warned_naming_the_key(setup):
+    audit = {**setup["entry"]["audit"], "mode": "pooled", "target_precision": 1.0, "folds": 3}
+    entry = {**setup["entry"], "audit": audit}
+    with pytest.warns(UserWarning, match=r"image_corpora\.img\.audit\.target_precision: no threshold choice"):
+        result = calibrate_corpus("img", entry, setup["concepts"], SEARCH, tagger_config=setup["config"])
+    assert result.pooled["cv_precision"] < 1.0

@@ -286,6 +286,7 @@ def test_an_existing_file_passes_and_absolute_paths_are_checked(params, tmp_path
         ("taggers.sample.labels", "labels.csv"),
         ("concepts.downstream.sample_downstream.class_names_file", "classes.txt"),
         ("corpora.sample_tsv.data", "data/cc3m"),
+        ("image_corpora.synthetic_clip.audit.labels", "data/raw/nowhere/labels.csv"),
     ],
 )
 def test_missing_inputs_are_named(params, tmp_path, dotted, value):

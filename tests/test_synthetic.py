@@ -318,6 +318,8 @@ def test_corpus_audit_is_off_by_default_and_follows_planted_leaks(tmp_path):
         sid = int(row["sample_id"])
         assert (tmp_path / "on" / "audit" / row["image"]).read_bytes() == jpgs[sid]
         assert row["concepts"].split("|") == [on["concepts"][c] for c in sorted(shown[sid])]
+    again = generate_world(base, tmp_path / "on", progress=False)  # the same folder, now without an audit
+    assert "audit" not in again and not (tmp_path / "on" / "audit").exists()
     for bad in (-1, 1.5, "10"):
         with pytest.raises(ConfigError, match=r"synthetic\.audit_images"):
             WorldSpec.from_params({"audit_images": bad})

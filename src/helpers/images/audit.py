@@ -22,6 +22,7 @@ concept of the search are counted and reported, not silently dropped.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,6 +148,14 @@ def calibrate_corpus(
     if not Path(labels_file).is_file():
         raise ConfigError(f"{key}.labels: {labels_file} does not exist")
     root = paths.resolve(audit.image_root, paths.workdir()) if audit.image_root else None
+    if spec.data is not None:  # DVC tracks `data` for this stage: an audit outside it would not rerun it
+        tracked = Path(paths.resolve(spec.data, paths.workdir()))
+        for sub, path in (("labels", labels_file), ("image_root", root)):
+            if path is not None and tracked != Path(path) and tracked not in Path(path).parents:
+                raise ConfigError(
+                    f"{key}.{sub}: {path} is outside image_corpora.{name}.data ({spec.data}), the path DVC tracks "
+                    f"for this stage; set data to a folder holding both, so a change to the audit reruns it"
+                )
     try:
         images, labels = read_labels(
             labels_file,
@@ -156,9 +165,14 @@ def calibrate_corpus(
             image_root=root,
         )
     except (KeyError, ValueError) as error:
-        raise ConfigError(f"{key}.labels: {error}") from error
+        why = error.args[0] if isinstance(error, KeyError) and error.args else error
+        raise ConfigError(f"{key}.labels: {labels_file}: {why}") from error
     if not images:
         raise ConfigError(f"{key}.labels: {labels_file} lists no image")
+    seen: set[str] = set()
+    repeated = sorted({str(p) for p in images if str(p) in seen or seen.add(str(p))})
+    if repeated:  # one image in a training fold and its held-out fold would make the cross-validation optimistic
+        raise ConfigError(f"{key}.labels: {labels_file} lists {len(repeated)} image(s) more than once: {repeated[:3]}")
     names = concepts["name"].tolist()
     tagger = build_tagger(tagger_config, names, descriptions=descriptions, prefix=f"image_corpora.{name}.tagger")
     try:
@@ -172,6 +186,11 @@ def calibrate_corpus(
         )
     except ValueError as error:
         raise ConfigError(f"{key}: {error}") from error
+    if not scored.labels.any():
+        raise ConfigError(
+            f"{key}.labels: no audit label names a searched concept (label names that are no concept: "
+            f"{scored.unknown_labels[:5]}); nothing can be fitted"
+        )
     if audit.prevalence == "captions" and (prevalence is None or len(prevalence) != len(concepts)):
         raise ConfigError(f"{key}.prevalence: 'captions' needs one caption prevalence per concept")
     default = float(audit.default) if audit.default is not None else float(max(search.thresholds))
@@ -192,7 +211,16 @@ def calibrate_corpus(
             seed=audit.seed,
         )
     except ValueError as error:  # e.g. more folds than audit images
-        raise ConfigError(f"{key}: {error}") from error
+        unread = f" ({len(scored.skipped)} of {len(images)} audit images could not be read)" if scored.skipped else ""
+        raise ConfigError(f"{key}: {error}{unread}") from error
+    pooled = fitted.attrs.get("pooled", {})
+    if pooled and pooled["cv_precision"] < audit.target_precision:
+        warnings.warn(
+            f"{key}.target_precision: no threshold choice reaches a pooled precision of {audit.target_precision} "
+            f"on the audit (cross-validated: {pooled['cv_precision']:.3f} at recall {pooled['cv_recall']:.3f}); "
+            f"the most precise one is used",
+            stacklevel=2,
+        )
     out = thresholds_path(name)
     write_thresholds(fitted, out)
     audit_file = write_audit(scored.probs, scored.labels, concept_ids, audit_path(name))

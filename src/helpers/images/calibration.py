@@ -101,10 +101,45 @@ def _curve(
     return thresholds, tp, precision, recall, f1
 
 
+def _check_ids(concept_ids: np.ndarray | None, n_concepts: int) -> np.ndarray:
+    """(C,) distinct integer concept ids (default 0..C-1); ValueError otherwise."""
+    if concept_ids is None:
+        return np.arange(n_concepts)
+    ids = np.asarray(concept_ids)
+    if len(ids) != n_concepts:
+        raise ValueError(f"concept_ids has {len(ids)} entries for {n_concepts} concepts")
+    if ids.dtype.kind not in "iu":
+        raise ValueError(f"concept_ids must be integers, got {ids.dtype}")
+    if len(np.unique(ids)) != len(ids):
+        raise ValueError("concept_ids repeat")
+    return ids
+
+
+def _check_settings(target_precision: float, floor: float, min_positives: int) -> None:
+    if isinstance(target_precision, bool) or not isinstance(target_precision, (int, float, np.floating)):
+        raise ValueError(f"target_precision must be a number in (0, 1], got {target_precision!r}")
+    if not 0 < target_precision <= 1:
+        raise ValueError(f"target_precision must be in (0, 1], got {target_precision}")
+    if isinstance(floor, bool) or not isinstance(floor, (int, float, np.floating)) or not 0 <= floor <= 1:
+        raise ValueError(f"floor must be a number in [0, 1], got {floor!r}")
+    if isinstance(min_positives, bool) or not isinstance(min_positives, (int, np.integer)) or min_positives < 1:
+        raise ValueError(f"min_positives must be a positive integer, got {min_positives!r}")
+
+
 def _check_audit(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(N, C) float probabilities and bool labels of one shape; ValueError otherwise."""
-    probs = np.asarray(probs, dtype=float)
-    labels = np.asarray(labels).astype(bool)
+    """(N, C) float probabilities and bool labels of one shape; ValueError otherwise.
+
+    Labels must be bool or 0/1: casting -1, NaN or "no" to bool would read them as "shows the concept".
+    """
+    try:
+        probs = np.asarray(probs, dtype=float)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"probs must be numbers: {error}") from None
+    labels = np.asarray(labels)
+    if labels.dtype != bool:
+        if labels.dtype.kind not in "iuf" or not np.isin(labels, (0, 1)).all():
+            raise ValueError("labels must be boolean or 0/1 (whether each audit sample shows each concept)")
+        labels = labels.astype(bool)
     if probs.shape != labels.shape or probs.ndim != 2:
         raise ValueError(f"probs {probs.shape} and labels {labels.shape} must be (samples, concepts) of one shape")
     if probs.size and (not np.isfinite(probs).all() or probs.min() < 0 or probs.max() > 1):
@@ -159,24 +194,21 @@ def fit_thresholds(
     Raises:
         ValueError: shapes differ or are not 2-D, a probability is outside [0, 1] or NaN, or a setting is out of range.
     """
-    probs, labels = _check_audit(probs, labels)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    if not 0 < target_precision <= 1:
-        raise ValueError(f"target_precision must be in (0, 1], got {target_precision}")
-    if unreachable not in UNREACHABLE:
-        raise ValueError(f"unreachable must be one of {', '.join(UNREACHABLE)}, got {unreachable!r}")
-    if not 0 <= floor <= default <= 1:
-        raise ValueError(f"need 0 <= floor ({floor}) <= default ({default}) <= 1")
-    if mode == "pooled":
+    if mode == "pooled":  # `default` and `unreachable` do not concern it
         return fit_pooled_thresholds(
             probs, labels, target_precision=target_precision, floor=floor, min_positives=min_positives,
             concept_ids=concept_ids, prevalence=prevalence, folds=folds, seed=seed,
         )  # fmt: skip
+    probs, labels = _check_audit(probs, labels)
+    _check_settings(target_precision, floor, min_positives)
+    if unreachable not in UNREACHABLE:
+        raise ValueError(f"unreachable must be one of {', '.join(UNREACHABLE)}, got {unreachable!r}")
+    if not 0 <= floor <= default <= 1:
+        raise ValueError(f"need 0 <= floor ({floor}) <= default ({default}) <= 1")
     n_concepts = probs.shape[1]
-    ids = np.arange(n_concepts) if concept_ids is None else np.asarray(concept_ids)
-    if len(ids) != n_concepts:
-        raise ValueError(f"concept_ids has {len(ids)} entries for {n_concepts} concepts")
+    ids = _check_ids(concept_ids, n_concepts)
     prevalence = _check_prevalence(prevalence, n_concepts)
     rows = []
     for c in range(n_concepts):
@@ -226,8 +258,12 @@ def _check_prevalence(prevalence: np.ndarray | None, n_concepts: int) -> np.ndar
     if prevalence is None:
         return None
     prevalence = np.asarray(prevalence, dtype=float)
-    if prevalence.shape != (n_concepts,) or not np.isfinite(prevalence).all():
+    if prevalence.shape != (n_concepts,):
         raise ValueError(f"prevalence must hold one finite value per concept ({n_concepts}), got {prevalence.shape}")
+    if not np.isfinite(prevalence).all():
+        raise ValueError(
+            f"prevalence must hold one finite value per concept: {int((~np.isfinite(prevalence)).sum())} are not"
+        )
     if (prevalence < 0).any() or (prevalence > 1).any():
         raise ValueError("prevalence must lie in [0, 1]")
     return prevalence
@@ -258,20 +294,22 @@ def _pooled_cuts(
     """(L, C) for each lambda, each concept's cut maximising weighted ``TP - lambda FP`` on this audit.
 
     Candidates: every distinct audit score >= ``floor`` and the cut just above the concept's top audit score
-    (tags nothing the audit saw; chosen on ties, so a concept is tagged only where that gains).
+    (tags nothing the audit saw; chosen on ties, so a concept is tagged only where that gains). Thresholds lie in
+    [0, 1], so a concept whose audit scores reach exactly 1.0 (a saturated sigmoid) cannot be switched off: its
+    highest cut, 1.0, still tags those samples and is counted so.
     """
     cuts = np.empty((len(lambdas), probs.shape[1]))
     for c in range(probs.shape[1]):
         p, y = probs[:, c], labels[:, c]
         top = float(p.max()) if len(p) else floor
-        nothing = max(floor, float(np.nextafter(top, np.inf))) if top < 1 else 1.0
         keep = p >= floor
         order = np.argsort(-p[keep], kind="stable")
         ps, ys = p[keep][order], y[keep][order]
         last = np.r_[np.flatnonzero(ps[1:] != ps[:-1]), len(ps) - 1] if len(ps) else np.zeros(0, dtype=np.int64)
-        t = np.r_[nothing, ps[last]]
-        tp = np.r_[0.0, np.cumsum(ys * w_pos[c])[last]]
-        fp = np.r_[0.0, np.cumsum(~ys * w_neg[c])[last]]
+        t, tp, fp = ps[last], np.cumsum(ys * w_pos[c])[last], np.cumsum(~ys * w_neg[c])[last]
+        if top < 1:  # the cut that tags nothing the audit saw
+            t = np.r_[max(floor, float(np.nextafter(top, np.inf))), t]
+            tp, fp = np.r_[0.0, tp], np.r_[0.0, fp]
         cuts[:, c] = t[np.argmax(tp[None, :] - lambdas[:, None] * fp[None, :], axis=1)]
     return cuts
 
@@ -336,18 +374,17 @@ def fit_pooled_thresholds(
         ValueError: shapes differ, probabilities are not in [0, 1], or a setting is out of range.
     """
     probs, labels = _check_audit(probs, labels)
-    if not 0 < target_precision <= 1:
-        raise ValueError(f"target_precision must be in (0, 1], got {target_precision}")
-    if not 0 <= floor <= 1:
-        raise ValueError(f"floor must be in [0, 1], got {floor}")
+    _check_settings(target_precision, floor, min_positives)
     n, n_concepts = probs.shape
-    if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or not 2 <= folds <= max(n, 2):
-        raise ValueError(f"folds must be an integer in 2..{max(n, 2)} (the audit's samples), got {folds!r}")
     if n < 2:
         raise ValueError(f"mode 'pooled' needs at least 2 audit samples, got {n}")
-    ids = np.arange(n_concepts) if concept_ids is None else np.asarray(concept_ids)
-    if len(ids) != n_concepts:
-        raise ValueError(f"concept_ids has {len(ids)} entries for {n_concepts} concepts")
+    if n_concepts < 1:
+        raise ValueError("mode 'pooled' needs at least one concept")
+    if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or not 2 <= folds <= n:
+        raise ValueError(f"folds must be an integer in 2..{n} (the audit's samples), got {folds!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    ids = _check_ids(concept_ids, n_concepts)
     prevalence = _check_prevalence(prevalence, n_concepts)
     w_pos, w_neg = _pair_weights(labels, prevalence)
     q = POOLED_LOCAL_PRECISIONS

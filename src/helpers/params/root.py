@@ -187,6 +187,8 @@ def _path_keys(data: Mapping[str, Any]) -> Iterable[tuple[str, Any]]:
         for i, path in enumerate([descriptions] if isinstance(descriptions, str) else descriptions or []):
             yield f"image_corpora.{name}.tagger.descriptions[{i}]", path
         yield f"image_corpora.{name}.tagger.train.labels", _get(tagger, "train", "labels")
+        for key in ("labels", "image_root"):
+            yield f"image_corpora.{name}.audit.{key}", _get(entry, "audit", key)
     for name, entry in _entries(data, "evaluation", "models").items():
         for key in ("model_config", "weights"):
             yield f"evaluation.models.{name}.{key}", _get(entry, key)

@@ -49,6 +49,7 @@ import io
 import json
 import math
 import os
+import shutil
 import tarfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -490,6 +491,8 @@ def generate_world(
 
     # after the leaks: the audit's images and labels are the corpus's final ones
     audit = write_corpus_audit(spec, out, out / "audit", progress) if spec.audit_images > 0 else None
+    if audit is None and (out / "audit").is_dir():  # an earlier call's audit would no longer match the corpus
+        shutil.rmtree(out / "audit")
 
     last = f"{max(n_shards - 1, 0):05d}"
     spec_dict = asdict(spec)
