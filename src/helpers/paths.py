@@ -104,3 +104,9 @@ def resolve(value, base: Path | None = None):
         return [resolve(v, base) for v in value]
     text = os.path.expanduser(str(value))
     return text if os.path.isabs(text) else str((base if base is not None else workdir()) / text)
+
+
+def covers(folder: str | os.PathLike, path: str | os.PathLike) -> bool:
+    """Whether ``path`` is ``folder`` or lies inside it (lexically: no symlinks resolved, nothing read)."""
+    folder_p, path_p = Path(folder), Path(path)
+    return path_p == folder_p or folder_p in path_p.parents

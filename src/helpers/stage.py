@@ -72,11 +72,6 @@ def _local_paths(value: Any) -> list[str]:
     return out
 
 
-def _covers(tracked: str, path: str) -> bool:
-    tracked_p, path_p = Path(tracked), Path(path)
-    return path_p == tracked_p or tracked_p in path_p.parents
-
-
 def _check_tracked(where: str, entry: dict, key: str, path_keys: tuple[str, ...], declared: str | None) -> None:
     """``entry[key]`` (or the foreach item's ``declared`` path) must cover each local path the entry reads."""
     tracked = entry.get(key)
@@ -87,7 +82,7 @@ def _check_tracked(where: str, entry: dict, key: str, path_keys: tuple[str, ...]
         return
     for name in path_keys:
         for path in _local_paths(entry.get(name)):
-            if not _covers(str(tracked), path):
+            if not paths.covers(str(tracked), path):
                 raise SystemExit(
                     f"{where}.{name}: {path} is outside {key} ({tracked}), the path DVC tracks for this entry; "
                     f"set {key} to a folder holding both, so a change to it reruns the stage"

@@ -23,6 +23,7 @@ concept of the search are counted and reported, not silently dropped.
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,9 +150,9 @@ def calibrate_corpus(
         raise ConfigError(f"{key}.labels: {labels_file} does not exist")
     root = paths.resolve(audit.image_root, paths.workdir()) if audit.image_root else None
     if spec.data is not None:  # DVC tracks `data` for this stage: an audit outside it would not rerun it
-        tracked = Path(paths.resolve(spec.data, paths.workdir()))
+        tracked = paths.resolve(spec.data, paths.workdir())
         for sub, path in (("labels", labels_file), ("image_root", root)):
-            if path is not None and tracked != Path(path) and tracked not in Path(path).parents:
+            if path is not None and not paths.covers(tracked, path):
                 raise ConfigError(
                     f"{key}.{sub}: {path} is outside image_corpora.{name}.data ({spec.data}), the path DVC tracks "
                     f"for this stage; set data to a folder holding both, so a change to the audit reruns it"
@@ -169,8 +170,7 @@ def calibrate_corpus(
         raise ConfigError(f"{key}.labels: {labels_file}: {why}") from error
     if not images:
         raise ConfigError(f"{key}.labels: {labels_file} lists no image")
-    seen: set[str] = set()
-    repeated = sorted({str(p) for p in images if str(p) in seen or seen.add(str(p))})
+    repeated = sorted(p for p, n in Counter(str(p) for p in images).items() if n > 1)
     if repeated:  # one image in a training fold and its held-out fold would make the cross-validation optimistic
         raise ConfigError(f"{key}.labels: {labels_file} lists {len(repeated)} image(s) more than once: {repeated[:3]}")
     names = concepts["name"].tolist()
