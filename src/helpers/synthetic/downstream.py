@@ -36,6 +36,7 @@ from helpers.synthetic.world import (
     _pairs_table,
     folder_name,
 )
+from helpers.text.tars import iter_tar_samples
 
 
 def write_classification(spec: WorldSpec, renderer: Renderer, folder: Path, progress: bool) -> dict:
@@ -153,11 +154,9 @@ def write_corpus_audit(spec: WorldSpec, world: Path, folder: Path, progress: boo
     by_sample = shown.groupby("sample_id")["concept_id"].apply(sorted).to_dict()
     found: dict[str, bytes] = {}
     for shard in tqdm(sorted((world / "pretrain").glob("*.tar")), desc="synthetic audit", disable=not progress):
-        with tarfile.open(shard) as tar:
-            for member in tar:
-                key, _, ext = member.name.partition(".")
-                if ext == "jpg" and key in wanted:
-                    found[key] = tar.extractfile(member).read()
+        for sample in iter_tar_samples(str(shard), {"jpg"}):  # the grouping the image search reads them with
+            if sample.key in wanted:
+                found[sample.key] = sample.files["jpg"]
     missing = sorted(set(wanted) - set(found))
     if missing:  # the truth and the shards disagree: a bug, not bad input
         raise RuntimeError(f"{world / 'pretrain'}: audit samples {missing[:3]} have no image in the shards")
