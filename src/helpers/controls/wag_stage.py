@@ -99,6 +99,13 @@ def _check_selection(selection: pd.DataFrame, spec: LetItWag) -> None:
         )
 
 
+def _add_to_datasheet(path: str | os.PathLike, key: str, value: Any) -> None:
+    """Add ``key`` to the datasheet ``wag.build_let_it_wag`` wrote."""
+    sheet = json.loads(Path(path).read_text(encoding="utf-8"))
+    sheet[key] = value
+    Path(path).write_text(json.dumps(sheet, indent=1) + "\n", encoding="utf-8")
+
+
 def selection_shortfall(selection: pd.DataFrame, spec: LetItWag) -> str | None:
     """Why fewer than ``n_concepts`` concepts were selected (a message naming the key), or ``None``.
 
@@ -204,16 +211,13 @@ def build_from_params(
     if shortfall is not None:  # reported in the result, the datasheet and as a warning (shown by the notebook)
         warnings.warn(shortfall, stacklevel=2)
         result["shortfall"] = shortfall
-        sheet = json.loads(Path(result["datasheet"]).read_text(encoding="utf-8"))
-        sheet["shortfall"] = shortfall
-        Path(result["datasheet"]).write_text(json.dumps(sheet, indent=1) + "\n", encoding="utf-8")
+        _add_to_datasheet(result["datasheet"], "shortfall", shortfall)
     if downloads is not None:
         result["downloads"] = downloads
         schemas.write_table(downloads, schemas.LET_IT_WAG_DOWNLOAD, out_dir / "downloads.parquet")
-        sheet = json.loads(Path(result["datasheet"]).read_text(encoding="utf-8"))
-        sheet["downloads"] = {r["class"]: {k: r[k] for k in ("urls", "downloaded", "failed_download", "failed_decode")}
-                              for r in downloads.to_dict("records")}  # fmt: skip
-        Path(result["datasheet"]).write_text(json.dumps(sheet, indent=1) + "\n", encoding="utf-8")
+        _add_to_datasheet(result["datasheet"], "downloads",
+                          {r["class"]: {k: r[k] for k in ("urls", "downloaded", "failed_download", "failed_decode")}
+                           for r in downloads.to_dict("records")})  # fmt: skip
     if published is not None:
         result["overlap"] = release_overlap(selection["concept"].tolist(), published)
     return result
