@@ -59,7 +59,12 @@ def caption_source(name: str, entry: Mapping[str, Any], base: Path | None = None
     try:
         return CaptionSource.from_config(config)
     except ConfigError as err:
-        raise ConfigError(f"{prefix}.captions.{err}") from err
+        raise _caption_key_error(name, err) from err
+
+
+def _caption_key_error(name: str, err: ConfigError) -> ConfigError:
+    """A CaptionSource error (``"<key>: why"``) as the params key of corpus ``name``."""
+    return ConfigError(f"corpora.{name}.captions.{err}")
 
 
 def check_text_search_settings(settings: Mapping[str, Any] | TextSearch) -> TextSearch:
@@ -251,8 +256,8 @@ def search_corpus(
         )
     except ConfigError as err:  # found while reading a file (a column missing from its header): name the key
         if str(err).split(":")[0] not in {f.name for f in dataclasses.fields(CaptionSource)}:
-            raise
-        raise ConfigError(f"corpora.{name}.captions.{err}") from err
+            raise  # not about the captions (e.g. the run folder): already names its key
+        raise _caption_key_error(name, err) from err
     report = run_report(out_dir)
     shards = shard_table(out_dir)
     allow_failed = settings.allow_failed_shards
